@@ -1,0 +1,49 @@
+"""Host-tier fixtures: throwaway network namespaces and node-state snapshots (root only)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+
+from tests.host.nodestate import node_state
+
+
+@pytest.fixture
+def netns():
+    """Factory: netns() -> name of a new empty namespace `cnit-t<hex>`, with lo up; removed after."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"cnit-t{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return name
+
+    yield make
+    for name in reversed(made):
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-9", pid], check=False)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def unique_name():
+    """A fresh cnit-prefixed short name (for labs, bridges, pins) so parallel runs never collide."""
+    return lambda: f"cnit{uuid.uuid4().hex[:4]}"
+
+
+@pytest.fixture
+def node_before_after():
+    """Snapshot the node before; the test calls the returned function to assert it is unchanged."""
+    before = node_state()
+
+    def assert_unchanged() -> None:
+        after = node_state()
+        diff = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
+        assert not diff, f"node state changed: {sorted(diff)}\n{diff}"
+
+    return assert_unchanged

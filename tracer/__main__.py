@@ -1,0 +1,3 @@
+from cnitrace.cli import main
+
+raise SystemExit(main())
