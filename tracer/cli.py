@@ -83,6 +83,45 @@ def cleanup(as_json: bool) -> int:
     return ExitStatus.FAILURE if result.failed else ExitStatus.OK
 
 
+# --- report / diff ------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, writable=True), help="Also write an HTML report.")
+def report(file: str, html_out: str | None) -> int:
+    """Re-render a saved profile (JSON) in the terminal, and optionally as HTML."""
+    from cnitrace.reports.html import render_html
+    from cnitrace.reports.load import load_profile
+    from cnitrace.reports.profile_terminal import render_profile
+
+    doc = load_profile(file)
+    render_profile(doc)
+    if html_out:
+        with open(html_out, "w", encoding="utf-8") as f:
+            f.write(render_html(doc))
+        click.echo(f"wrote {html_out}")
+    return ExitStatus.OK
+
+
+@cli.command()
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+@click.option("--top", default=15, show_default=True, type=click.IntRange(1, 1000), help="Rows to show.")
+def diff(before: str, after: str, top: int) -> int:
+    """Show what grew between two saved profile runs."""
+    from cnitrace.reports.diff import diff_docs
+    from cnitrace.reports.document import fmt_ns
+    from cnitrace.reports.load import load_profile
+
+    changes = diff_docs(load_profile(before), load_profile(after))
+    click.echo(f"{'node':58} {'before':>10} {'after':>10} {'change':>12}")
+    for c in changes[:top]:
+        ratio = f" ×{c.ratio:.2f}" if c.ratio else ""
+        change = ("+" if c.delta_ns >= 0 else "-") + fmt_ns(abs(c.delta_ns))
+        click.echo(f"{c.path[-58:]:58} {fmt_ns(c.before_ns):>10} {fmt_ns(c.after_ns):>10} {change:>12}{ratio}")
+    return ExitStatus.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point and the one error boundary."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

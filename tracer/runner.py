@@ -70,6 +70,18 @@ class Runner:
             raise ToolError(f"{' '.join(full[:6])}: {why}")
         return done
 
+    def spawn(self, argv: Sequence[str], *, netns: str | None = None, log: str | None = None) -> subprocess.Popen:
+        """Start a background process (a server, a traffic generator); the caller bounds its life."""
+        full = [*_netns_prefix(netns), *argv]
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        try:
+            return subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        except FileNotFoundError:
+            raise ToolError(f"{full[0]}: not installed (run the README's setup command)") from None
+        finally:
+            if log:
+                out.close()
+
 
 class RecordedRunner(Runner):
     """Replays recorded output keyed by argv; for unit tests of acquisition code."""

@@ -76,6 +76,8 @@ class StateFile:
 
     def record(self, owner: str, kind: str, name: str, **data: Any) -> Record:
         """Record an object about to be created. Call this *before* creating it."""
+        import cnitrace.removers  # noqa: F401  (registers the removers)
+
         if kind not in REMOVERS:
             raise ValueError(f"no remover for kind {kind!r}")
         rec = Record(uuid.uuid4().hex[:12], owner, kind, name, data, time.time())

@@ -1,0 +1,116 @@
+"""The profile document: cnitrace's versioned JSON contract.
+
+Every figure in it carries its provenance — "measured" (a probe timed it), "modelled"
+(counters × calibrated cost), or "both" (with the agreement between the two) — so a reader
+always knows which numbers were observed and which were inferred. `profile.schema.json`
+beside this file is the published schema; `validate()` checks a document against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from typing import Any, Iterator, Literal, Sequence
+
+SCHEMA_ID = "https://cnitrace.dev/schema/profile-v1.json"
+SCHEMA_VERSION = 1
+
+Provenance = Literal["measured", "modelled", "both"]
+KINDS = ("root", "stage", "table", "chain", "ovs_table", "program", "rule", "flow", "map_entry", "proxy")
+
+
+@dataclasses.dataclass
+class Node:
+    """One box of the attribution tree: stage → table/chain/OVS table/program → rule."""
+
+    kind: str
+    name: str
+    packets: int = 0
+    ns_per_packet: float | None = None      # the figure used for shares (measured when available)
+    measured_ns: float | None = None        # per packet, from probes
+    modelled_ns: float | None = None        # per packet, counters × calibration
+    p50_ns: float | None = None
+    p99_ns: float | None = None
+    share: float | None = None              # fraction of the root's per-packet time
+    evaluations_per_packet: float | None = None
+    provenance: Provenance = "modelled"
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    children: list["Node"] = dataclasses.field(default_factory=list)
+
+    @property
+    def agreement(self) -> float | None:
+        """measured / modelled where both exist: 1.0 means the model explains the measurement."""
+        if self.measured_ns and self.modelled_ns:
+            return self.measured_ns / self.modelled_ns
+        return None
+
+    def walk(self, depth: int = 0) -> Iterator[tuple[int, "Node"]]:
+        yield depth, self
+        for c in self.children:
+            yield from c.walk(depth + 1)
+
+    def find(self, kind: str, name: str) -> "Node | None":
+        return next((n for _, n in self.walk() if n.kind == kind and n.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "children"}
+        d["agreement"] = self.agreement
+        d["children"] = [c.to_json() for c in self.children]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Node":
+        names = {f.name for f in dataclasses.fields(cls)} - {"children"}
+        return cls(**{k: v for k, v in d.items() if k in names},
+                   children=[cls.from_json(c) for c in d.get("children", [])])
+
+
+def schema() -> dict[str, Any]:
+    return json.loads(resources.files("cnitrace.reports").joinpath("profile.schema.json").read_text())
+
+
+def validate(doc: dict[str, Any]) -> list[str]:
+    """Schema violations as one-line messages (empty when valid)."""
+    import jsonschema
+
+    v = jsonschema.Draft202012Validator(schema())
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+            for e in sorted(v.iter_errors(doc), key=lambda e: list(e.absolute_path))]
+
+
+def headline(root: Node) -> str:
+    """The one-sentence answer the terminal summary leads with."""
+    # The most specific thing a user can act on: a chain/OVS table/program, or a table known only as a whole.
+    leaves = [n for _, n in root.walk() if n.share is not None and (
+        n.kind in ("chain", "ovs_table", "program", "proxy") or (n.kind == "table" and not n.children))]
+    if not leaves:
+        return "no per-packet cost could be attributed (no traffic crossed the selection)"
+    top = max(leaves, key=lambda n: n.share or 0.0)
+    parts = [f"{top.share * 100:.0f} % of per-packet time: {top.kind.replace('_', ' ')} {top.name}"]
+    if top.evaluations_per_packet is not None:
+        parts.append(f"{top.evaluations_per_packet:,.0f} rule evaluations per packet")
+    if top.ns_per_packet is not None:
+        parts.append(f"≈ {fmt_ns(top.ns_per_packet)} ({top.provenance})")
+    return ", ".join(parts)
+
+
+def fmt_ns(ns: float | None) -> str:
+    if ns is None:
+        return "—"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f} µs"
+    return f"{ns:.0f} ns"
+
+
+def compute_shares(root: Node) -> None:
+    """Fill `share` for every node as its fraction of the root's per-packet time."""
+    total = root.ns_per_packet or sum((c.ns_per_packet or 0.0) for c in root.children)
+    for _, n in root.walk():
+        n.share = (n.ns_per_packet / total) if (total and n.ns_per_packet is not None) else None
+
+
+def stage_rows(root: Node) -> Sequence[Node]:
+    return [c for c in root.children if c.kind == "stage"]

@@ -1,0 +1,69 @@
+"""Terminal rendering of a profile document: leads with the answer, fits 100 columns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cnitrace.reports.document import Node, fmt_ns
+
+WIDTH = 100
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:.1f} %"
+
+
+def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
+    con = console or Console(width=WIDTH, highlight=False)
+    root = Node.from_json(doc["tree"])
+    con.print(f"[bold]{doc['headline']}[/bold]")
+    sel = ", ".join(i["name"] for i in doc["selection"]["interfaces"]) or "—"
+    cni = ", ".join(c["name"] for c in doc.get("cni", [])) or "none detected"
+    con.print(f"selection: {sel}   cni: {cni}   window: {doc['duration_s']:.1f} s   "
+              f"traffic: {doc['traffic']['kind']} ({doc['traffic'].get('packets_sent') or 0} sent)")
+    cal = doc.get("calibration")
+    if cal:
+        con.print(f"calibration: {cal['ns_per_rule_eval']:.1f} ns per rule evaluation ({cal['provenance']})")
+
+    t = Table(title="where each packet's time goes", width=WIDTH, show_lines=False)
+    for col, just in (("stage / table / chain / rule", "left"), ("packets", "right"), ("ns/pkt", "right"),
+                      ("share", "right"), ("evals/pkt", "right"), ("p50 / p99", "right"), ("source", "left")):
+        t.add_column(col, justify=just, no_wrap=col != "stage / table / chain / rule", overflow="fold")
+    for depth, n in root.walk():
+        if n.kind == "root":
+            continue
+        label = ("  " * (depth - 1)) + n.name
+        evals = "" if n.evaluations_per_packet is None else f"{n.evaluations_per_packet:,.1f}"
+        pct = f"{fmt_ns(n.p50_ns)} / {fmt_ns(n.p99_ns)}" if n.p50_ns is not None else ""
+        src = n.provenance + (f" ×{n.agreement:.2f}" if n.agreement is not None else "")
+        t.add_row(label[:44], f"{n.packets:,}", fmt_ns(n.ns_per_packet), _pct(n.share), evals, pct, src)
+    con.print(t)
+    con.print(f"total per packet: {fmt_ns(root.ns_per_packet)} ({root.provenance})")
+
+    b = Table(title="probe backend per stage", width=WIDTH)
+    b.add_column("stage", no_wrap=True)
+    b.add_column("backend", no_wrap=True)
+    b.add_column("why", overflow="fold")
+    for stage, v in doc["backends"].items():
+        b.add_row(stage, v["backend"], v["reason"])
+    con.print(b)
+    if doc["drops"]:
+        d = Table(title="drops", width=WIDTH)
+        for col in ("reason", "count", "where", "source"):
+            d.add_column(col)
+        for x in doc["drops"]:
+            d.add_row(x["reason"], f"{x['count']:,}", x.get("where") or "", x["provenance"])
+        con.print(d)
+    if doc["evaluation_order"]:
+        con.print("evaluation order: " + " → ".join(doc["evaluation_order"][:12]))
+    ct = doc.get("conntrack")
+    if ct:
+        con.print(f"conntrack: {ct.get('count', '?')} / {ct.get('max', '?')} entries; "
+                  f"insert_failed {ct.get('insert_failed', 0)}, drop {ct.get('drop', 0)}")
+    con.print(f"lost events: {doc['lost_events']}   tool overhead: "
+              + (", ".join(f"{k} {v}" for k, v in doc["overhead"].items()) or "—"))
+    for w in doc["warnings"]:
+        con.print(f"[yellow]warning:[/yellow] {w}")

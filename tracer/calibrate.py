@@ -1,0 +1,202 @@
+"""Per-node calibration: how many nanoseconds one iptables rule evaluation costs here.
+
+Counters tell how many rule evaluations each packet made (collectors); this measured
+constant turns evaluations into time where no probe can time the chain itself. It is
+measured by a short micro-benchmark on the node: 64-byte UDP forwarded through a
+throwaway "node" namespace holding 0 and then N non-matching rules. On a veth path the
+sender's CPU does the whole forwarding work, so time per packet is 1/pps and the slope
+of time-per-packet against rule count is the cost of one evaluation. Results are cached
+per kernel and CPU model, since both change the figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from cnitrace.errors import ToolError
+from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.session import Session
+
+CACHE = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "calibration.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    rules: int
+    pps: float
+
+    @property
+    def ns_per_packet(self) -> float:
+        return 1e9 / self.pps
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    ns_per_rule_eval: float
+    ns_per_packet_base: float
+    r2: float
+    backend: str
+    samples: tuple[Sample, ...]
+    kernel: str
+    cpu: str
+    measured_at: float
+    provenance: str = "measured"   # "measured" now, or "cached" from an earlier run on this kernel+CPU
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["samples"] = [dataclasses.asdict(s) for s in self.samples]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Calibration":
+        return cls(**{**d, "samples": tuple(Sample(**s) for s in d["samples"])})
+
+
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """Least-squares slope, intercept and R² of y against x (pure)."""
+    n = len(points)
+    if n < 2 or len({x for x, _ in points}) < 2:
+        raise ValueError("need samples at two or more distinct x values")
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    slope = sxy / sxx
+    icpt = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for _, y in points)
+    ss_res = sum((y - (icpt + slope * x)) ** 2 for x, y in points)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return slope, icpt, r2
+
+
+def calibration_from_samples(samples: Sequence[Sample], backend: str, kernel: str, cpu: str) -> Calibration:
+    slope, icpt, r2 = fit_line([(s.rules, s.ns_per_packet) for s in samples])
+    return Calibration(slope, icpt, r2, backend, tuple(samples), kernel, cpu, time.time())
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def nonmatching_rules(n: int, chain: str = "FORWARD") -> str:
+    """An iptables-restore body of n UDP port-range rules that the calibration traffic never matches."""
+    lines = ["*filter", f":{chain} ACCEPT [0:0]"]
+    for i in range(n):
+        lo = 10000 + 2 * (i % 25000)
+        lines.append(f"-A {chain} -p udp -m udp --dport {lo}:{lo + 1} -j DROP")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+class _Bench:
+    """Three namespaces client → node → server; the node forwards and holds the rules."""
+
+    def __init__(self, session: Session, runner: Runner):
+        self.s, self.r = session, runner
+        tag = uuid.uuid4().hex[:6]
+        self.ns = {k: f"cnit-cal{tag}-{k}" for k in ("c", "n", "s")}
+
+    def build(self) -> None:
+        r, ns = self.r, self.ns
+        for name in ns.values():
+            self.s.track("netns", name)
+            r.run(["ip", "netns", "add", name])
+        r.run(["ip", "-n", ns["c"], "link", "add", "eth0", "type", "veth", "peer", "name", "c0", "netns", ns["n"]])
+        r.run(["ip", "-n", ns["s"], "link", "add", "eth0", "type", "veth", "peer", "name", "s0", "netns", ns["n"]])
+        plan = [(ns["c"], "eth0", "10.250.1.2/24", "10.250.1.1"), (ns["s"], "eth0", "10.250.2.2/24", "10.250.2.1")]
+        for netns, dev, addr, gw in plan:
+            r.run(["ip", "-n", netns, "addr", "add", addr, "dev", dev])
+            r.run(["ip", "-n", netns, "link", "set", dev, "up"])
+            r.run(["ip", "-n", netns, "link", "set", "lo", "up"])
+            r.run(["ip", "-n", netns, "route", "add", "default", "via", gw])
+        r.run(["ip", "-n", ns["n"], "addr", "add", "10.250.1.1/24", "dev", "c0"])
+        r.run(["ip", "-n", ns["n"], "addr", "add", "10.250.2.1/24", "dev", "s0"])
+        for dev in ("c0", "s0", "lo"):
+            r.run(["ip", "-n", ns["n"], "link", "set", dev, "up"])
+        r.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=ns["n"])
+
+    def load_rules(self, n: int, backend: str) -> None:
+        tool = "iptables-legacy-restore" if backend == "legacy" else "iptables-nft-restore"
+        self.r.run([tool], input=nonmatching_rules(n), netns=self.ns["n"])
+
+    def _wait_listening(self, port: int, deadline_s: float = 5.0) -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            out = self.r.run(["ss", "-Hltn", f"sport = :{port}"], netns=self.ns["s"], check=False).stdout
+            if out.strip():
+                return
+            time.sleep(0.05)
+        raise ToolError(f"iperf3 server did not start listening on port {port} within {deadline_s:g} s")
+
+    def pps(self, seconds: int) -> float:
+        """Receiver-side packets per second of a bounded 64-byte UDP flood (iperf3 takes whole seconds)."""
+        srv = self.r.spawn(["iperf3", "-s", "-1", "-p", "5201"], netns=self.ns["s"])
+        try:
+            self._wait_listening(5201)
+            out = self.r.run(["iperf3", "-c", "10.250.2.2", "-p", "5201", "-u", "-l", "64", "-b", "0",
+                              "--connect-timeout", "3000", "-t", str(seconds), "-J"],
+                             netns=self.ns["c"], timeout=seconds + 15)
+        finally:
+            try:
+                srv.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - a stuck server is killed, never left behind
+                srv.kill()
+                srv.wait()
+        return parse_iperf3_udp_pps(out.stdout)
+
+
+def parse_iperf3_udp_pps(text: str) -> float:
+    """Delivered packets per second from `iperf3 -u -J` output (pure)."""
+    try:
+        doc = json.loads(text)
+        s = doc["end"]["sum"]
+        delivered = s["packets"] - s.get("lost_packets", 0)
+        secs = s["seconds"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ToolError(f"iperf3: unexpected JSON output ({exc})") from None
+    if secs <= 0 or delivered <= 0:
+        raise ToolError("iperf3: no packets were delivered during calibration")
+    return delivered / secs
+
+
+def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str = "legacy",
+            runner: Runner = DEFAULT_RUNNER) -> Calibration:
+    """Measure ns per rule evaluation by alternating 0 and `rules` rules, `repeats` times each."""
+    samples: list[Sample] = []
+    with Session(runner=runner) as s:
+        b = _Bench(s, runner)
+        b.build()
+        for _ in range(repeats):
+            for n in (0, rules):
+                b.load_rules(n, backend)
+                samples.append(Sample(n, b.pps(seconds)))
+    return calibration_from_samples(samples, backend, platform.release(), cpu_model())
+
+
+def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, **kw) -> Calibration:
+    """The cached calibration for this kernel+CPU+backend, or a fresh measurement (then cached)."""
+    key = f"{platform.release()}|{cpu_model()}|{backend}"
+    try:
+        entries = json.loads(cache.read_text())
+        if key in entries:
+            return dataclasses.replace(Calibration.from_json(entries[key]), provenance="cached")
+    except (OSError, ValueError, TypeError, KeyError):
+        entries = {}
+    cal = measure(backend=backend, **kw)
+    entries[key] = cal.to_json()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(entries, indent=1))
+    return cal
