@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 PACKAGES=(
     python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool
-    iproute2 kmod iptables nftables ipset conntrack
+    iproute2 kmod ethtool iptables nftables ipset conntrack
     openvswitch-switch python3-openvswitch
     iperf3 sockperf apache2-utils nginx-light haproxy curl
     qemu-system-x86 busybox-static xz-utils zstd
@@ -72,5 +72,15 @@ if [[ ! -e "$BUILD" ]]; then
         echo "provision.sh: no headers for kernel $RUNNING; linked stand-in linux-headers-$KVER at $BUILD"
     fi
 fi
+# Debian splits headers into -<arch> (generated) and -common (kconfig.h and the rest); bcc
+# finds the -common half only through a `source` link next to `build` (also for the microVM's kernel).
+for build in /lib/modules/*/build; do
+    source="${build%/build}/source"
+    build_dir=$(readlink -f "$build" || true)
+    if [[ ! -e "$source" && "$build_dir" == *-amd64 && -d "${build_dir%-amd64}-common" ]]; then
+        ln -sfn "${build_dir%-amd64}-common" "$source"
+        echo "provision.sh: linked ${build_dir%-amd64}-common at $source (bcc needs both halves)"
+    fi
+done
 
 echo "provision.sh: system packages ready (microVM kernel $KVER)"
