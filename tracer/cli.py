@@ -122,6 +122,185 @@ def diff(before: str, after: str, top: int) -> int:
     return ExitStatus.OK
 
 
+# --- lab --------------------------------------------------------------------------------------
+
+@cli.group()
+def lab() -> None:
+    """The built-in lab: a CNI's policy datapath in network namespaces, with N rules."""
+
+
+@lab.command("up")
+@click.option("--datapath", "-d", required=True, help="calico, kube-router, nft, flannel, antrea, cilium.")
+@click.option("--rules", "-n", default=0, show_default=True, type=int, help="Port-range rules (0..10000).")
+@click.option("--pods", default=1, show_default=True, type=int, help="Client pods (1..250).")
+@click.option("--l7", is_flag=True, help="Detour allowed HTTP through a real L7 proxy (GET / only).")
+@click.option("--l7-proxy", default="nginx", show_default=True, help="nginx or haproxy.")
+@click.option("--backend", default="legacy", show_default=True, help="iptables backend: legacy or nft.")
+@click.option("--match-position", type=int, default=None, help="Rules before the allow rule (default: N, last).")
+@click.option("--name", default="lab", show_default=True, help="Lab name (namespaces cnit-NAME-*).")
+@click.option("--json", "as_json", is_flag=True, help="Print the lab description as JSON.")
+def lab_up(datapath: str, rules: int, pods: int, l7: bool, l7_proxy: str, backend: str,
+           match_position: int | None, name: str, as_json: bool) -> int:
+    """Build a lab; it stays up until `cnitrace lab down`."""
+    from cnitrace.lab import manager
+    from cnitrace.lab.model import LabSpec
+
+    spec = LabSpec(name=name, datapath=datapath, rules=rules, pods=pods, l7=l7, backend=backend,
+                   match_position=match_position, l7_proxy=l7_proxy)
+    manager.preflight(spec)      # bad input is refused the same way with or without root
+    require_root()
+    built = manager.up(spec, progress=None if as_json else (lambda m: click.echo(f"  {m}", err=True)))
+    if as_json:
+        click.echo(json.dumps(built.to_json(), indent=2, sort_keys=True))
+    else:
+        t = built.topo
+        click.echo(f"lab {name} up: {datapath} with {rules} rules, server {t.server.ip} "
+                   f"({t.server.netns}), {len(t.clients)} client(s), built in {built.timings['total']:.2f} s")
+    return ExitStatus.OK
+
+
+@lab.command("down")
+@click.option("--name", default="lab", show_default=True, help="Lab name.")
+def lab_down(name: str) -> int:
+    """Remove a lab and everything it created."""
+    from cnitrace.lab import manager
+
+    require_root()
+    n = manager.down(name)
+    click.echo(f"lab {name} down: removed {n} objects")
+    return ExitStatus.OK
+
+
+@lab.command("status")
+@click.option("--name", default="lab", show_default=True, help="Lab name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full description as JSON.")
+def lab_status(name: str, as_json: bool) -> int:
+    """Show a lab's topology, ground truth and health. Exit 1 if it is broken."""
+    from cnitrace.lab import manager
+
+    st = manager.status(name)
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        spec, topo = st["spec"], st["topology"]
+        click.echo(f"lab {name}: {spec['datapath']} rules={spec['rules']} l7={spec['l7']} "
+                   f"{'healthy' if st['healthy'] else 'BROKEN'}")
+        for p in topo["pods"]:
+            click.echo(f"  {p['role']:6} {p['netns']:24} {p['ip']:15} node-side {p['node_iface']}")
+        if st["missing_netns"]:
+            click.echo(f"  missing namespaces: {', '.join(st['missing_netns'])}")
+    return ExitStatus.OK if st["healthy"] else ExitStatus.FAILURE
+
+
+@lab.command("list")
+def lab_list() -> int:
+    """List the labs on this node."""
+    from cnitrace.lab import manager
+
+    labs = manager.names()
+    for n in labs:
+        click.echo(n)
+    if not labs:
+        click.echo("no labs", err=True)
+    return ExitStatus.OK
+
+
+# --- probe ------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--stage", "-s", "stages", multiple=True, default=("transit", "drops"), show_default=True,
+              help="transit, drops, l7_detour, netfilter (repeatable).")
+@click.option("--iface", "-i", "ifaces", multiple=True, help="[NETNS/]NAME or glob whose packets to time (repeatable).")
+@click.option("--netns", "netns", multiple=True, help="Only packets in this named network namespace (repeatable).")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]), help="5-tuple filter: IP protocol.")
+@click.option("--saddr", help="5-tuple filter: IPv4 source.")
+@click.option("--daddr", help="5-tuple filter: IPv4 destination.")
+@click.option("--sport", type=click.IntRange(0, 65535), default=0, help="5-tuple filter: source port.")
+@click.option("--dport", type=click.IntRange(0, 65535), default=0, help="5-tuple filter: destination port.")
+@click.option("--mark", help="Only skbs with this mark, VALUE[/MASK].")
+@click.option("--duration", "-d", type=float, default=5.0, show_default=True, help="Seconds to measure.")
+@click.option("--events", is_flag=True, help="Also stream per-packet events (ring or perf buffer).")
+@click.option("--force", "force", multiple=True, help="STAGE=BACKEND: pin a backend (fentry, kprobe, tracepoint).")
+@click.option("--ready-file", type=click.Path(dir_okay=False), help="Written once the probes are attached.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, duration, events, force, ready_file,
+          as_json) -> int:
+    """Time packets per datapath stage in the kernel for a while, then print the figures.
+
+    Each figure says which backend measured it (fentry, kprobe, tracepoint) or that it is
+    modelled (counters only). Ctrl-C ends early; the probes are always detached.
+    """
+    from cnitrace.probes import command
+    from cnitrace.probes.runtime import Filter
+
+    require_root()
+    mark_value, mark_mask = None, 0xFFFFFFFF
+    if mark:
+        v, _, m = mark.partition("/")
+        try:
+            mark_value, mark_mask = int(v, 0), (int(m, 0) if m else 0xFFFFFFFF)
+        except ValueError:
+            raise click.BadParameter(f"{mark!r} is not VALUE[/MASK]", param_hint="--mark") from None
+    flt = Filter(mark=mark_value, mark_mask=mark_mask, proto={"tcp": 6, "udp": 17, "icmp": 1}.get(proto, 0),
+                 saddr=saddr, daddr=daddr, sport=sport, dport=dport)
+    cfg = command.ProbeConfig(stages=tuple(stages), ifaces=tuple(command.parse_iface(i) for i in ifaces),
+                              netns=tuple(netns), filt=flt, duration=duration, events=events,
+                              force=tuple(command.parse_force(f) for f in force), ready_file=ready_file)
+    result = command.run(cfg)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return ExitStatus.OK
+    for c in result["choices"]:
+        click.echo(f"{c['stage']:10} {c['backend']:10} {c['signal']:8} {c['reason']}")
+    for f in result["figures"]:
+        key = " ".join(f"{k}={v}" for k, v in f["key"].items() if k not in ("netns", "location"))
+        unit = f["unit"]
+        click.echo(f"{f['stage']:10} {key}: n={f['count']} mean={f['mean']:.0f} {unit} "
+                   f"p50={f['p50']:.0f} p99={f['p99']:.0f} [{f['backend']}]")
+    click.echo(f"attached in {result['attach_seconds']:.2f} s")
+    return ExitStatus.OK
+
+
+# --- snapshot ---------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--iface", "ifaces", multiple=True, metavar="GLOB",
+              help="Interfaces to look at (glob like 'cali*'; their veth peers and namespaces follow).")
+@click.option("--netns", "netns", multiple=True, metavar="NAME", help="A named network namespace (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (save it to pass to --since later).")
+@click.option("--since", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Print the deltas since a snapshot saved with --json.")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), metavar="SECONDS",
+              help="Take two snapshots this far apart and print the deltas (BPF run stats on between).")
+@click.option("--only", "only", multiple=True, metavar="COLLECTOR",
+              help="iptables, nftables, ovs, bpf, cilium or conntrack (repeatable; default all).")
+@click.option("--ovs-rundir", type=click.Path(file_okay=False), help="A private OVS's run directory.")
+@click.option("--bpf-stats", type=click.Choice(["auto", "fd", "sysctl"]), default="auto", hidden=True,
+              help="How BPF run stats are enabled for --interval.")
+def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, since: str | None,
+             interval: float | None, only: tuple[str, ...], ovs_rundir: str | None, bpf_stats: str) -> int:
+    """Print every available collector's counters, or their deltas (--since FILE, --interval S)."""
+    from cnitrace.collectors import registry
+    from cnitrace.errors import UsageError
+    from cnitrace.selection import resolve
+    from cnitrace.session import Session
+
+    require_root()
+    if since and interval:
+        raise UsageError("--since and --interval are exclusive")
+    selection = resolve(ifaces, netns) if (ifaces or netns) else None
+    ctx = registry.Context(selection=selection, ovs_rundir=ovs_rundir)
+    req = registry.Request(collectors=only, interval_s=interval, since=since, bpf_stats=bpf_stats)
+    with Session() as session:
+        result = registry.run(req, ctx, session)
+    if as_json:
+        click.echo(json.dumps(result.document, indent=1, sort_keys=True))
+    else:
+        from cnitrace.reports.terminal import render_snapshot
+        render_snapshot(result)
+    return ExitStatus.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point and the one error boundary."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
