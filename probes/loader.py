@@ -76,7 +76,9 @@ def load(source_filename: str, cflags: Mapping[str, Any] | None = None, *,
     flags = cflag_list(cflags)
     cls = bcc.BPF if autoload else _no_autoload_class(bcc)
     with source_path(source_filename, package) as path:
-        flags.append(f"-I{path.parent}")
+        # -w: the stand-in or distro headers make clang print pages of harmless warnings that
+        # would bury the tool's own output; errors are still reported.
+        flags += [f"-I{path.parent}", "-w"]
         try:
             return cls(src_file=str(path).encode(), cflags=flags, debug=debug)
         except Exception as exc:  # bcc raises bare Exception

@@ -107,7 +107,9 @@ def fmt_ns(ns: float | None) -> str:
 
 def compute_shares(root: Node) -> None:
     """Fill `share` for every node as its fraction of the root's per-packet time."""
-    total = root.ns_per_packet or sum((c.ns_per_packet or 0.0) for c in root.children)
+    # When the modelled stages exceed the measured total (a bad calibration, say), shares are
+    # taken against the larger figure so they never exceed 100 %; the tree carries a warning.
+    total = max(root.ns_per_packet or 0.0, sum((c.ns_per_packet or 0.0) for c in root.children))
     for _, n in root.walk():
         n.share = (n.ns_per_packet / total) if (total and n.ns_per_packet is not None) else None
 

@@ -2,11 +2,16 @@
 
 Counters tell how many rule evaluations each packet made (collectors); this measured
 constant turns evaluations into time where no probe can time the chain itself. It is
-measured by a short micro-benchmark on the node: 64-byte UDP forwarded through a
-throwaway "node" namespace holding 0 and then N non-matching rules. On a veth path the
-sender's CPU does the whole forwarding work, so time per packet is 1/pps and the slope
-of time-per-packet against rule count is the cost of one evaluation. Results are cached
-per kernel and CPU model, since both change the figure.
+measured by a short micro-benchmark on the node: UDP forwarded through a throwaway "node"
+namespace holding 0 and then N non-matching rules; the slope of time-per-packet against
+rule count is the cost of one evaluation.
+
+Two methods. "transit" (preferred) times each packet's receive → transmit through the
+node namespace with the transit tracepoint probe: the forwarding runs in softirq, so other
+processes competing for the CPU do not inflate it — which matters on a busy node. "pps"
+(fallback where tracepoints are unusable) takes 1/throughput of a 64-byte iperf3 flood,
+since on a veth path the sender's CPU does all the forwarding work; it is inflated by CPU
+contention. Results are cached per kernel, CPU model and backend.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ CACHE = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "cal
 @dataclasses.dataclass(frozen=True)
 class Sample:
     rules: int
-    pps: float
+    ns_per_packet: float
 
-    @property
-    def ns_per_packet(self) -> float:
-        return 1e9 / self.pps
+    @classmethod
+    def from_pps(cls, rules: int, pps: float) -> "Sample":
+        return cls(rules, 1e9 / pps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Calibration:
     cpu: str
     measured_at: float
     provenance: str = "measured"   # "measured" now, or "cached" from an earlier run on this kernel+CPU
+    method: str = "pps"            # "transit" (tracepoint-timed) or "pps" (1/throughput)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -76,9 +82,10 @@ def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float, float
     return slope, icpt, r2
 
 
-def calibration_from_samples(samples: Sequence[Sample], backend: str, kernel: str, cpu: str) -> Calibration:
+def calibration_from_samples(samples: Sequence[Sample], backend: str, kernel: str, cpu: str,
+                             method: str = "pps") -> Calibration:
     slope, icpt, r2 = fit_line([(s.rules, s.ns_per_packet) for s in samples])
-    return Calibration(slope, icpt, r2, backend, tuple(samples), kernel, cpu, time.time())
+    return Calibration(slope, icpt, r2, backend, tuple(samples), kernel, cpu, time.time(), method=method)
 
 
 def cpu_model() -> str:
@@ -158,6 +165,16 @@ class _Bench:
         return parse_iperf3_udp_pps(out.stdout)
 
 
+    def send_udp(self, count: int) -> None:
+        """`count` UDP datagrams client → server (port 5201, nobody listening: forwarded, then refused)."""
+        code = ("import socket\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"for i in range({int(count)}):\n"
+                "    s.sendto(b'cnitrace-calibration', ('10.250.2.2', 5201))\n")
+        import sys
+        self.r.run([sys.executable, "-c", code], netns=self.ns["c"], timeout=30)
+
+
 def parse_iperf3_udp_pps(text: str) -> float:
     """Delivered packets per second from `iperf3 -u -J` output (pure)."""
     try:
@@ -173,22 +190,40 @@ def parse_iperf3_udp_pps(text: str) -> float:
 
 
 def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str = "legacy",
-            runner: Runner = DEFAULT_RUNNER) -> Calibration:
+            runner: Runner = DEFAULT_RUNNER, method: str | None = None, packets: int = 2000) -> Calibration:
     """Measure ns per rule evaluation by alternating 0 and `rules` rules, `repeats` times each."""
+    if method is None:
+        from cnitrace.capability import Host
+        method = "transit" if Host(runner).usable("tracepoints") else "pps"
     samples: list[Sample] = []
     with Session(runner=runner) as s:
         b = _Bench(s, runner)
         b.build()
+        if method == "transit":
+            from cnitrace.probes.runtime import ProbeSet
+            probes = ProbeSet(["transit"], ifaces=[(b.ns["n"], "c0")], session=s, runner=runner)
+            s.on_exit(probes.close)
+            probes.start()
         for _ in range(repeats):
             for n in (0, rules):
                 b.load_rules(n, backend)
-                samples.append(Sample(n, b.pps(seconds)))
-    return calibration_from_samples(samples, backend, platform.release(), cpu_model())
+                if method == "transit":
+                    probes.reset()
+                    b.send_udp(packets)
+                    time.sleep(0.1)
+                    figs = [f for f in probes.snapshot() if f.stage == "transit"]
+                    count = sum(f.hist.count for f in figs)
+                    if count < packets // 2:
+                        raise ToolError(f"calibration: only {count} of {packets} packets were timed")
+                    samples.append(Sample(n, sum(f.hist.sum for f in figs) / count))
+                else:
+                    samples.append(Sample.from_pps(n, b.pps(seconds)))
+    return calibration_from_samples(samples, backend, platform.release(), cpu_model(), method)
 
 
 def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, **kw) -> Calibration:
     """The cached calibration for this kernel+CPU+backend, or a fresh measurement (then cached)."""
-    key = f"{platform.release()}|{cpu_model()}|{backend}"
+    key = f"{platform.release()}|{cpu_model()}|{backend}|{kw.get('method') or 'auto'}"
     try:
         entries = json.loads(cache.read_text())
         if key in entries:

@@ -83,6 +83,78 @@ def cleanup(as_json: bool) -> int:
     return ExitStatus.FAILURE if result.failed else ExitStatus.OK
 
 
+# --- profile / demo ---------------------------------------------------------------------------
+
+def _write_outputs(doc: dict, json_out: str | None, html_out: str | None) -> None:
+    from cnitrace.reports.html import render_html
+
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+        click.echo(f"wrote {json_out}", err=True)
+    if html_out:
+        with open(html_out, "w", encoding="utf-8") as f:
+            f.write(render_html(doc))
+        click.echo(f"wrote {html_out}", err=True)
+
+
+def _say(msg: str) -> None:
+    click.echo(f"· {msg}", err=True)
+
+
+@cli.command()
+@click.option("--iface", "ifaces", multiple=True, metavar="[NETNS/]GLOB", help="Interfaces to watch (e.g. 'cali*').")
+@click.option("--netns", "netns", multiple=True, metavar="NAME", help="Watch every interface of a namespace.")
+@click.option("--lab", "lab_name", default=None, metavar="NAME", help="Profile a cnitrace lab (and allow --traffic).")
+@click.option("--duration", default=5.0, show_default=True, type=float, help="Window length in seconds.")
+@click.option("--traffic", type=click.Choice(["none", "probe", "stream", "rr", "http"]), default="none",
+              show_default=True, help="Traffic to send inside the lab during the window.")
+@click.option("--no-calibrate", is_flag=True, help="Skip the ns-per-rule micro-benchmark (no modelled time).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the JSON document here.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+def profile(ifaces, netns, lab_name, duration, traffic, no_calibrate, json_out, html_out) -> int:
+    """Profile where each packet's time goes in the selected datapath.
+
+    Ctrl-C ends the window early and still prints the report.
+    """
+    from cnitrace.profile import ProfileConfig, run_profile
+    from cnitrace.reports.profile_terminal import render_profile
+
+    require_root()
+    cfg = ProfileConfig(tuple(ifaces), tuple(netns), lab_name, duration, traffic, not no_calibrate)
+    doc = run_profile(cfg, say=_say)
+    render_profile(doc)
+    _write_outputs(doc, json_out, html_out)
+    return ExitStatus.OK
+
+
+@cli.command()
+@click.option("--datapath", default="calico", show_default=True, help="Lab datapath to profile.")
+@click.option("--rules", default=1000, show_default=True, type=int, help="Policy rules in the lab.")
+@click.option("--backend", default="legacy", show_default=True, help="iptables backend: legacy or nft.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the JSON document here.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+def demo(datapath: str, rules: int, backend: str, json_out: str | None, html_out: str | None) -> int:
+    """Bring up the built-in lab, profile it with crafted traffic, tear it down."""
+    from cnitrace.lab import manager
+    from cnitrace.lab.model import LabSpec
+    from cnitrace.profile import ProfileConfig, run_profile
+    from cnitrace.reports.profile_terminal import render_profile
+
+    require_root()
+    spec = LabSpec(name="demo", datapath=datapath, rules=rules, backend=backend)
+    _say(f"lab up: {datapath}, {rules} rules ({backend})")
+    manager.up(spec, progress=_say)
+    try:
+        doc = run_profile(ProfileConfig(lab="demo", duration=3.0, traffic="probe"), say=_say)
+    finally:
+        _say("lab down")
+        manager.down("demo")
+    render_profile(doc)
+    _write_outputs(doc, json_out, html_out)
+    return ExitStatus.OK
+
+
 # --- report / diff ------------------------------------------------------------------------------
 
 @cli.command()
@@ -264,8 +336,9 @@ def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, durati
 # --- snapshot ---------------------------------------------------------------------------------
 
 @cli.command()
-@click.option("--iface", "ifaces", multiple=True, metavar="GLOB",
-              help="Interfaces to look at (glob like 'cali*'; their veth peers and namespaces follow).")
+@click.option("--iface", "ifaces", multiple=True, metavar="[NETNS/]GLOB",
+              help="Interfaces to look at ('cali*', or 'ns/eth*' inside a namespace); their veth peers "
+                   "and namespaces follow (repeatable).")
 @click.option("--netns", "netns", multiple=True, metavar="NAME", help="A named network namespace (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (save it to pass to --since later).")
 @click.option("--since", type=click.Path(dir_okay=False), metavar="FILE",

@@ -30,7 +30,8 @@ def test_fit_line_exact_on_noiseless_lines(slope, icpt, xs):
 
 def test_calibration_from_pps_samples():
     # 200k pps with no rules, 40k pps with 1000: 5000 ns vs 25000 ns per packet → 20 ns per rule
-    cal = calibration_from_samples([Sample(0, 200_000), Sample(1000, 40_000)], "legacy", "6.18", "cpu")
+    cal = calibration_from_samples([Sample.from_pps(0, 200_000), Sample.from_pps(1000, 40_000)],
+                                   "legacy", "6.18", "cpu")
     assert cal.ns_per_rule_eval == pytest.approx(20.0)
     assert cal.ns_per_packet_base == pytest.approx(5000.0)
     assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal

@@ -1,0 +1,290 @@
+"""`cnitrace profile`: one profiling window over a selection, attributed and documented.
+
+The steps are fixed and visible: resolve what to watch → detect the CNI → choose a probe
+backend per stage (the ladder) → calibrate → snapshot every collector → attach probes →
+run traffic (or wait) → snapshot again → attribute → one versioned document. Ctrl-C during
+the window ends it early and still produces the report; everything attached is detached
+by the Session. Read-only towards a CNI: it reads counters and attaches probes, never
+changes rules, flows or maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import socket
+import time
+from typing import Any, Callable, Sequence
+
+from cnitrace import __version__
+from cnitrace.attribution import Calib, ProgramTime, TableTime, Transit, bpf_stage, build_tree, netfilter_stage
+from cnitrace.errors import UsageError
+from cnitrace.reports.document import headline, validate
+from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.session import Interrupted, Session
+
+TRAFFIC = ("none", "probe", "stream", "rr", "http")
+BACKEND_NAMES = {"fentry": "fentry", "kprobe": "kprobe", "tracepoint": "tracepoint", "counters": "counters",
+                 None: "none"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    ifaces: tuple[str, ...] = ()
+    netns: tuple[str, ...] = ()
+    lab: str | None = None
+    duration: float = 5.0
+    traffic: str = "none"
+    calibrate: bool = True
+
+    def validate(self) -> None:
+        if self.traffic not in TRAFFIC:
+            raise UsageError(f"unknown --traffic {self.traffic!r}; choose from {', '.join(TRAFFIC)}")
+        if not 0 < self.duration <= 3600:
+            raise UsageError("--duration must be between 0 and 3600 seconds")
+        if self.traffic != "none" and not self.lab:
+            raise UsageError("--traffic needs a lab (--lab NAME): cnitrace only sends traffic inside lab namespaces")
+        if not (self.ifaces or self.netns or self.lab):
+            raise UsageError("nothing selected: give --iface GLOB, --netns NAME or --lab NAME")
+
+
+@dataclasses.dataclass
+class Target:
+    """What one profile watches: interfaces (netns, name, ifindex), rule namespaces and the lab, if any."""
+
+    interfaces: list[dict[str, Any]]
+    rule_netns: list[str | None]        # where netfilter rules are read (None = host)
+    lab: Any = None                     # cnitrace.lab.manager.Lab
+
+
+def resolve_target(cfg: ProfileConfig, runner: Runner) -> Target:
+    if cfg.lab:
+        from cnitrace.lab import manager
+        lab = manager.load(cfg.lab)
+        topo = lab.topo
+        ifaces = [{"name": p.node_iface, "ifindex": p.node_ifindex, "netns": topo.node_netns, "peer": p.iface,
+                   "pod": p.netns} for p in topo.pods]
+        return Target(ifaces, [topo.node_netns], lab)
+    from cnitrace import selection
+    sel = selection.resolve(list(cfg.ifaces), list(cfg.netns))
+    ifaces = [{"name": i.name, "ifindex": i.ifindex, "netns": i.netns or None, "peer": i.peer,
+               "pod": i.peer_netns} for i in sel.interfaces]
+    rule_ns = sorted({i.netns or None for i in sel.interfaces}, key=lambda n: n or "")
+    return Target(ifaces, rule_ns or [None])
+
+
+# --- collectors ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Counters:
+    iptables: dict[str | None, Any]
+    nft: dict[str | None, Any]
+    bpf: Any = None
+
+
+def snapshot_counters(target: Target, runner: Runner) -> Counters:
+    from cnitrace.collectors.iptables.source import IptablesCollector
+    from cnitrace.collectors.nftables.source import NftablesCollector
+
+    ipt = {ns: IptablesCollector(runner, netns=ns, families=("ipv4",)).snapshot() for ns in target.rule_netns}
+    nft = {ns: NftablesCollector(runner, netns=ns).snapshot() for ns in target.rule_netns}
+    return Counters(ipt, nft)
+
+
+def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str], list[str]]:
+    from cnitrace.collectors.iptables.graph import ruleset_delta
+    from cnitrace.collectors.iptables.source import ruleset_of
+    from cnitrace.collectors.nftables.source import records_delta
+    from cnitrace.netfilter_work import evaluation_order, iptables_nft_tables, iptables_work, nft_work
+
+    work, warnings, order = [], [], []
+    for ns in after.iptables:
+        delta, w1 = ruleset_delta(ruleset_of(before.iptables[ns]), ruleset_of(after.iptables[ns]))
+        iw, w2 = iptables_work(delta)
+        recs, w3 = records_delta(before.nft[ns], after.nft[ns])
+        nw, w4 = nft_work(recs, skip=iptables_nft_tables(delta))
+        work += iw + nw
+        order += [c for c in evaluation_order(delta, iw) if c not in order]
+        warnings += [*after.iptables[ns].warnings, *w1, *w2, *w3, *w4]
+    return work, order, warnings
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+def transit_of(figures: Sequence[Any], ifaces: Sequence[dict[str, Any]]) -> Transit | None:
+    """Merge the transit histograms of packets that *entered* on a selected interface."""
+    sel = {i["ifindex"] for i in ifaces}
+    figs = [f for f in figures if f.stage == "transit" and f.key.get("ifindex_in") in sel]
+    if not figs:
+        return None
+    count = sum(f.hist.count for f in figs)
+    total = sum(f.hist.sum for f in figs)
+    merged = figs[0].hist
+    for f in figs[1:]:
+        merged = merged + f.hist
+    return Transit(count, total / count if count else 0.0, merged.p50, merged.p99,
+                   figs[0].backend)
+
+
+def drops_of(figures: Sequence[Any]) -> list[dict[str, Any]]:
+    by: dict[tuple[str, str], int] = {}
+    for f in figures:
+        if f.stage != "drops":
+            continue
+        k = (str(f.key.get("reason_name", f.key.get("reason"))), str(f.key.get("symbol", "")))
+        by[k] = by.get(k, 0) + f.hist.count
+    return [{"reason": r, "count": n, "where": w or None, "provenance": "measured"}
+            for (r, w), n in sorted(by.items(), key=lambda kv: -kv[1])]
+
+
+def netfilter_tables_of(figures: Sequence[Any]) -> list[TableTime]:
+    out: dict[str, list[Any]] = {}
+    for f in figures:
+        if f.stage == "netfilter" and f.map == "nf_table_agg":
+            out.setdefault(str(f.key.get("table")), []).append(f)
+    tables = []
+    for name, figs in out.items():
+        h = figs[0].hist
+        for f in figs[1:]:
+            h = h + f.hist
+        tables.append(TableTime(name, h.count, h.sum / h.count if h.count else 0.0,
+                                h.p50, h.p99, figs[0].backend))
+    return tables
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def _backends(host: Any) -> dict[str, dict[str, Any]]:
+    from cnitrace.ladder import choose_all
+
+    out = {}
+    for c in choose_all(host):
+        out[c.stage] = {"backend": BACKEND_NAMES.get(c.backend, "none"), "reason": c.reason,
+                        "signals": {"measured": list(c.measured), "modelled": list(c.modelled)}}
+    return out
+
+
+def _probe_stages(backends: dict[str, dict[str, Any]]) -> list[str]:
+    from cnitrace.probes.specs import SPECS
+
+    return [s for s in ("transit", "drops", "netfilter")
+            if s in SPECS and backends.get(s, {}).get("backend") in ("fentry", "kprobe", "tracepoint")]
+
+
+def run_traffic(kind: str, target: Target, duration: float, runner: Runner) -> Any:
+    if kind == "none":
+        return None
+    from cnitrace import traffic
+
+    topo = target.lab.topo
+    if kind == "probe":
+        return traffic.crafted_probes(topo, runner=runner)
+    if kind == "stream":
+        return traffic.stream(topo, max(1, int(duration)), runner=runner)
+    if kind == "rr":
+        return traffic.rr(topo, max(1, int(duration)), runner=runner)
+    return traffic.http(topo, max(1, int(duration)), runner=runner)
+
+
+def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAULT_RUNNER,
+                say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """One profiling window; returns the validated profile document."""
+    from cnitrace.capability import Host
+    from cnitrace.detect import detect_cnis, gather_evidence
+
+    cfg.validate()
+    host = host or Host(runner)
+    t_start = time.time()
+    target = resolve_target(cfg, runner)
+    say(f"selection: {', '.join(i['name'] for i in target.interfaces)}")
+    cnis = []
+    for ns in target.rule_netns:
+        for d in detect_cnis(gather_evidence(runner, ns)):
+            cnis.append({"name": d.cni, "evidence": list(d.evidence)})
+    backends = _backends(host)
+    warnings: list[str] = []
+    cal = None
+    if cfg.calibrate:
+        from cnitrace import calibrate
+        say("calibration: ns per rule evaluation")
+        backend = target.lab.spec.backend if target.lab else "legacy"
+        cal = calibrate.cached_or_measure(backend=backend, runner=runner)
+
+    overhead: dict[str, Any] = {}
+    interrupted = False
+    traffic_result = None
+    figures: list[Any] = []
+    lost = 0
+    with Session(runner=runner) as session:
+        t0 = time.monotonic()
+        before = snapshot_counters(target, runner)
+        overhead["snapshot_s"] = round(time.monotonic() - t0, 4)
+        stages = _probe_stages(backends)
+        probes = None
+        if stages:
+            from cnitrace.probes.runtime import ProbeSet
+            say(f"probes: {', '.join(stages)}")
+            probes = ProbeSet(stages, ifaces=[(i["netns"], i["name"]) for i in target.interfaces],
+                              session=session, host=host, runner=runner)
+            session.on_exit(probes.close)
+            probes.start()
+            overhead["attach_s"] = round(probes.attach_seconds or 0.0, 3)
+        t_window = time.monotonic()
+        try:
+            traffic_result = run_traffic(cfg.traffic, target, cfg.duration, runner)
+            remaining = cfg.duration - (time.monotonic() - t_window)
+            if cfg.traffic == "none" and remaining > 0:
+                time.sleep(remaining)
+        except (Interrupted, KeyboardInterrupt):
+            interrupted = True
+            warnings.append("interrupted: the window ended early; figures cover what was seen until then")
+        window = time.monotonic() - t_window
+        after = snapshot_counters(target, runner)
+        if probes is not None:
+            figures = probes.snapshot()
+            lost = probes.lost()
+            for stage, ch in probes.choices.items():
+                if stage in backends and ch.backend:
+                    backends[stage]["backend"] = BACKEND_NAMES.get(ch.backend, "none")
+
+    work, order, nf_warn = netfilter_inputs(before, after)
+    warnings += nf_warn
+    transit = transit_of(figures, target.interfaces)
+    sent = getattr(traffic_result, "packets_sent", None) if traffic_result else None
+    if cfg.traffic == "probe" and sent:
+        packets = sent
+    elif transit is not None:
+        packets = transit.packets
+    else:
+        packets = max((w.packets for w in work), default=0)
+    calib = Calib(cal.ns_per_rule_eval) if cal else Calib(0.0)
+    nf = netfilter_stage(work, packets, calib, measured=netfilter_tables_of(figures))
+    root = build_tree([nf], transit, packets)
+    doc = {
+        "schema_version": 1, "kind": "profile", "tool": {"name": "cnitrace", "version": __version__},
+        "host": {"kernel": platform.release(), "cpu": _cpu(), "hostname": socket.gethostname()},
+        "cni": cnis,
+        "lab": ({"spec": target.lab.spec.to_json(), "ground_truth": target.lab.truth.to_json()}
+                if target.lab else None),
+        "selection": {"interfaces": target.interfaces, "netns": [n for n in target.rule_netns if n]},
+        "started_at": t_start, "duration_s": round(window, 3),
+        "traffic": {"kind": cfg.traffic, "packets_sent": sent,
+                    "result": traffic_result.to_json() if traffic_result else None},
+        "backends": backends,
+        "calibration": ({"ns_per_rule_eval": cal.ns_per_rule_eval, "provenance": cal.provenance,
+                         "r2": cal.r2, "backend": cal.backend} if cal else None),
+        "tree": root.to_json(), "headline": headline(root),
+        "drops": drops_of(figures), "conntrack": None, "maps": [],
+        "evaluation_order": order, "overhead": overhead, "lost_events": int(lost),
+        "warnings": [w for w in warnings if w][:50] + (["interrupted"] if interrupted else []),
+    }
+    errors = validate(doc)
+    if errors:  # our own contract: a bug, said plainly rather than writing a bad document
+        raise RuntimeError(f"profile document does not match its schema: {errors[0]}")
+    return doc
+
+
+def _cpu() -> str:
+    from cnitrace.calibrate import cpu_model
+    return cpu_model()
