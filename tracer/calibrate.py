@@ -34,12 +34,12 @@ CACHE = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "cal
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    rules: int
+    evaluations: int          # rule evaluations each packet made
     ns_per_packet: float
 
     @classmethod
-    def from_pps(cls, rules: int, pps: float) -> "Sample":
-        return cls(rules, 1e9 / pps)
+    def from_pps(cls, evaluations: int, pps: float) -> "Sample":
+        return cls(evaluations, 1e9 / pps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Calibration:
     measured_at: float
     provenance: str = "measured"   # "measured" now, or "cached" from an earlier run on this kernel+CPU
     method: str = "pps"            # "transit" (tracepoint-timed) or "pps" (1/throughput)
+    style: str = "plain"           # rule shape calibrated (see nonmatching_rules)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -83,9 +84,10 @@ def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float, float
 
 
 def calibration_from_samples(samples: Sequence[Sample], backend: str, kernel: str, cpu: str,
-                             method: str = "pps") -> Calibration:
-    slope, icpt, r2 = fit_line([(s.rules, s.ns_per_packet) for s in samples])
-    return Calibration(slope, icpt, r2, backend, tuple(samples), kernel, cpu, time.time(), method=method)
+                             method: str = "pps", style: str = "plain") -> Calibration:
+    slope, icpt, r2 = fit_line([(s.evaluations, s.ns_per_packet) for s in samples])
+    return Calibration(slope, icpt, r2, backend, tuple(samples), kernel, cpu, time.time(), method=method,
+                       style=style)
 
 
 def cpu_model() -> str:
@@ -98,14 +100,44 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def nonmatching_rules(n: int, chain: str = "FORWARD") -> str:
-    """An iptables-restore body of n UDP port-range rules that the calibration traffic never matches."""
-    lines = ["*filter", f":{chain} ACCEPT [0:0]"]
+STYLES = ("plain", "calico", "kube-router")
+
+
+def style_for(cni: str | None) -> str:
+    """Calibrate with rules shaped like the CNI's: match modules (ipset, multiport, mark) cost
+    differently, so ns per evaluation is only transferable between rules of the same shape."""
+    return cni if cni in STYLES else "plain"
+
+
+def nonmatching_rules(n: int, style: str = "plain") -> tuple[str, str, int]:
+    """(ipset-restore body, iptables-restore body, rule evaluations per packet) for n policy
+    rules that the calibration traffic (UDP to port 5201 from 10.250.1.0/24) never matches.
+
+    plain: `-p udp --dport a:b -j DROP`, one evaluation each. calico / kube-router: the
+    CNI's MARK-then-RETURN pair per policy rule, with the ipset lookups they make (the sets
+    contain the client, as on a real node, so the lookup succeeds and the port check fails).
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown calibration style {style!r}")
+    sets = ""
+    lines = ["*filter", ":FORWARD ACCEPT [0:0]", ":cnit-cal - [0:0]", "-A FORWARD -j cnit-cal"]
     for i in range(n):
         lo = 10000 + 2 * (i % 25000)
-        lines.append(f"-A {chain} -p udp -m udp --dport {lo}:{lo + 1} -j DROP")
+        if style == "plain":
+            lines.append(f"-A cnit-cal -p udp -m udp --dport {lo}:{lo + 1} -j DROP")
+            continue
+        if style == "calico":
+            match = f"-p udp -m set --match-set cnitcal-src src -m multiport --dports {lo}:{lo + 1}"
+        else:
+            match = (f"-p udp -m set --match-set cnitcal-src src -m set --match-set cnitcal-dst dst "
+                     f"-m multiport --dports {lo}:{lo + 1}")
+        lines.append(f'-A cnit-cal {match} -m comment --comment "cnit {i}" -j MARK --set-xmark 0x10000/0x10000')
+        lines.append(f'-A cnit-cal -m comment --comment "cnit {i} return" -m mark --mark 0x10000/0x10000 -j RETURN')
+    if style != "plain":
+        sets = ("create cnitcal-src hash:net family inet -exist\nadd cnitcal-src 10.250.1.0/24 -exist\n"
+                "create cnitcal-dst hash:net family inet -exist\nadd cnitcal-dst 10.250.2.0/24 -exist\n")
     lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return sets, "\n".join(lines) + "\n", n * (1 if style == "plain" else 2)
 
 
 class _Bench:
@@ -135,9 +167,14 @@ class _Bench:
             r.run(["ip", "-n", ns["n"], "link", "set", dev, "up"])
         r.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=ns["n"])
 
-    def load_rules(self, n: int, backend: str) -> None:
+    def load_rules(self, n: int, backend: str, style: str) -> int:
+        """Replace the node's rules with n policy rules; returns evaluations per packet."""
+        sets, rules, evals = nonmatching_rules(n, style)
+        if sets:
+            self.r.run(["ipset", "restore"], input=sets, netns=self.ns["n"])
         tool = "iptables-legacy-restore" if backend == "legacy" else "iptables-nft-restore"
-        self.r.run([tool], input=nonmatching_rules(n), netns=self.ns["n"])
+        self.r.run([tool], input=rules, netns=self.ns["n"])
+        return evals
 
     def _wait_listening(self, port: int, deadline_s: float = 5.0) -> None:
         end = time.monotonic() + deadline_s
@@ -190,7 +227,8 @@ def parse_iperf3_udp_pps(text: str) -> float:
 
 
 def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str = "legacy",
-            runner: Runner = DEFAULT_RUNNER, method: str | None = None, packets: int = 2000) -> Calibration:
+            runner: Runner = DEFAULT_RUNNER, method: str | None = None, packets: int = 2000,
+            style: str = "plain") -> Calibration:
     """Measure ns per rule evaluation by alternating 0 and `rules` rules, `repeats` times each."""
     if method is None:
         from cnitrace.capability import Host
@@ -206,7 +244,7 @@ def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str 
             probes.start()
         for _ in range(repeats):
             for n in (0, rules):
-                b.load_rules(n, backend)
+                evals = b.load_rules(n, backend, style)
                 if method == "transit":
                     probes.reset()
                     b.send_udp(packets)
@@ -215,22 +253,22 @@ def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str 
                     count = sum(f.hist.count for f in figs)
                     if count < packets // 2:
                         raise ToolError(f"calibration: only {count} of {packets} packets were timed")
-                    samples.append(Sample(n, sum(f.hist.sum for f in figs) / count))
+                    samples.append(Sample(evals, sum(f.hist.sum for f in figs) / count))
                 else:
-                    samples.append(Sample.from_pps(n, b.pps(seconds)))
-    return calibration_from_samples(samples, backend, platform.release(), cpu_model(), method)
+                    samples.append(Sample.from_pps(evals, b.pps(seconds)))
+    return calibration_from_samples(samples, backend, platform.release(), cpu_model(), method, style)
 
 
-def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, **kw) -> Calibration:
-    """The cached calibration for this kernel+CPU+backend, or a fresh measurement (then cached)."""
-    key = f"{platform.release()}|{cpu_model()}|{backend}|{kw.get('method') or 'auto'}"
+def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, style: str = "plain", **kw) -> Calibration:
+    """The cached calibration for this kernel+CPU+backend+rule shape, or a fresh measurement (then cached)."""
+    key = f"{platform.release()}|{cpu_model()}|{backend}|{style}|{kw.get('method') or 'auto'}"
     try:
         entries = json.loads(cache.read_text())
         if key in entries:
             return dataclasses.replace(Calibration.from_json(entries[key]), provenance="cached")
     except (OSError, ValueError, TypeError, KeyError):
         entries = {}
-    cal = measure(backend=backend, **kw)
+    cal = measure(backend=backend, style=style, **kw)
     entries[key] = cal.to_json()
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(entries, indent=1))

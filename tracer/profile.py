@@ -56,6 +56,7 @@ class Target:
     interfaces: list[dict[str, Any]]
     rule_netns: list[str | None]        # where netfilter rules are read (None = host)
     lab: Any = None                     # cnitrace.lab.manager.Lab
+    entry: set[int] | None = None       # ifindexes whose received packets are timed (None = all selected)
 
 
 def resolve_target(cfg: ProfileConfig, runner: Runner) -> Target:
@@ -65,7 +66,8 @@ def resolve_target(cfg: ProfileConfig, runner: Runner) -> Target:
         topo = lab.topo
         ifaces = [{"name": p.node_iface, "ifindex": p.node_ifindex, "netns": topo.node_netns, "peer": p.iface,
                    "pod": p.netns} for p in topo.pods]
-        return Target(ifaces, [topo.node_netns], lab)
+        # Requests enter the node from client pods: time those (replies are a different path).
+        return Target(ifaces, [topo.node_netns], lab, {p.node_ifindex for p in topo.clients})
     from cnitrace import selection
     sel = selection.resolve(list(cfg.ifaces), list(cfg.netns))
     ifaces = [{"name": i.name, "ifindex": i.ifindex, "netns": i.netns or None, "peer": i.peer,
@@ -112,9 +114,9 @@ def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str]
 
 # --- probes -------------------------------------------------------------------------------------
 
-def transit_of(figures: Sequence[Any], ifaces: Sequence[dict[str, Any]]) -> Transit | None:
-    """Merge the transit histograms of packets that *entered* on a selected interface."""
-    sel = {i["ifindex"] for i in ifaces}
+def transit_of(figures: Sequence[Any], entry: set[int]) -> Transit | None:
+    """Merge the transit histograms of packets that *entered* on one of the `entry` interfaces."""
+    sel = entry
     figs = [f for f in figures if f.stage == "transit" and f.key.get("ifindex_in") in sel]
     if not figs:
         return None
@@ -209,7 +211,9 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
         from cnitrace import calibrate
         say("calibration: ns per rule evaluation")
         backend = target.lab.spec.backend if target.lab else "legacy"
-        cal = calibrate.cached_or_measure(backend=backend, runner=runner)
+        style = calibrate.style_for(target.lab.spec.datapath if target.lab else
+                                    (cnis[0]["name"] if cnis else None))
+        cal = calibrate.cached_or_measure(backend=backend, style=style, runner=runner)
 
     overhead: dict[str, Any] = {}
     interrupted = False
@@ -250,7 +254,8 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
 
     work, order, nf_warn = netfilter_inputs(before, after)
     warnings += nf_warn
-    transit = transit_of(figures, target.interfaces)
+    transit = transit_of(figures, target.entry if target.entry is not None
+                         else {i["ifindex"] for i in target.interfaces})
     sent = getattr(traffic_result, "packets_sent", None) if traffic_result else None
     if cfg.traffic == "probe" and sent:
         packets = sent
@@ -273,7 +278,8 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                     "result": traffic_result.to_json() if traffic_result else None},
         "backends": backends,
         "calibration": ({"ns_per_rule_eval": cal.ns_per_rule_eval, "provenance": cal.provenance,
-                         "r2": cal.r2, "backend": cal.backend} if cal else None),
+                         "r2": cal.r2, "backend": cal.backend, "method": cal.method, "style": cal.style}
+                        if cal else None),
         "tree": root.to_json(), "headline": headline(root),
         "drops": drops_of(figures), "conntrack": None, "maps": [],
         "evaluation_order": order, "overhead": overhead, "lost_events": int(lost),

@@ -1,0 +1,133 @@
+"""`cnitrace profile` on the lab, checked against the lab's ground truth (root, real kernel)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cnitrace import cli
+from cnitrace.calibrate import measure
+from cnitrace.lab import manager
+from cnitrace.lab.model import LabSpec
+from cnitrace.profile import ProfileConfig, run_profile
+from cnitrace.reports.document import Node, validate
+
+
+@pytest.fixture
+def lab_factory(unique_name):
+    made = []
+
+    def make(datapath: str, rules: int, **kw):
+        lab = manager.up(LabSpec(name=unique_name(), datapath=datapath, rules=rules, **kw))
+        made.append(lab.spec.name)
+        return lab
+
+    yield make
+    for name in made:
+        if name in manager.names():
+            manager.down(name)
+
+
+def _probe_profile(lab) -> tuple[dict, Node]:
+    doc = run_profile(ProfileConfig(lab=lab.spec.name, traffic="probe", duration=1.0))
+    assert validate(doc) == []
+    return doc, Node.from_json(doc["tree"])
+
+
+def test_calico_1000_top_cost_is_the_policy_chain(lab_factory, node_before_after):
+    lab = lab_factory("calico", 1000)
+    doc, root = _probe_profile(lab)
+    sent = doc["traffic"]["result"]["metrics"]["sent"]
+    total = sum(sent.values())
+    # Packet counts in the report equal the packets crafted and sent.
+    assert doc["traffic"]["packets_sent"] == total and root.packets == total
+    policy = lab.truth.allowed["tcp"].chain
+    chains = [n for _, n in root.walk() if n.kind == "chain"]
+    top = max(chains, key=lambda n: n.ns_per_packet or 0)
+    assert top.name == policy, [(c.name, c.ns_per_packet) for c in chains]
+    assert top.packets == total                      # every probe was addressed to the server pod
+    assert top.evaluations_per_packet > 1000         # ≈ 2 rules per filler policy rule walked
+    assert policy in doc["headline"] and "rule evaluations per packet" in doc["headline"]
+    assert top.share > 0.5
+    # Every probe the policy does not allow was dropped by netfilter, and the drop probe named the
+    # reason: the denied port, and UDP to the filler ranges (the lab's filler rules are TCP-only).
+    fillers = {lo for lo, _ in lab.topo.filler_ranges}
+
+    def allowed(key: str) -> bool:
+        proto, port = key.split("/")
+        return int(port) == lab.topo.allowed_port or (proto == "tcp" and int(port) in fillers)
+
+    denied = sum(n for k, n in sent.items() if not allowed(k))
+    assert denied >= sent[f"tcp/{lab.topo.denied_port}"] + sent[f"udp/{lab.topo.denied_port}"]
+    nf_drops = sum(d["count"] for d in doc["drops"] if d["reason"] == "NETFILTER_DROP")
+    assert nf_drops == denied
+    assert doc["backends"]["transit"]["backend"] == "tracepoint" and root.provenance == "measured"
+    assert doc["evaluation_order"][:2] == ["FORWARD", "cali-FORWARD"]
+    manager.down(lab.spec.name)
+    node_before_after()
+
+
+def test_nft_cost_per_packet_stays_near_constant(lab_factory):
+    lab = lab_factory("nft", 1000)
+    doc, root = _probe_profile(lab)
+    chains = [n for _, n in root.walk() if n.kind == "chain" and n.packets]
+    assert chains, "no nft chain saw the probes"
+    # Set/map lookups count once: no chain walks anything like N rules per packet.
+    assert max(c.evaluations_per_packet for c in chains) < 10
+
+
+def _allowed_syn_transit_ns(lab, packets: int = 400) -> float:
+    """Mean measured transit (tracepoint) of NEW TCP SYNs to the allowed port through the lab's node.
+
+    TCP, as the lab's filler rules are (-p tcp), so every SYN is evaluated fully by each rule;
+    the client's RSTs to the server's SYN-ACKs are dropped in the client pod so that only SYNs
+    enter the node from it.
+    """
+    import sys
+
+    from cnitrace.probes.runtime import ProbeSet
+    from cnitrace.runner import Runner
+
+    r, topo = Runner(), lab.topo
+    client = topo.clients[0]
+    r.run(["iptables-legacy", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"],
+          netns=client.netns)
+    with ProbeSet(["transit"], ifaces=[(topo.node_netns, client.node_iface)]) as probes:
+        r.run([sys.executable, "-m", "cnitrace.traffic_send", client.ip, topo.server.ip, "30000",
+               f"tcp:{topo.allowed_port}:{packets}"], netns=client.netns, timeout=120)
+        time.sleep(0.2)
+        figs = [f for f in probes.snapshot() if f.key.get("ifindex_in") == client.node_ifindex]
+    n = sum(f.hist.count for f in figs)
+    assert n >= packets * 0.9, n
+    return sum(f.hist.sum for f in figs) / n
+
+
+def test_calibration_matches_the_measured_slope_between_100_and_1000(lab_factory):
+    small, big = lab_factory("calico", 100), lab_factory("calico", 1000)
+    t_small, t_big = _allowed_syn_transit_ns(small), _allowed_syn_transit_ns(big)
+    evals = big.truth.evaluations["tcp"] - small.truth.evaluations["tcp"]
+    slope = (t_big - t_small) / evals
+    cal = measure(rules=1000, repeats=2, method="transit", style="calico")
+    assert slope > 0
+    print(f"calibrated {cal.ns_per_rule_eval:.1f} ns/evaluation, lab slope {slope:.1f} ns/evaluation")
+    assert abs(cal.ns_per_rule_eval - slope) <= 0.25 * slope, (cal.ns_per_rule_eval, slope)
+
+
+def test_profile_cli_writes_json_and_html(lab_factory, tmp_path, capsys):
+    lab = lab_factory("calico", 100)
+    j, h = tmp_path / "p.json", tmp_path / "p.html"
+    rc = cli.main(["profile", "--lab", lab.spec.name, "--traffic", "probe", "--duration", "1",
+                   "--json", str(j), "--html", str(h)])
+    assert rc == 0
+    doc = json.loads(j.read_text())
+    assert validate(doc) == [] and "stage-share-chart" in h.read_text()
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(doc["headline"][:40])
+
+
+def test_profile_bad_selection_is_one_line_exit_2(capsys):
+    assert cli.main(["profile", "--iface", "cnitnomatch*"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matches no interface" in err[0]
