@@ -69,3 +69,15 @@ def remove_ovs_bridge(rec: Record, runner: Runner) -> None:
     if rec.data.get("db"):
         argv.append(f"--db={rec.data['db']}")
     runner.run([*argv, "--if-exists", "del-br", rec.name], check=False)
+
+
+@remover("bpffs")
+def unmount_bpffs(rec: Record, runner: Runner) -> None:
+    """Unmount a bpffs cnitrace mounted (the host had none), but only once it holds no pins."""
+    p = Path(rec.name)
+    if p != Path("/sys/fs/bpf"):
+        raise ValueError(f"refusing to unmount {p}: not /sys/fs/bpf")
+    mounted = any(line.split()[1:3] == [str(p), "bpf"] for line in Path("/proc/mounts").read_text().splitlines())
+    preloaded = {"maps.debug", "progs.debug"}      # the kernel's own iterators, in every bpffs
+    if mounted and not any(c.name not in preloaded for c in p.iterdir()):
+        runner.run(["umount", str(p)])

@@ -89,11 +89,17 @@ class StateFile:
 
     def live(self, owner: str | None = None) -> list[Record]:
         """Records not yet removed, oldest first. A torn last line is ignored."""
+        with self._locked():
+            out = self._live_unlocked()
+        if owner is not None:
+            out = [r for r in out if r.owner == owner]
+        return out
+
+    def _live_unlocked(self) -> list[Record]:
         if not self.path.exists():
             return []
         recs: dict[str, Record] = {}
-        with self._locked():
-            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         for line in lines:
             try:
                 e = json.loads(line)
@@ -103,15 +109,15 @@ class StateFile:
                     recs.pop(e["id"], None)
             except (ValueError, KeyError, TypeError):
                 continue
-        out = list(recs.values())
-        if owner is not None:
-            out = [r for r in out if r.owner == owner]
-        return out
+        return list(recs.values())
 
     def compact(self) -> None:
-        """Rewrite the file with live records only (or delete it when none are left)."""
-        live = self.live()
+        """Rewrite the file with live records only (or delete it when none are left).
+
+        Read and rewrite happen under one lock hold: a record appended by another process in
+        between would otherwise be lost (and its object orphaned)."""
         with self._locked():
+            live = self._live_unlocked()
             if not live:
                 self.path.unlink(missing_ok=True)
                 return

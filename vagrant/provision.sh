@@ -15,7 +15,7 @@ PACKAGES=(
     iproute2 kmod ethtool iptables nftables ipset conntrack
     openvswitch-switch python3-openvswitch
     iperf3 sockperf apache2-utils nginx-light haproxy curl
-    qemu-system-x86 busybox-static xz-utils zstd
+    qemu-system-x86 busybox-static xz-utils zstd cpio
     chromium
 )
 
