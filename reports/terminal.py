@@ -69,7 +69,11 @@ def _key_text(key) -> str:
 
 
 def _counter_text(counters) -> str:
-    return "  ".join(f"{k}={v:,}" for k, v in counters.items())
+    """Non-zero counters only (conntrack has 16 per CPU, mostly 0); '0' when all are."""
+    text = "  ".join(f"{k}={v:,}" for k, v in counters.items() if v) or "0"
+    if counters.get("run_cnt"):
+        text += f"  ns/run={counters.get('run_time_ns', 0) / counters['run_cnt']:,.1f}"
+    return text
 
 
 def _gauge_text(rec) -> str | None:

@@ -374,6 +374,69 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
     return ExitStatus.OK
 
 
+# --- sweep ------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--datapath", "datapaths", metavar="LIST", help="Comma-separated datapaths (default: all six).")
+@click.option("--rules", metavar="LIST", help="Comma-separated rule counts (default 0,100,1000; --quick 0,1000).")
+@click.option("--clients", metavar="LIST", help="Comma-separated client pod counts (default 1).")
+@click.option("--l7", is_flag=True, help="Add an L7-policy twin of each point (calico, cilium, antrea) with ab load.")
+@click.option("--placement", type=click.Choice(["intra", "inter"]), default="intra", show_default=True,
+              help="inter: the client pod sits behind a second node joined by a VXLAN overlay.")
+@click.option("--repeat", default=1, show_default=True, type=int, help="Measurements per point (spread reported).")
+@click.option("--quick", is_flag=True, help="Shorter measurements and rules 0,1000 (under 2 minutes).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the JSON document here.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+def sweep(datapaths, rules, clients, l7, placement, repeat, quick, json_out, html_out) -> int:
+    """Measure cost curves as policies and clients grow, on the built-in lab.
+
+    Every point gets a fresh lab, a semantics check (allowed ports pass, denied ports drop), then
+    throughput, latency, CPU, memory and per-packet policy cost (measured and modelled).
+    Ctrl-C keeps the finished points, writes the partial result and removes the lab.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from cnitrace import sweep as sweep_mod
+    from cnitrace.reports.sweep_html import render_sweep_html
+    from cnitrace.reports.sweep_terminal import render_sweep
+    from cnitrace.sweep_model import make_config, points
+
+    cfg = make_config(datapaths=datapaths, rules=rules, clients=clients, l7=l7, placement=placement,
+                      repeat=repeat, quick=quick)
+    require_root()
+    total = len(points(cfg))
+    err = Console(stderr=True, width=100)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                  transient=False) as bar:
+        task = bar.add_task("sweep", total=total)
+
+        def progress(ev: dict) -> None:
+            if ev["event"] == "calibrate":
+                bar.update(task, description=f"calibrating ({ev['id']})")
+            elif ev["event"] == "point":
+                bar.update(task, description=f"{ev['id']}")
+            elif ev["event"] == "done":
+                bar.update(task, completed=ev["index"] + 1)
+
+        doc = sweep_mod.run(cfg, progress=progress)
+    render_sweep(doc)
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+        click.echo(f"wrote {json_out}", err=True)
+    if html_out:
+        with open(html_out, "w", encoding="utf-8") as f:
+            f.write(render_sweep_html(doc))
+        click.echo(f"wrote {html_out}", err=True)
+    if doc["interrupted"]:
+        return ExitStatus.INTERRUPTED
+    if not doc["semantics_all_passed"] or any(p["status"] != "ok" for p in doc["points"]):
+        return ExitStatus.FAILURE
+    return ExitStatus.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point and the one error boundary."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

@@ -1,0 +1,312 @@
+"""Every collector by name, and the `cnitrace snapshot` job built on them.
+
+The registry is the one place that knows how to construct each collector from a Context
+(selection, runner, OVS instance), so the CLI, the profiler and the tests agree on what
+"all collectors" means. A snapshot set serialises to a versioned JSON document that
+`--since FILE` reads back: records become generic (key, counters) pairs, which is all
+the delta needs, so a saved snapshot stays comparable across cnitrace versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
+
+from cnitrace.collectors.base import Availability, Delta, Parsed, Snapshot, delta
+from cnitrace.errors import CnitraceError, UsageError
+from cnitrace.runner import DEFAULT_RUNNER, Runner
+
+FORMAT = "cnitrace-snapshot/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    selection: Any = None              # cnitrace.selection.Selection or None (= whole node)
+    runner: Runner = DEFAULT_RUNNER
+    ovs_rundir: str | None = None      # a private OVS (the lab's); None = /run/openvswitch
+
+
+class Unavailable:
+    """Stands in for a collector that cannot even be constructed here (module missing)."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+
+    def available(self, host: Any = None) -> Availability:
+        return Availability.no(self.reason)
+
+    def snapshot(self) -> Snapshot:
+        raise CnitraceError(f"{self.name}: {self.reason}")
+
+    def parse(self, text: str) -> Parsed:
+        return Parsed(())
+
+
+def _netns_list(ctx: Context) -> list[str]:
+    sel = ctx.selection
+    return list(sel.netns) if sel is not None and not sel.empty else [""]
+
+
+def _iptables(ctx: Context) -> Any:
+    from cnitrace.collectors.iptables.source import IptablesCollector
+    return IptablesCollector(ctx.runner)
+
+
+def _nftables(ctx: Context) -> Any:
+    from cnitrace.collectors.nftables.source import NftablesCollector
+    return NftablesCollector(ctx.runner)
+
+
+def _ovs(ctx: Context) -> Any:
+    from cnitrace.collectors.ovs.source import OvsCollector, OvsTarget
+    target = OvsTarget(rundir=ctx.ovs_rundir) if ctx.ovs_rundir else OvsTarget()
+    if ctx.ovs_rundir:
+        import glob
+        import os
+        ctls = sorted(glob.glob(os.path.join(ctx.ovs_rundir, "*vswitchd*.ctl")))
+        if ctls:
+            target = OvsTarget(rundir=ctx.ovs_rundir, ctl=ctls[0])
+    return OvsCollector(target, ctx.runner)
+
+
+def _bpf(ctx: Context) -> Any:
+    from cnitrace.collectors.bpfprog.source import BpfProgCollector
+    return BpfProgCollector(ctx.selection, ctx.runner)
+
+
+def _cilium(ctx: Context) -> Any:
+    from cnitrace.collectors.cilium.source import CiliumCollector
+    return CiliumCollector(ctx.runner)
+
+
+def _conntrack(ctx: Context) -> Any:
+    from cnitrace.collectors.conntrack.source import ConntrackCollector
+    return ConntrackCollector(_netns_list(ctx), ctx.runner)
+
+
+FACTORIES: dict[str, Callable[[Context], Any]] = {
+    "iptables": _iptables, "nftables": _nftables, "ovs": _ovs, "bpf": _bpf,
+    "cilium": _cilium, "conntrack": _conntrack,
+}
+NAMES = tuple(FACTORIES)
+
+
+def build(names: Sequence[str] | None = None, ctx: Context | None = None) -> list[Any]:
+    """The named collectors (all when None), constructed for `ctx`; unknown names are a UsageError."""
+    ctx = ctx or Context()
+    names = list(names) if names else list(NAMES)
+    bad = [n for n in names if n not in FACTORIES]
+    if bad:
+        raise UsageError(f"unknown collector {bad[0]!r}; choose from {', '.join(NAMES)}")
+    out = []
+    for n in names:
+        try:
+            out.append(FACTORIES[n](ctx))
+        except (ImportError, AttributeError) as exc:
+            out.append(Unavailable(n, f"collector not available in this build ({exc})"))
+    return out
+
+
+# --- snapshot sets and their JSON document ----------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One collector's part of a snapshot set: the snapshot, or why there is none."""
+
+    name: str
+    availability: Availability
+    snapshot: Snapshot | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenericRecord:
+    """A record read back from JSON: enough for delta() and rendering."""
+
+    key: Hashable
+    counters: Mapping[str, int]
+    kind: str = ""
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def take(collectors: Sequence[Any], host: Any = None) -> list[Entry]:
+    """Snapshot every available collector; a failing one becomes unavailable with its reason."""
+    out = []
+    for c in collectors:
+        a = c.available(host)
+        snap = None
+        if a:
+            try:
+                snap = c.snapshot()
+            except CnitraceError as exc:
+                a = Availability.no(exc.message)
+        out.append(Entry(c.name, a, snap))
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple) and hasattr(v, "_asdict"):  # NamedTuple records
+        return {k: _jsonable(x) for k, x in v._asdict().items()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def record_to_json(rec: Any) -> dict[str, Any]:
+    data = _jsonable(rec) if dataclasses.is_dataclass(rec) or hasattr(rec, "_asdict") else {}
+    return {"kind": type(rec).__name__ if not isinstance(rec, GenericRecord) else rec.kind,
+            "key": _jsonable(getattr(rec, "key", None)),
+            "counters": dict(getattr(rec, "counters", {}) or {}),
+            "data": data if not isinstance(rec, GenericRecord) else dict(rec.data)}
+
+
+def to_document(entries: Sequence[Entry], selection: Any = None) -> dict[str, Any]:
+    cols: dict[str, Any] = {}
+    for e in entries:
+        item: dict[str, Any] = {"available": e.availability.ok, "reason": e.availability.reason}
+        if e.snapshot is not None:
+            s = e.snapshot
+            item.update(taken_at=s.taken_at, monotonic=s.monotonic, warnings=list(s.warnings),
+                        meta=_jsonable(s.meta), records=[record_to_json(r) for r in s.records])
+        cols[e.name] = item
+    return {"format": FORMAT, "taken_at": time.time(),
+            "selection": selection.to_json() if selection is not None else None, "collectors": cols}
+
+
+def _key(v: Any) -> Hashable:
+    return tuple(_key(x) for x in v) if isinstance(v, list) else v
+
+
+def from_document(doc: Any) -> dict[str, Snapshot]:
+    """Snapshots (of GenericRecords) from a saved document; malformed parts raise UsageError."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UsageError(f"not a cnitrace snapshot (expected format {FORMAT!r})")
+    out: dict[str, Snapshot] = {}
+    try:
+        for name, item in doc["collectors"].items():
+            if not item.get("available") or "records" not in item:
+                continue
+            recs = tuple(GenericRecord(_key(r["key"]), {k: int(v) for k, v in r["counters"].items()},
+                                       str(r.get("kind", "")), r.get("data") or {})
+                         for r in item["records"])
+            out[name] = Snapshot(name, recs, taken_at=float(item["taken_at"]),
+                                 monotonic=float(item["monotonic"]), warnings=tuple(item.get("warnings", ())),
+                                 meta=item.get("meta") or {})
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"malformed snapshot document: {type(exc).__name__}: {exc}") from None
+    return out
+
+
+def load_document(path: str) -> dict[str, Snapshot]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    return from_document(doc)
+
+
+def deltas(before: Mapping[str, Snapshot], entries: Sequence[Entry]) -> dict[str, Delta]:
+    """Per-collector deltas between a saved set and fresh entries (collectors in both only)."""
+    out = {}
+    for e in entries:
+        if e.snapshot is None or e.name not in before:
+            continue
+        after = Snapshot(e.name, tuple(GenericRecord(_key(_jsonable(r.key)), dict(r.counters))
+                                       for r in e.snapshot.records if getattr(r, "counters", None) is not None),
+                         taken_at=e.snapshot.taken_at, monotonic=e.snapshot.monotonic,
+                         warnings=e.snapshot.warnings, meta=e.snapshot.meta)
+        out[e.name] = delta(before[e.name], after)
+    return out
+
+
+def _change(key: Hashable, delta_: Mapping[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": _jsonable(key), "delta": dict(delta_)}
+    if delta_.get("run_cnt"):  # a BPF program: the cost of one run over the interval
+        out["ns_per_run"] = delta_.get("run_time_ns", 0) / delta_["run_cnt"]
+    return out
+
+
+def deltas_document(ds: Mapping[str, Delta], entries: Sequence[Entry]) -> dict[str, Any]:
+    cols = {}
+    for e in entries:
+        item: dict[str, Any] = {"available": e.availability.ok, "reason": e.availability.reason}
+        d = ds.get(e.name)
+        if d is not None:
+            item.update(interval_s=d.interval_s, warnings=list(d.warnings),
+                        resets=[_jsonable(k) for k in d.resets],
+                        changes=[_change(k, v) for k, v in d.changes.items() if any(v.values())])
+        elif e.snapshot is not None:
+            item["note"] = "not in the saved snapshot"
+        cols[e.name] = item
+    return {"format": FORMAT.replace("snapshot", "delta"), "collectors": cols}
+
+
+# --- the snapshot job -------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    collectors: tuple[str, ...] = ()
+    interval_s: float | None = None     # take two snapshots this far apart, BPF stats on between
+    since: str | None = None            # a saved snapshot document to diff against
+    bpf_stats: str = "auto"             # 'auto' | 'fd' | 'sysctl'
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    entries: list[Entry]
+    deltas: dict[str, Delta] | None
+    document: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def _maybe_stats(enabled: bool, session: Any, mode: str) -> Iterator[str | None]:
+    if not enabled:
+        yield None
+        return
+    from cnitrace.collectors.bpfprog.stats import stats_enabled
+    with stats_enabled(session, mode) as how:
+        yield how
+
+
+def run(req: Request, ctx: Context, session: Any, host: Any = None,
+        sleep: Callable[[float], None] = time.sleep) -> Result:
+    """Snapshot, or delta over --interval, or delta since a saved document."""
+    before = load_document(req.since) if req.since else None
+    collectors = build(req.collectors or None, ctx)
+    wants_bpf = any(c.name == "bpf" for c in collectors)
+    notes: list[str] = []
+    with _maybe_stats(wants_bpf and req.interval_s is not None, session, req.bpf_stats) as how:
+        if how:
+            notes.append(f"BPF run stats enabled for the interval via {how}")
+        if req.interval_s is not None:
+            first = take(collectors, host)
+            sleep(req.interval_s)
+            entries = take(collectors, host)
+            before = {e.name: e.snapshot for e in first if e.snapshot is not None}
+            before = {n: _generic(s) for n, s in before.items()}
+        else:
+            entries = take(collectors, host)
+    if before is None:
+        return Result(entries, None, to_document(entries, ctx.selection), tuple(notes))
+    if req.since and wants_bpf:
+        notes.append("BPF run counters only move while stats are enabled; use --interval to measure them")
+    ds = deltas(before, entries)
+    return Result(entries, ds, deltas_document(ds, entries), tuple(notes))
+
+
+def _generic(s: Snapshot) -> Snapshot:
+    return Snapshot(s.collector, tuple(GenericRecord(_key(_jsonable(r.key)), dict(r.counters))
+                                       for r in s.records if getattr(r, "counters", None) is not None),
+                    taken_at=s.taken_at, monotonic=s.monotonic, warnings=s.warnings, meta=s.meta)

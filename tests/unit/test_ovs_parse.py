@@ -1,0 +1,207 @@
+"""OVS parsers against real dumps (this host's private OVS, Antrea docs, a kernel-datapath host)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cnitrace.collectors.base import Snapshot, delta
+from cnitrace.collectors.ovs import parse as p
+
+FIX = Path(__file__).parent.parent / "fixtures" / "ovs"
+
+
+def fx(name: str) -> str:
+    text = (FIX / name).read_text()
+    assert text.startswith("# provenance:")
+    return text
+
+
+def test_dump_flows_numeric_tables():
+    r = p.parse_dump_flows(fx("host-dump-flows.txt"), "cnitbr")
+    assert r.warnings == ()
+    assert len(r.records) == 6
+    f = r.records[2]
+    assert (f.table, f.priority, f.match, f.actions) == (10, 100, "ip,nw_dst=10.99.0.2", "output:2")
+    assert (f.n_packets, f.n_bytes, f.cookie, f.duration_s) == (7, 364, 0, 12.497)
+    assert r.records[5].match == "" and r.records[5].actions == "drop"
+    assert sum(x.n_packets for x in r.records if x.table == 0) == 11
+
+
+def test_dump_flows_named_tables_match_numeric_dump():
+    named = p.parse_dump_flows(fx("host-dump-flows-names.txt"), "b").records
+    numeric = p.parse_dump_flows(fx("host-dump-flows.txt"), "b").records
+    assert [x.table for x in named] == ["Classifier"] * 2 + ["Forward"] * 4
+    assert [x.n_packets for x in named] == [x.n_packets for x in numeric]
+    assert named[0].match == "in_port=cnitv1h" and named[0].actions == "resubmit(,Forward)"
+
+
+def test_antrea_flows_parse_and_structure():
+    r = p.parse_dump_flows(fx("antrea-antctl-get-of.txt"), "br-int")
+    assert r.warnings == ()
+    assert len(r.records) == 17
+    first = r.records[0]
+    assert (first.table, first.priority, first.n_packets, first.n_bytes) == ("classification", 190, 513122, 42615080)
+    conj = [x for x in r.records if x.table == "IngressRule" and "conj_id=1" in x.match][0]
+    s = conj.structured(table_ids={"IngressMetric": 101})
+    assert s.match["conj_id"] == 1
+    ct = [a for a in s.actions if "ct" in a][0]["ct"]
+    assert ct["table"] == 101 and ct["zone"] == 65520
+    with pytest.raises(ValueError, match="python-ovs"):
+        conj.structured()  # named table without a mapping: a clear error, not a ParseError
+    rule = [x for x in r.records if x.match == "ip,reg1=0x5" and x.table == "IngressRule"][0]
+    assert [a["conjunction"] for a in rule.structured().actions] == [
+        {"id": 2, "k": 2, "n": 3}, {"id": 1, "k": 2, "n": 3}]
+
+
+def test_openflow15_flags_without_commas():
+    r = p.parse_dump_flows(fx("host-dump-flows-of15.txt"), "b")
+    assert r.warnings == ()
+    assert [(f.table, f.priority, f.match, f.n_packets) for f in r.records] == [
+        (0, 20, "udp,in_port=1,tp_dst=9999", 5), (0, 0, "", 0), (10, 100, "udp,nw_dst=10.99.0.2", 5),
+        (10, 0, "", 0), (20, 5, "udp", 0)]
+    assert r.records[-1].cookie == 0x12
+    # the same flows, same keys, as the OpenFlow 1.0 dump: deltas work across both formats
+    of10 = {f.key for f in p.parse_dump_flows(fx("host-dump-flows.txt"), "b").records}
+    assert len(of10) == 6
+
+
+def test_dump_tables_names_and_counters():
+    r = p.parse_dump_tables(fx("host-dump-tables.txt"), "cnitbr")
+    t = {x.table: x for x in r.records}
+    assert t[0].name == "Classifier" and (t[0].active, t[0].lookup, t[0].matched) == (2, 21, 21)
+    assert t[10].name == "Forward" and (t[10].lookup, t[10].matched) == (11, 11)
+    assert p.table_names(r.records) == {0: "Classifier", 10: "Forward"}
+
+
+def test_table_feature_names():
+    assert p.parse_table_feature_names(fx("host-dump-table-features.txt")) == {10: "Forward"}
+    assert p.parse_table_feature_names(fx("host-dump-tables.txt")) == {0: "Classifier", 10: "Forward"}
+
+
+def test_megaflows_plain_and_verbose_agree():
+    plain = p.parse_dpctl_dump_flows(fx("host-dpctl-dump-flows.txt"), "netdev@ovs-netdev")
+    verbose = p.parse_dpctl_dump_flows(fx("host-dpctl-dump-flows-m.txt"), "netdev@ovs-netdev")
+    assert plain.warnings == verbose.warnings == ()
+    assert len(plain.records) == len(verbose.records) == 3
+    udp = [m for m in plain.records if "dst=10.99.0.2" in m.match][0]
+    assert (udp.packets, udp.bytes, udp.actions) == (6, 312, "3")
+    assert udp.mask == "recirc_id(*),in_port(*),packet_type(ns=*,id=*),eth_type(*),ipv4(dst=*,frag=*)"
+    vudp = [m for m in verbose.records if "dst=10.99.0.2" in m.match][0]
+    assert vudp.ufid == "39284fdb-88b0-4e8c-a5cc-2e9161ffb66c" and vudp.actions == "cnitv2h"
+    assert "src=*/0.0.0.0" in vudp.mask  # a wildcarded field keeps its mask
+
+
+def test_dpif_and_dpctl_show():
+    dps, ports = p.parse_dpif_show(fx("host-dpif-show.txt"))
+    assert [(d.name, d.hit, d.missed) for d in dps.records] == [("netdev@ovs-netdev", 14, 7)]
+    assert [(x.bridge, x.name, x.ofport, x.dp_port, x.type) for x in ports] == [
+        ("cnitbr", "cnitbr", 65534, 1, "tap"), ("cnitbr", "cnitv1h", 1, 2, "system"),
+        ("cnitbr", "cnitv2h", 2, 3, "system")]
+    show = p.parse_dpctl_show(fx("host-dpctl-show.txt"))
+    d = show.records[0]
+    assert (d.hit, d.missed, d.lost, d.flows) == (14, 7, 0, 3)
+
+
+def test_kernel_datapath_dpctl_show_with_masks():
+    (d,) = p.parse_dpctl_show(fx("kernel-dpctl-show-ovn.txt")).records
+    assert (d.name, d.hit, d.missed, d.lost, d.flows, d.masks_hit, d.masks_total) == (
+        "system@ovs-system", 1994, 56, 0, 6, 2340, 4)
+    assert d.counters["masks_hit"] == 2340
+    (m,) = p.parse_dpctl_dump_flows(fx("kernel-dpctl-dump-flows-ovn.txt"), "system@ovs-system").records
+    assert (m.packets, m.bytes, m.actions) == (171, 16758, "ct(zone=11),recirc(0xc)")
+    assert m.mask == "recirc_id(*),in_port(*),eth(src=*,dst=*),eth_type(*),ipv4(dst=*/255.255.255.252,frag=*)"
+
+
+def test_upcall_show_netdev_and_kernel():
+    r = p.parse_upcall_show(fx("host-upcall-show.txt")).records[0]
+    assert (r.datapath, r.flows_current, r.flow_limit, r.dump_duration_ms) == ("netdev@ovs-netdev", 3, 10000, 1)
+    assert r.revalidator_keys == (3,)
+    k = p.parse_upcall_show(fx("kernel-upcall-show.txt")).records[0]
+    assert (k.datapath, k.flows_current, k.flows_avg, k.flows_max, k.flow_limit) == (
+        "system@ovs-system", 2, 164, 16622, 200000)
+
+
+def test_coverage_counters():
+    r = p.parse_coverage_show(fx("host-coverage-show.txt"))
+    assert r.warnings == ()
+    c = {x.name: x.total for x in r.records}
+    assert c["bridge_reconfigure"] == 13
+    assert len(c) > 20
+
+
+def test_interfaces_map_ofport_to_pod():
+    r = p.parse_vsctl_interfaces(fx("host-vsctl-interface.json"))
+    by = {i.name: i for i in r.records}
+    assert by["cnitv1h"].ofport == 1 and by["cnitv1h"].pod == "default/pod1"
+    assert by["cnitbr"].type == "internal" and by["cnitbr"].pod is None
+
+
+def test_flow_delta_and_reset():
+    a = p.parse_dump_flows(fx("host-dump-flows.txt"), "b").records
+    bumped = tuple(f._replace(n_packets=f.n_packets + 5, n_bytes=f.n_bytes + 500)
+                   if f.table == 10 and f.priority == 100 and f.match.endswith("10.99.0.2") else f for f in a)
+    d = delta(Snapshot("ovs", a), Snapshot("ovs", bumped))
+    assert d.get(("flow", "b", "10", 100, "ip,nw_dst=10.99.0.2"), "packets") == 5
+    reset = tuple(f._replace(n_packets=1, n_bytes=60) for f in a)
+    d2 = delta(Snapshot("ovs", a), Snapshot("ovs", reset))
+    assert all(v >= 0 for ch in d2.changes.values() for v in ch.values())
+    assert d2.resets and any("reset" in w for w in d2.warnings)
+
+
+def test_fast_and_general_paths_agree_on_every_fixture_line():
+    seen = 0
+    for f in FIX.glob("*dump-flows*.txt"):
+        for line in f.read_text().splitlines()[1:]:
+            fast = p._fast_flow(line, "b")
+            if fast is not None:
+                seen += 1
+                assert fast == p._slow_flow(line.strip(), "b"), line
+    assert seen >= 15
+
+
+def test_malformed_lines_warn_and_keep_the_rest():
+    text = fx("host-dump-flows.txt").splitlines()
+    broken = "\n".join(text[:3] + [" cookie=0x0, table=0, n_packets=x, n_bytes=1, priority=1 actions=drop",
+                                   " totally not a flow", text[3][:40]] + text[4:])
+    r = p.parse_dump_flows(broken, "b")
+    assert len(r.records) == 5 and len(r.warnings) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_fuzz_every_parser_never_raises(s):
+    for fn in (p.parse_dump_flows, p.parse_dump_tables, p.parse_dpctl_dump_flows, p.parse_dpctl_show,
+               p.parse_upcall_show, p.parse_coverage_show, p.parse_vsctl_interfaces):
+        fn(s)
+    p.parse_dpif_show(s)
+    p.parse_table_feature_names(s)
+    p.mask_shape(s)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 2**64), min_size=2, max_size=2), st.sampled_from(["0", "Classifier", "ü-table"]),
+       st.text(alphabet="abcxyz_=,.:0123456789()", max_size=40))
+def test_fuzz_flow_lines_roundtrip(counters, table, match):
+    line = f" cookie=0x1, duration=1.5s, table={table}, n_packets={counters[0]}, n_bytes={counters[1]}, " \
+           f"priority=7,{match} actions=drop"
+    r = p.parse_dump_flows(line, "b")
+    if r.records:
+        f = r.records[0]
+        assert (f.n_packets, f.n_bytes) == tuple(counters)
+    else:
+        assert r.warnings
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2000), st.sampled_from(["", "ü", "\x00", "actions=", ", n_packets=-1"]))
+def test_fuzz_truncated_real_dump_keeps_complete_lines(cut, junk):
+    text = fx("antrea-antctl-get-of.txt")
+    body = text.split("\n", 1)[1]
+    cut = min(cut, len(body))
+    r = p.parse_dump_flows(body[:cut] + junk)
+    complete = body[:cut].count("\n")  # lines that ended before the cut are intact
+    assert len(r.records) >= complete
+    assert len(r.records) <= len(body.splitlines())
