@@ -55,8 +55,24 @@ def test_parse_iperf3_bad_input_is_one_tool_error(bad):
 
 
 def test_nonmatching_rules_count_and_ports_avoid_traffic():
-    body = nonmatching_rules(1000)
-    rules = [l for l in body.splitlines() if l.startswith("-A FORWARD")]
-    assert len(rules) == 1000 and body.rstrip().endswith("COMMIT")
+    sets, body, evals = nonmatching_rules(1000)
+    rules = [l for l in body.splitlines() if l.startswith("-A cnit-cal")]
+    assert sets == "" and evals == 1000 and len(rules) == 1000 and body.rstrip().endswith("COMMIT")
     ports = [int(r.split("--dport ")[1].split(":")[0]) for r in rules]
-    assert min(ports) >= 10000  # the iperf3 traffic goes to 5201 and never matches
+    assert min(ports) >= 10000  # the calibration traffic goes to 5201 and never matches
+
+
+@pytest.mark.parametrize("style,per_rule", [("calico", 2), ("kube-router", 2)])
+def test_cni_shaped_rules_are_mark_return_pairs_with_ipsets(style, per_rule):
+    sets, body, evals = nonmatching_rules(10, style)
+    rules = [l for l in body.splitlines() if l.startswith("-A cnit-cal")]
+    assert evals == 10 * per_rule == len(rules)
+    assert all("--match-set cnitcal-src src" in r for r in rules[::2])
+    assert all(r.endswith("-j RETURN") for r in rules[1::2])
+    assert ("cnitcal-dst dst" in rules[0]) == (style == "kube-router")
+    assert "create cnitcal-src hash:net" in sets and "add cnitcal-src 10.250.1.0/24" in sets
+
+
+def test_unknown_style_is_refused():
+    with pytest.raises(ValueError):
+        nonmatching_rules(1, "weave")
