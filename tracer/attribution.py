@@ -146,16 +146,26 @@ def bpf_stage(programs: Sequence[ProgramTime], packets: int) -> Node:
     return stage
 
 
-def ovs_stage(tables: Sequence[OvsTableWork], packets: int, cal: Calib) -> Node:
+def ovs_stage(tables: Sequence[OvsTableWork], packets: int, cal: Calib, measured_ns: float | None = None) -> Node:
+    """OVS tables by lookups. With `measured_ns` (total datapath time in the window, e.g. the
+    userspace datapath's CPU time) the stage is measured and split over tables by lookups."""
     stage = Node("stage", "ovs", packets=packets)
+    total_lookups = sum(t.lookups for t in tables)
     for t in tables:
-        ns = _per_packet(t.lookups * cal.ns_per_ovs_table, packets) if cal.ns_per_ovs_table else None
-        node = Node("ovs_table", t.table, packets=t.lookups, ns_per_packet=ns, modelled_ns=ns, provenance="modelled")
+        if measured_ns is not None and total_lookups:
+            ns = _per_packet(measured_ns * t.lookups / total_lookups, packets)
+        else:
+            ns = _per_packet(t.lookups * cal.ns_per_ovs_table, packets) if cal.ns_per_ovs_table else None
+        node = Node("ovs_table", t.table, packets=t.lookups, ns_per_packet=ns, modelled_ns=ns, provenance="modelled",
+                    detail={"lookups": t.lookups, "split": "by lookups" if measured_ns is not None else "calibrated"})
         for f in sorted(t.top_flows, key=lambda f: -f.packets)[:3]:
             if f.packets:
                 node.children.append(Node("flow", f.text, packets=f.packets, provenance="modelled"))
         stage.children.append(node)
     _roll_up(stage)
+    if measured_ns is not None:
+        stage.measured_ns = stage.ns_per_packet = _per_packet(measured_ns, packets)
+        stage.provenance = "measured"
     return stage
 
 

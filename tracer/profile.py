@@ -10,6 +10,7 @@ changes rules, flows or maps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -18,15 +19,18 @@ import time
 from typing import Any, Callable, Sequence
 
 from cnitrace import __version__
-from cnitrace.attribution import Calib, ProgramTime, TableTime, Transit, bpf_stage, build_tree, netfilter_stage
+from cnitrace.attribution import (Calib, TableTime, Transit, bpf_stage, build_tree, netfilter_stage,
+                                  ovs_stage)
+from cnitrace.datapath_work import bpf_programs, busy_ns, ovs_work
 from cnitrace.errors import UsageError
 from cnitrace.reports.document import headline, validate
 from cnitrace.runner import DEFAULT_RUNNER, Runner
 from cnitrace.session import Interrupted, Session
 
 TRAFFIC = ("none", "probe", "stream", "rr", "http")
-BACKEND_NAMES = {"fentry": "fentry", "kprobe": "kprobe", "tracepoint": "tracepoint", "counters": "counters",
-                 None: "none"}
+BACKEND_NAMES = {"fentry": "fentry", "kprobe": "kprobe", "tracepoint": "tracepoint",
+                 "raw_tracepoint": "raw_tracepoint", "counters": "counters", None: "none"}
+MEASURING = ("fentry", "kprobe", "raw_tracepoint", "tracepoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +87,55 @@ class Counters:
     iptables: dict[str | None, Any]
     nft: dict[str | None, Any]
     bpf: Any = None
+    ovs: Any = None
+    conntrack: Any = None
+    ovs_cpu_ns: int | None = None
 
 
-def snapshot_counters(target: Target, runner: Runner) -> Counters:
+def _selection_of(target: Target) -> Any:
+    from cnitrace.selection import Interface, Selection
+
+    ifs = tuple(Interface(i["name"], i["netns"] or "", int(i["ifindex"] or 0)) for i in target.interfaces)
+    return Selection(ifs, tuple(sorted({i.netns for i in ifs})))
+
+
+def ovs_target(target: Target) -> Any:
+    """The OVS instance behind the selection: the lab's private one, or the node's if it runs."""
+    from cnitrace.collectors.ovs.source import OvsTarget
+
+    extra = target.lab.topo.extra if target.lab else {}
+    if "ovs_rundir" in extra:
+        return OvsTarget(rundir=extra["ovs_rundir"], ctl=extra.get("ovs_ctl"), netns=target.lab.topo.node_netns)
+    if not target.lab and os.path.exists("/run/openvswitch/db.sock"):
+        return OvsTarget()
+    return None
+
+
+def vswitchd_pid(ovs: Any) -> int | None:
+    try:
+        return int(open(os.path.join(ovs.rundir, "ovs-vswitchd.pid")).read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def snapshot_counters(target: Target, runner: Runner, ovs: Any = None) -> Counters:
+    from cnitrace.collectors.bpfprog.source import BpfProgCollector
+    from cnitrace.collectors.conntrack.source import ConntrackCollector
     from cnitrace.collectors.iptables.source import IptablesCollector
     from cnitrace.collectors.nftables.source import NftablesCollector
+    from cnitrace.collectors.ovs.source import OvsCollector
+    from cnitrace.datapath_work import cpu_ns
 
     ipt = {ns: IptablesCollector(runner, netns=ns, families=("ipv4",)).snapshot() for ns in target.rule_netns}
     nft = {ns: NftablesCollector(runner, netns=ns).snapshot() for ns in target.rule_netns}
-    return Counters(ipt, nft)
+    bpf = BpfProgCollector(_selection_of(target), runner, maps=True).snapshot()
+    ct = ConntrackCollector([n or "" for n in target.rule_netns], runner).snapshot()
+    ovs_snap, cpu = None, None
+    if ovs is not None:
+        ovs_snap = OvsCollector(ovs, runner, megaflows=False).snapshot()
+        pid = vswitchd_pid(ovs)
+        cpu = cpu_ns(pid) if pid else None
+    return Counters(ipt, nft, bpf, ovs_snap, ct, cpu)
 
 
 def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str], list[str]]:
@@ -155,6 +199,64 @@ def netfilter_tables_of(figures: Sequence[Any]) -> list[TableTime]:
     return tables
 
 
+def conntrack_of(before: Any, after: Any) -> dict[str, Any] | None:
+    """Conntrack pressure in the rule namespaces: entries vs max (a gauge), and the window's
+    failure counters (insert_failed, drop, early_drop, search_restart) from procfs."""
+    if before is None or after is None:
+        return None
+    from cnitrace.collectors.base import counter_delta
+    from cnitrace.collectors.conntrack.parse import PRESSURE, CpuStats, TableUsage
+
+    out: dict[str, Any] = {"count": 0, "max": 0, **{k: 0 for k in PRESSURE}}
+    old = {r.key: r for r in before.records}
+    for r in after.records:
+        if isinstance(r, TableUsage):
+            out["count"] += r.count
+            out["max"] = max(out["max"], r.max or 0)
+        elif isinstance(r, CpuStats) and r.source == "procfs":
+            o = old.get(r.key)
+            for k in PRESSURE:
+                if k in r.values:
+                    out[k] += counter_delta(o.values.get(k, 0) if o else 0, r.values[k]).value
+    return out
+
+
+def maps_of(bpf: Any) -> list[dict[str, Any]]:
+    """Map pressure (entries / max) of the maps the selected programs use."""
+    return list(bpf.meta.get("maps", [])) if bpf is not None else []
+
+
+@contextlib.contextmanager
+def _bpf_stats(session: Session) -> Any:
+    """bpf_stats on for the window only (BPF_ENABLE_STATS fd, else the sysctl, restored)."""
+    from cnitrace.collectors.bpfprog.stats import StatsUnavailable, stats_enabled
+
+    try:
+        cm = stats_enabled(session)
+        mode = cm.__enter__()
+    except StatsUnavailable as exc:
+        yield f"unavailable: {exc.message}"
+        return
+    try:
+        yield mode
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def _idle_cpu(ovs: Any, seconds: float) -> tuple[int, float] | None:
+    """ovs-vswitchd's CPU use while no traffic is sent: its background rate, to subtract."""
+    from cnitrace.datapath_work import cpu_ns
+
+    pid = vswitchd_pid(ovs)
+    a = cpu_ns(pid) if pid else None
+    t = time.monotonic()
+    time.sleep(seconds)
+    b = cpu_ns(pid) if pid else None
+    if a is None or b is None:
+        return None
+    return b - a, time.monotonic() - t
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def _backends(host: Any) -> dict[str, dict[str, Any]]:
@@ -171,7 +273,7 @@ def _probe_stages(backends: dict[str, dict[str, Any]]) -> list[str]:
     from cnitrace.probes.specs import SPECS
 
     return [s for s in ("transit", "drops", "netfilter")
-            if s in SPECS and backends.get(s, {}).get("backend") in ("fentry", "kprobe", "tracepoint")]
+            if s in SPECS and backends.get(s, {}).get("backend") in MEASURING]
 
 
 def run_traffic(kind: str, target: Target, duration: float, runner: Runner) -> Any:
@@ -220,10 +322,15 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     traffic_result = None
     figures: list[Any] = []
     lost = 0
-    with Session(runner=runner) as session:
+    ovs = ovs_target(target)
+    ovs_idle: tuple[int, float] | None = None
+    with Session(runner=runner) as session, _bpf_stats(session) as stats_mode:
+        if ovs is not None:
+            ovs_idle = _idle_cpu(ovs, 0.5)
         t0 = time.monotonic()
-        before = snapshot_counters(target, runner)
+        before = snapshot_counters(target, runner, ovs)
         overhead["snapshot_s"] = round(time.monotonic() - t0, 4)
+        overhead["bpf_stats"] = stats_mode
         stages = _probe_stages(backends)
         probes = None
         if stages:
@@ -244,7 +351,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
             interrupted = True
             warnings.append("interrupted: the window ended early; figures cover what was seen until then")
         window = time.monotonic() - t_window
-        after = snapshot_counters(target, runner)
+        after = snapshot_counters(target, runner, ovs)
         if probes is not None:
             figures = probes.snapshot()
             lost = probes.lost()
@@ -264,8 +371,22 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     else:
         packets = max((w.packets for w in work), default=0)
     calib = Calib(cal.ns_per_rule_eval) if cal else Calib(0.0)
-    nf = netfilter_stage(work, packets, calib, measured=netfilter_tables_of(figures))
-    root = build_tree([nf], transit, packets)
+    stages_out = [netfilter_stage(work, packets, calib, measured=netfilter_tables_of(figures))]
+    programs = bpf_programs(before.bpf, after.bpf) if before.bpf and after.bpf else []
+    if programs:
+        stages_out.append(bpf_stage(programs, packets))
+    if before.ovs is not None and after.ovs is not None:
+        tables = ovs_work(before.ovs, after.ovs)
+        measured_ovs = None
+        if before.ovs_cpu_ns is not None and after.ovs_cpu_ns is not None and ovs_idle:
+            measured_ovs = busy_ns(after.ovs_cpu_ns - before.ovs_cpu_ns, window, *ovs_idle)
+        stages_out.append(ovs_stage(tables, packets, calib, measured_ovs))
+        backends["ovs_userspace"] = {
+            "backend": "counters", "reason": "OpenFlow table lookups (ovs-ofctl dump-tables) split the "
+            "ovs-vswitchd CPU time (schedstat, idle rate subtracted) measured over the window",
+            "signals": {"measured": ["userspace datapath CPU time per packet"],
+                        "modelled": ["per-table share by lookups"]}}
+    root = build_tree(stages_out, transit, packets)
     doc = {
         "schema_version": 1, "kind": "profile", "tool": {"name": "cnitrace", "version": __version__},
         "host": {"kernel": platform.release(), "cpu": _cpu(), "hostname": socket.gethostname()},
@@ -281,7 +402,8 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                          "r2": cal.r2, "backend": cal.backend, "method": cal.method, "style": cal.style}
                         if cal else None),
         "tree": root.to_json(), "headline": headline(root),
-        "drops": drops_of(figures), "conntrack": None, "maps": [],
+        "drops": drops_of(figures), "conntrack": conntrack_of(before.conntrack, after.conntrack),
+        "maps": maps_of(after.bpf),
         "evaluation_order": order, "overhead": overhead, "lost_events": int(lost),
         "warnings": [w for w in warnings if w][:50] + (["interrupted"] if interrupted else []),
     }
