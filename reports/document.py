@@ -84,12 +84,15 @@ def headline(root: Node) -> str:
     # The most specific thing a user can act on: a chain/OVS table/program, or a table known only as a whole.
     leaves = [n for _, n in root.walk() if n.share is not None and (
         n.kind in ("chain", "ovs_table", "program", "proxy") or (n.kind == "table" and not n.children))]
+    if not leaves:  # nothing finer than a stage could be timed (e.g. OVS serving established packets)
+        leaves = [n for n in root.children if n.kind == "stage" and n.share and n.name != "rest of stack"]
     if not leaves:
         return "no per-packet cost could be attributed (no traffic crossed the selection)"
     top = max(leaves, key=lambda n: n.share or 0.0)
     parts = [f"{top.share * 100:.0f} % of per-packet time: {top.kind.replace('_', ' ')} {top.name}"]
     if top.evaluations_per_packet is not None:
-        parts.append(f"{top.evaluations_per_packet:,.0f} rule evaluations per packet")
+        unit = "classifier subtable lookups" if top.kind == "ovs_table" else "rule evaluations"
+        parts.append(f"{top.evaluations_per_packet:,.0f} {unit} per packet")
     if top.ns_per_packet is not None:
         parts.append(f"≈ {fmt_ns(top.ns_per_packet)} ({top.provenance})")
     return ", ".join(parts)

@@ -61,6 +61,11 @@ class OvsTableWork:
     table: str             # "10 (SpoofGuard)"
     lookups: int
     top_flows: tuple[RuleHit, ...] = ()
+    subtables: int = 1     # classifier subtables (distinct match shapes): cost of one lookup
+
+    @property
+    def weight(self) -> int:
+        return self.lookups * self.subtables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,16 +153,19 @@ def bpf_stage(programs: Sequence[ProgramTime], packets: int) -> Node:
 
 def ovs_stage(tables: Sequence[OvsTableWork], packets: int, cal: Calib, measured_ns: float | None = None) -> Node:
     """OVS tables by lookups. With `measured_ns` (total datapath time in the window, e.g. the
-    userspace datapath's CPU time) the stage is measured and split over tables by lookups."""
+    userspace datapath's CPU time) the stage is measured and split over tables by lookups ×
+    classifier subtables (tuple-space search visits every subtable of a table on each lookup)."""
     stage = Node("stage", "ovs", packets=packets)
-    total_lookups = sum(t.lookups for t in tables)
+    total_weight = sum(t.weight for t in tables)
     for t in tables:
-        if measured_ns is not None and total_lookups:
-            ns = _per_packet(measured_ns * t.lookups / total_lookups, packets)
+        if measured_ns is not None and total_weight:
+            ns = _per_packet(measured_ns * t.weight / total_weight, packets)
         else:
-            ns = _per_packet(t.lookups * cal.ns_per_ovs_table, packets) if cal.ns_per_ovs_table else None
+            ns = _per_packet(t.weight * cal.ns_per_ovs_table, packets) if cal.ns_per_ovs_table else None
         node = Node("ovs_table", t.table, packets=t.lookups, ns_per_packet=ns, modelled_ns=ns, provenance="modelled",
-                    detail={"lookups": t.lookups, "split": "by lookups" if measured_ns is not None else "calibrated"})
+                    evaluations_per_packet=(t.weight / packets) if packets else None,
+                    detail={"lookups": t.lookups, "subtables": t.subtables,
+                            "split": "by lookups × subtables" if measured_ns is not None else "calibrated"})
         for f in sorted(t.top_flows, key=lambda f: -f.packets)[:3]:
             if f.packets:
                 node.children.append(Node("flow", f.text, packets=f.packets, provenance="modelled"))

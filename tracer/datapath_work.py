@@ -16,7 +16,20 @@ from cnitrace.attribution import OvsTableWork, ProgramTime, RuleHit
 from cnitrace.collectors.base import counter_delta
 
 
+def match_shape(match: str) -> tuple[str, ...]:
+    """A flow's match with the values taken out and the masks kept: flows of one shape share one
+    classifier subtable, so the number of shapes in a table approximates its lookup cost."""
+    out = []
+    for field in match.split(","):
+        name, _, value = field.strip().partition("=")
+        if not name:
+            continue
+        out.append(f"{name}/{value.partition('/')[2]}" if "/" in value else name)
+    return tuple(sorted(out))
+
+
 def ovs_work(before: Any, after: Any, top_flows: int = 3) -> list[OvsTableWork]:
+    """Per table: lookups in the window, classifier subtables (distinct match shapes), top flows."""
     from cnitrace.collectors.ovs.parse import OfFlow, OfTable
 
     old = {r.key: r for r in before.records}
@@ -24,8 +37,10 @@ def ovs_work(before: Any, after: Any, top_flows: int = 3) -> list[OvsTableWork]:
     for br, t in after.meta.get("table_names", {}).items():
         names.update({(br, int(k)): v for k, v in t.items()})
     flows: dict[tuple[str, str], list[RuleHit]] = {}
+    shapes: dict[tuple[str, str], set[tuple[str, ...]]] = {}
     for r in after.records:
         if isinstance(r, OfFlow):
+            shapes.setdefault((r.bridge, str(r.table)), set()).add(match_shape(r.match))
             o = old.get(r.key)
             d = counter_delta(o.n_packets if o else 0, r.n_packets).value
             if d:
@@ -41,7 +56,22 @@ def ovs_work(before: Any, after: Any, top_flows: int = 3) -> list[OvsTableWork]:
             name = r.name or names.get((r.bridge, r.table))
             label = f"{r.table} ({name})" if name else str(r.table)
             hits = sorted(flows.get((r.bridge, str(r.table)), []), key=lambda h: -h.packets)[:top_flows]
-            out.append(OvsTableWork(label, lookups, tuple(hits)))
+            out.append(OvsTableWork(label, lookups, tuple(hits),
+                                    subtables=max(len(shapes.get((r.bridge, str(r.table)), ())), 1)))
+    return out
+
+
+def datapath_cache(before: Any, after: Any) -> dict[str, int]:
+    """Megaflow-cache hits (established packets, no table walk) and misses (first packets: upcalls)."""
+    from cnitrace.collectors.ovs.parse import Datapath
+
+    old = {r.key: r for r in before.records if isinstance(r, Datapath)}
+    out = {"hit": 0, "missed": 0, "lost": 0}
+    for r in after.records:
+        if isinstance(r, Datapath):
+            o = old.get(r.key)
+            for k in out:
+                out[k] += counter_delta(getattr(o, k) if o else 0, getattr(r, k)).value
     return out
 
 
