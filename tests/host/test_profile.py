@@ -132,3 +132,48 @@ def test_profile_bad_selection_is_one_line_exit_2(capsys):
     assert cli.main(["profile", "--iface", "cnitnomatch*"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "matches no interface" in err[0]
+
+
+def test_cilium_cost_is_attributed_to_the_bpf_program(lab_factory):
+    lab = lab_factory("cilium", 1000)
+    doc, root = _probe_profile(lab)
+    bpf = root.find("stage", "bpf")
+    assert bpf is not None and bpf.provenance == "measured"     # bpf_stats: run time per program
+    progs = [c.name for c in bpf.children]
+    assert any(p.startswith("cil_from_container") for p in progs)
+    assert any(p.startswith("cil_to_container") for p in progs)
+    assert "program cil_" in doc["headline"]
+    assert doc["overhead"]["bpf_stats"] in ("fd", "sysctl", "already")
+
+
+def test_antrea_attributes_first_packets_to_the_policy_tables_and_established_to_the_cache(lab_factory):
+    lab = lab_factory("antrea", 1000)
+    doc, root = _probe_profile(lab)          # every probe is a NEW connection: all are first packets
+    ovs = root.find("stage", "ovs")
+    assert ovs is not None and ovs.provenance == "measured" and ovs.ns_per_packet > 0
+    tables = {c.name.split(" ")[1].strip("()"): c for c in ovs.children}
+    assert tables["IngressRule"].detail["subtables"] > tables["ConntrackState"].detail["subtables"]
+    assert "IngressRule" in doc["headline"]
+    # Established traffic: the datapath cache serves it; the policy table sees only the first packets.
+    est = run_profile(ProfileConfig(lab=lab.spec.name, traffic="stream", duration=1.0))
+    eroot = Node.from_json(est["tree"])
+    eovs = eroot.find("stage", "ovs")
+    cache = eovs.detail["datapath_cache"]
+    assert cache["hit"] > 50 * max(cache["missed"], 1)
+    etables = {c.name.split(" ")[1].strip("()"): c for c in eovs.children}
+    assert etables["ConntrackState"].packets > 100 * etables["IngressRule"].packets
+    assert etables["IngressRule"].packets <= 4           # the stream's connection(s), first packets only
+
+
+def test_l7_detour_is_attributed_to_the_proxy(lab_factory):
+    lab = lab_factory("calico", 100, l7=True)
+    doc = run_profile(ProfileConfig(lab=lab.spec.name, traffic="http", duration=2.0))
+    assert validate(doc) == []
+    root = Node.from_json(doc["tree"])
+    l7 = root.find("stage", "l7_proxy")
+    assert l7 is not None and l7.provenance == "measured"
+    d = l7.detail
+    assert d["through_proxy_mean_ms"] > d["direct_mean_ms"]
+    assert l7.ns_per_packet == pytest.approx((d["through_proxy_mean_ms"] - d["direct_mean_ms"]) * 1e6, rel=1e-6)
+    assert d["proxy_connections_seen"] > 0          # the proxy's accepting socket saw the connections
+    assert "L7 proxy detour adds" in doc["headline"]
