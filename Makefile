@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml | provision
 
 demo: setup
 	$(VENV)/bin/cnitrace doctor
+	$(VENV)/bin/cnitrace demo --html cnitrace-demo.html --json cnitrace-demo.json
 
 # All three tiers; a tier that skips or does not run fails the build (CNITRACE_STRICT_TIERS).
 test: setup

@@ -16,6 +16,12 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x * 100:.1f} %"
 
 
+def _rows(root: Node, depth: int = 0, parent: Node | None = None):
+    yield depth, root, parent
+    for c in root.children:
+        yield from _rows(c, depth + 1, root)
+
+
 def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
     con = console or Console(width=WIDTH, highlight=False)
     root = Node.from_json(doc["tree"])
@@ -32,8 +38,15 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
     for col, just in (("stage / table / chain / rule", "left"), ("packets", "right"), ("ns/pkt", "right"),
                       ("share", "right"), ("evals/pkt", "right"), ("p50 / p99", "right"), ("source", "left")):
         t.add_column(col, justify=just, no_wrap=col != "stage / table / chain / rule", overflow="fold")
-    for depth, n in root.walk():
+    hidden = 0
+    for depth, n, parent in _rows(root):
+        # Keep the terminal to what matters: rules only under chains that carry real cost,
+        # and nothing that cost nothing; the JSON and HTML keep every node.
         if n.kind == "root":
+            continue
+        if (n.kind in ("rule", "flow") and (parent.share or 0) < 0.05) or \
+                (n.kind in ("chain", "ovs_table") and n.ns_per_packet is not None and (n.share or 0) < 0.001):
+            hidden += 1
             continue
         label = ("  " * (depth - 1)) + n.name
         evals = "" if n.evaluations_per_packet is None else f"{n.evaluations_per_packet:,.1f}"
@@ -41,7 +54,8 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
         src = n.provenance + (f" ×{n.agreement:.2f}" if n.agreement is not None else "")
         t.add_row(label[:44], f"{n.packets:,}", fmt_ns(n.ns_per_packet), _pct(n.share), evals, pct, src)
     con.print(t)
-    con.print(f"total per packet: {fmt_ns(root.ns_per_packet)} ({root.provenance})")
+    more = f"; {hidden} rows under 0.1 % not shown (see --json/--html)" if hidden else ""
+    con.print(f"total per packet: {fmt_ns(root.ns_per_packet)} ({root.provenance}){more}")
 
     b = Table(title="probe backend per stage", width=WIDTH)
     b.add_column("stage", no_wrap=True)

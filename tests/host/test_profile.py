@@ -177,3 +177,39 @@ def test_l7_detour_is_attributed_to_the_proxy(lab_factory):
     assert l7.ns_per_packet == pytest.approx((d["through_proxy_mean_ms"] - d["direct_mean_ms"]) * 1e6, rel=1e-6)
     assert d["proxy_connections_seen"] > 0          # the proxy's accepting socket saw the connections
     assert "L7 proxy detour adds" in doc["headline"]
+
+
+def test_ctrl_c_twice_still_reports_and_detaches_everything(lab_factory, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    lab = lab_factory("calico", 100)
+    progs_before = _prog_ids()
+    out = tmp_path / "p.json"
+    proc = subprocess.Popen([sys.executable, "-m", "cnitrace", "profile", "--lab", lab.spec.name,
+                             "--duration", "60", "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    seen = ""
+    while time.monotonic() < deadline and "probes:" not in seen:
+        seen += proc.stderr.readline()
+    assert "probes:" in seen, seen
+    time.sleep(4)                       # attached and inside the window
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)     # the second Ctrl-C must not abort the cleanup
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert validate(doc) == [] and doc["duration_s"] < 30
+    assert any(w.startswith("interrupted") for w in doc["warnings"])
+    assert _prog_ids() <= progs_before        # every probe program detached
+
+
+def _prog_ids() -> set[int]:
+    import subprocess
+
+    text = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+    return {p["id"] for p in json.loads(text or "[]") if p.get("type") in ("tracepoint", "raw_tracepoint",
+                                                                          "kprobe", "tracing")}
