@@ -16,7 +16,7 @@ def test_calibration_measures_per_rule_cost(node_before_after, method):
     # More rules must mean more time per packet in every repeat.
     by_rules: dict[int, list[float]] = {}
     for s in cal.samples:
-        by_rules.setdefault(s.rules, []).append(s.ns_per_packet)
+        by_rules.setdefault(s.evaluations, []).append(s.ns_per_packet)
     assert min(by_rules[1000]) > max(by_rules[0])
     if method == "transit":
         assert cal.r2 > 0.95   # softirq timing is not disturbed by other processes
