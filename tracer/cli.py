@@ -281,7 +281,7 @@ def lab_list() -> int:
 
 @cli.command()
 @click.option("--stage", "-s", "stages", multiple=True, default=("transit", "drops"), show_default=True,
-              help="transit, drops, l7_detour, netfilter (repeatable).")
+              help="transit, drops, l7_detour, netfilter, ovs_kernel (repeatable).")
 @click.option("--iface", "-i", "ifaces", multiple=True, help="[NETNS/]NAME or glob whose packets to time (repeatable).")
 @click.option("--netns", "netns", multiple=True, help="Only packets in this named network namespace (repeatable).")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]), help="5-tuple filter: IP protocol.")
@@ -292,7 +292,8 @@ def lab_list() -> int:
 @click.option("--mark", help="Only skbs with this mark, VALUE[/MASK].")
 @click.option("--duration", "-d", type=float, default=5.0, show_default=True, help="Seconds to measure.")
 @click.option("--events", is_flag=True, help="Also stream per-packet events (ring or perf buffer).")
-@click.option("--force", "force", multiple=True, help="STAGE=BACKEND: pin a backend (fentry, kprobe, tracepoint).")
+@click.option("--force", "force", multiple=True,
+              help="STAGE=BACKEND: pin a backend (fentry, kprobe, raw_tracepoint, tracepoint).")
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Written once the probes are attached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, duration, events, force, ready_file,
@@ -385,9 +386,11 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
               help="inter: the client pod sits behind a second node joined by a VXLAN overlay.")
 @click.option("--repeat", default=1, show_default=True, type=int, help="Measurements per point (spread reported).")
 @click.option("--quick", is_flag=True, help="Shorter measurements and rules 0,1000 (under 2 minutes).")
+@click.option("--attribute/--no-attribute", default=None,
+              help="Profile-attribute crafted probes at every point (default: on, off with --quick).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the JSON document here.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
-def sweep(datapaths, rules, clients, l7, placement, repeat, quick, json_out, html_out) -> int:
+def sweep(datapaths, rules, clients, l7, placement, repeat, quick, attribute, json_out, html_out) -> int:
     """Measure cost curves as policies and clients grow, on the built-in lab.
 
     Every point gets a fresh lab, a semantics check (allowed ports pass, denied ports drop), then
@@ -403,7 +406,7 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, quick, json_out, htm
     from cnitrace.sweep_model import make_config, points
 
     cfg = make_config(datapaths=datapaths, rules=rules, clients=clients, l7=l7, placement=placement,
-                      repeat=repeat, quick=quick)
+                      repeat=repeat, quick=quick, attribute=attribute)
     require_root()
     total = len(points(cfg))
     err = Console(stderr=True, width=100)

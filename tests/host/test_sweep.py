@@ -1,0 +1,159 @@
+"""`cnitrace sweep` on the real lab (root): the study's shapes come out of real measurements,
+every point's semantics check passes, the L7 detour and the VXLAN overlay show up as their own
+stages, the HTML renders with its plots, and no lab is left — after the sweep and after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnitrace import sweep
+from cnitrace.costmodel import fit_line, is_flat
+from cnitrace.lab import manager
+from cnitrace.reports.sweep_html import PALETTE, render_sweep_html
+from cnitrace.state import StateFile
+from cnitrace.sweep_model import make_config
+
+CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def assert_no_lab_left(doc: dict) -> None:
+    labs = {p["lab"] for p in doc["points"]}
+    assert not labs & set(manager.names())
+    left = {ns for ns in netns_names() for lab in labs if ns.startswith(f"cnit-{lab}-")}
+    assert not left, left
+    live = StateFile().live()
+    assert not [r for r in live if r.owner in {f"lab:{lab}" for lab in labs}]
+    assert not doc["leftovers"]
+
+
+def curve(doc: dict, dp: str, metric: str = "new_flow_ns") -> dict:
+    return next(c for c in doc["curves"] if c["datapath"] == dp and c["metric"] == metric and c["x"] == "rules"
+                and not c["l7"] and c["placement"] == "intra" and c["provenance"] == "measured")
+
+
+@pytest.fixture(scope="module")
+def reduced():
+    """The default sweep, reduced: four datapaths (two iptables, nft sets, the cilium hash map) × 0/100/1000."""
+    cfg = make_config(datapaths="calico,kube-router,nft,cilium", rules="0,100,1000", quick=True)
+    return sweep.run(cfg)
+
+
+def test_every_point_ran_and_passed_its_semantics_check(reduced):
+    assert reduced["complete"] and not reduced["interrupted"] and reduced["points_done"] == 12
+    for p in reduced["points"]:
+        assert p["status"] == "ok", (p["spec"]["id"], p.get("error"))
+        checks = p["semantics"]["checks"]
+        assert p["semantics"]["passed"], (p["spec"]["id"], checks)
+        assert checks["allowed_tcp"]["counted"] >= checks["allowed_tcp"]["sent"] == 5
+        assert checks["denied"]["counted"] >= checks["denied"]["sent"] == 10
+        assert p["metrics"]["throughput_gbps"]["median"] > 0.1
+        assert 0 < p["metrics"]["rtt_p50_us"]["median"] < 10_000
+    assert reduced["semantics_all_passed"]
+    assert_no_lab_left(reduced)
+
+
+@pytest.mark.parametrize("dp", ["calico", "kube-router"])
+def test_iptables_datapaths_grow_linearly_with_rules(reduced, dp):
+    c = curve(reduced, dp)
+    slope, _, r2 = fit_line([tuple(xy) for xy in c["points"]])
+    assert slope > 5.0 and r2 > 0.9, c["points"]        # ns per rule per NEW packet
+    assert not c["flat"]
+    f = reduced["per_datapath"][dp]
+    assert f["evaluations_per_rule"] == 2.0 and f["ns_per_evaluation"] > 1.0
+
+
+@pytest.mark.parametrize("dp", ["nft", "cilium"])
+def test_set_and_hash_map_datapaths_stay_flat(reduced, dp):
+    c = curve(reduced, dp)
+    assert is_flat([tuple(xy) for xy in c["points"]]), c["points"]
+    calico = reduced["per_datapath"]["calico"]["ns_per_rule"]
+    assert abs(reduced["per_datapath"][dp]["ns_per_rule"]) < calico / 10
+
+
+def test_policy_stage_is_measured_and_modelled(reduced):
+    p = next(p for p in reduced["points"] if p["spec"]["id"] == "calico/r1000/c1/intra")
+    [st] = [s for s in p["stages"] if s["stage"] == "netfilter"]
+    assert st["evaluations"] == 2004 and st["measured_ns"] > 10_000 and st["modelled_ns"] > 10_000
+    assert reduced["calibration"]["calico"]["ns_per_rule_eval"] > 0
+
+
+def test_html_renders_in_chromium_with_plots(reduced, tmp_path: Path):
+    page = tmp_path / "sweep.html"
+    page.write_text(render_sweep_html(reduced))
+    assert "http://" not in page.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
+    profile, shot = tmp_path / "chrome-profile", tmp_path / "shot.png"
+    subprocess.run([*CHROMIUM, f"--user-data-dir={profile}", "--window-size=1250,1400", f"--screenshot={shot}",
+                    page.as_uri()], check=True, capture_output=True, timeout=120)
+    dom = subprocess.run([*CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert 'id="plot-new_flow_ns-measured-rules-1"' in dom and 'id="study-table"' in dom
+    assert dom.count('class="series"') >= 4 * 4
+    counts = {rgb: n for n, rgb in Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 22)}
+    for color in PALETTE[:4]:        # the four datapaths' lines are actually painted
+        rgb = tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+        assert counts.get(rgb, 0) > 150, f"series colour {color} not drawn"
+
+
+def test_l7_detour_and_vxlan_overlay_are_their_own_stages():
+    doc = sweep.run(make_config(datapaths="calico", rules="0", l7=True, placement="inter", quick=True,
+                                attribute=True))
+    assert doc["points_done"] == 3 and doc["semantics_all_passed"], [p["semantics"] for p in doc["points"]]
+    by_id = {p["spec"]["id"]: p for p in doc["points"]}
+    l7 = next(s for s in by_id["calico/r0/c1/l7/intra"]["stages"] if s["stage"] == "l7-proxy")
+    policy = next(s for s in by_id["calico/r0/c1/intra"]["stages"] if s["stage"] == "netfilter")
+    # The proxy detour costs far more per request than the whole policy walk per packet.
+    assert l7["measured_ns"] > 100_000 and l7["measured_ns"] > 10 * policy["modelled_ns"], l7
+    assert by_id["calico/r0/c1/l7/intra"]["metrics"]["http_rps"]["median"] > 10
+    assert "nginx" in by_id["calico/r0/c1/l7/intra"]["daemons"]
+    assert by_id["calico/r0/c1/intra"]["daemons"] == []
+    # Each point also carries the profiler's attribution of the same crafted traffic.
+    att = by_id["calico/r0/c1/intra"]["attribution"]
+    assert "error" not in att and att["packets_sent"] > 0, att
+    assert "netfilter" in {s["stage"] for s in att["stages"]}
+    assert "<table id=\"attribution\">" in render_sweep_html(doc)
+    vx = next(s for s in by_id["calico/r0/c1/inter"]["stages"] if s["stage"] == "vxlan")
+    assert vx["measured_ns"] is not None and vx["measured_ns"] > 0, vx
+    assert by_id["calico/r0/c1/inter"]["metrics"]["throughput_gbps"]["median"] > 0.1
+    assert_no_lab_left(doc)
+    assert not {ns for ns in netns_names() for p in doc["points"] if ns == f"cnit-{p['lab']}-n2"}
+
+
+def test_ctrl_c_keeps_finished_points_and_removes_the_lab(tmp_path: Path, node_before_after):
+    out = tmp_path / "partial.json"
+    before = {ns for ns in netns_names() if ns.startswith("cnit-sw")}
+    proc = subprocess.Popen([sys.executable, "-m", "cnitrace", "sweep", "--datapath", "calico,nft",
+                             "--rules", "0,100", "--quick", "--json", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen |= {ns for ns in netns_names() if ns.startswith("cnit-sw") and ns.endswith("-node")} - before
+        if len(seen) >= 2:          # the second point's lab exists: the first point is finished
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-500:]
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] and not doc["complete"]
+    assert doc["points_done"] >= 1 and doc["points"][0]["status"] == "ok"
+    assert doc["points"][0]["semantics"]["passed"]
+    assert_no_lab_left(doc)
+    assert not {ns for ns in netns_names() if ns.startswith("cnit-sw")} - before
+    node_before_after()
