@@ -85,9 +85,10 @@ def cleanup(as_json: bool) -> int:
 
 # --- profile / demo ---------------------------------------------------------------------------
 
-def _write_outputs(doc: dict, json_out: str | None, html_out: str | None) -> None:
-    from cnitrace.reports.html import render_html
-
+def _write_outputs(doc: dict, json_out: str | None, html_out: str | None, render_html=None) -> None:
+    """Write the JSON document and/or its HTML rendering (the profile's unless told otherwise)."""
+    if render_html is None:
+        from cnitrace.reports.html import render_html
     if json_out:
         with open(json_out, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
@@ -425,14 +426,7 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, quick, attribute, js
 
         doc = sweep_mod.run(cfg, progress=progress)
     render_sweep(doc)
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        click.echo(f"wrote {json_out}", err=True)
-    if html_out:
-        with open(html_out, "w", encoding="utf-8") as f:
-            f.write(render_sweep_html(doc))
-        click.echo(f"wrote {html_out}", err=True)
+    _write_outputs(doc, json_out, html_out, render_sweep_html)
     if doc["interrupted"]:
         return ExitStatus.INTERRUPTED
     if not doc["semantics_all_passed"] or any(p["status"] != "ok" for p in doc["points"]):

@@ -52,7 +52,6 @@ done
 
 R=/newroot
 mount -t tmpfs -o mode=0755 run "$R/run" || fail "mount /run"
-mount -t tmpfs -o mode=1777 tmp "$R/tmp" || fail "mount /tmp"
 mkdir -p "$R/dev/pts" "$R/dev/shm"
 mount -t devpts -o ptmxmode=0666 devpts "$R/dev/pts"
 mount -t tmpfs -o mode=1777 shm "$R/dev/shm"

@@ -36,13 +36,30 @@ def unique_name():
     return lambda: f"cnit{uuid.uuid4().hex[:4]}"
 
 
+def settled_node_state(timeout: float = 10.0) -> dict:
+    """node_state() once it stops changing: the kernel frees a deleted namespace's tc programs and
+    links asynchronously (a workqueue), so a snapshot right after an earlier test's teardown can
+    still list objects that are already on their way out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    prev = node_state()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        cur = node_state()
+        if cur == prev:
+            return cur
+        prev = cur
+    return prev
+
+
 @pytest.fixture
 def node_before_after():
     """Snapshot the node before; the test calls the returned function to assert it is unchanged."""
-    before = node_state()
+    before = settled_node_state()
 
     def assert_unchanged() -> None:
-        after = node_state()
+        after = settled_node_state()
         diff = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
         assert not diff, f"node state changed: {sorted(diff)}\n{diff}"
 
