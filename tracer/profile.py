@@ -412,6 +412,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
             session.on_exit(l7_probes.close)
             l7_probes.start()
         t_window = time.monotonic()
+        say(f"window: {cfg.duration:g} s (Ctrl-C ends it early and still reports)")
         try:
             traffic_result = run_traffic(cfg.traffic, target, cfg.duration, runner)
             if cfg.traffic == "http" and target.lab is not None and target.lab.spec.l7:

@@ -192,10 +192,10 @@ def test_ctrl_c_twice_still_reports_and_detaches_everything(lab_factory, tmp_pat
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     seen = ""
-    while time.monotonic() < deadline and "probes:" not in seen:
+    while time.monotonic() < deadline and "window:" not in seen:
         seen += proc.stderr.readline()
-    assert "probes:" in seen, seen
-    time.sleep(4)                       # attached and inside the window
+    assert "probes:" in seen and "window:" in seen, seen
+    time.sleep(1)                       # attached and inside the window
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)     # the second Ctrl-C must not abort the cleanup
