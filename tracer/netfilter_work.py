@@ -76,3 +76,33 @@ def evaluation_order(delta: Ruleset, work: Iterable[ChainWork],
                 if chain in active and chain not in order:
                     order.append(chain)
     return order
+
+
+def drop_rules(delta: Ruleset) -> list[tuple[str, int]]:
+    """(where, packets) for every DROP/REJECT rule and DROP policy that dropped packets in the window."""
+    out = [(f"{r.chain}#{r.position} ({r.table}, -j {r.target})", r.packets) for r in delta.rules
+           if r.target in ("DROP", "REJECT") and r.packets]
+    out += [(f"{c.name} policy ({c.table})", c.packets) for c in delta.chains
+            if c.builtin and c.policy == "DROP" and c.packets]
+    return out
+
+
+def merge_drops(probe_drops: list[dict], rule_drops: list[tuple[str, int]]) -> list[dict]:
+    """Drops by reason (measured, skb:kfree_skb) joined with the netfilter rules that dropped them
+    (counters): when the rules account for exactly the NETFILTER_DROP count, it is "both"."""
+    total = sum(n for _, n in rule_drops)
+    out = []
+    for d in probe_drops:
+        if d["reason"] == "NETFILTER_DROP" and rule_drops:
+            agree = d["count"] == total
+            for where, n in sorted(rule_drops, key=lambda x: -x[1]):
+                out.append({"reason": "NETFILTER_DROP", "count": n, "where": where,
+                            "provenance": "both" if agree else "modelled"})
+            if not agree:
+                out.append({**d, "where": f"{d['where']} (probe total; rules counted {total})"})
+        else:
+            out.append(d)
+    if rule_drops and not any(d["reason"] == "NETFILTER_DROP" for d in probe_drops):
+        out += [{"reason": "NETFILTER_DROP", "count": n, "where": w, "provenance": "modelled"}
+                for w, n in rule_drops]
+    return out

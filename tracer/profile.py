@@ -22,6 +22,7 @@ from cnitrace import __version__
 from cnitrace.attribution import (Calib, ProxyDetour, TableTime, Transit, bpf_stage, build_tree,
                                   netfilter_stage, ovs_stage, proxy_stage)
 from cnitrace.datapath_work import bpf_programs, busy_ns, datapath_cache, ovs_work
+from cnitrace.netfilter_work import merge_drops
 from cnitrace.errors import UsageError
 from cnitrace.reports.document import fmt_ns, headline, validate
 from cnitrace.runner import DEFAULT_RUNNER, Runner
@@ -162,13 +163,14 @@ def snapshot_counters(target: Target, runner: Runner, ovs: Any = None) -> Counte
     return Counters(ipt, nft, bpf, ovs_snap, ct, cpu, rx_packets(target, runner))
 
 
-def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str], list[str]]:
+def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str], list[str], list]:
     from cnitrace.collectors.iptables.graph import ruleset_delta
     from cnitrace.collectors.iptables.source import ruleset_of
     from cnitrace.collectors.nftables.source import records_delta
-    from cnitrace.netfilter_work import evaluation_order, iptables_nft_tables, iptables_work, nft_work
+    from cnitrace.netfilter_work import (drop_rules, evaluation_order, iptables_nft_tables, iptables_work,
+                                         nft_work)
 
-    work, warnings, order = [], [], []
+    work, warnings, order, drops = [], [], [], []
     for ns in after.iptables:
         delta, w1 = ruleset_delta(ruleset_of(before.iptables[ns]), ruleset_of(after.iptables[ns]))
         iw, w2 = iptables_work(delta)
@@ -176,8 +178,9 @@ def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str]
         nw, w4 = nft_work(recs, skip=iptables_nft_tables(delta))
         work += iw + nw
         order += [c for c in evaluation_order(delta, iw) if c not in order]
+        drops += drop_rules(delta)
         warnings += [*after.iptables[ns].warnings, *w1, *w2, *w3, *w4]
-    return work, order, warnings
+    return work, order, warnings, drops
 
 
 # --- probes -------------------------------------------------------------------------------------
@@ -435,7 +438,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                 if stage in backends and ch.backend:
                     backends[stage]["backend"] = BACKEND_NAMES.get(ch.backend, "none")
 
-    work, order, nf_warn = netfilter_inputs(before, after)
+    work, order, nf_warn, rule_drops = netfilter_inputs(before, after)
     warnings += nf_warn
     transit = transit_of(figures, target.entry if target.entry is not None
                          else {i["ifindex"] for i in target.interfaces})
@@ -515,7 +518,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                          "r2": cal.r2, "backend": cal.backend, "method": cal.method, "style": cal.style}
                         if cal else None),
         "tree": root.to_json(), "headline": head,
-        "drops": drops_of(figures), "conntrack": conntrack_of(before.conntrack, after.conntrack),
+        "drops": merge_drops(drops_of(figures), rule_drops), "conntrack": conntrack_of(before.conntrack, after.conntrack),
         "maps": maps_of(after.bpf),
         "evaluation_order": order, "overhead": overhead, "lost_events": int(lost),
         "warnings": [w for w in warnings if w][:50] + (["interrupted"] if interrupted else []),

@@ -61,8 +61,10 @@ def test_calico_1000_top_cost_is_the_policy_chain(lab_factory, node_before_after
 
     denied = sum(n for k, n in sent.items() if not allowed(k))
     assert denied >= sent[f"tcp/{lab.topo.denied_port}"] + sent[f"udp/{lab.topo.denied_port}"]
-    nf_drops = sum(d["count"] for d in doc["drops"] if d["reason"] == "NETFILTER_DROP")
-    assert nf_drops == denied
+    nf_drops = [d for d in doc["drops"] if d["reason"] == "NETFILTER_DROP"]
+    assert sum(d["count"] for d in nf_drops) == denied
+    # ... and the rule that dropped them is named, measured by the probe and counted by the rule: both.
+    assert all(d["provenance"] == "both" and "#" in d["where"] for d in nf_drops), nf_drops
     assert doc["backends"]["transit"]["backend"] in ("raw_tracepoint", "tracepoint")
     assert root.provenance == "measured"
     assert doc["evaluation_order"][:2] == ["FORWARD", "cali-FORWARD"]

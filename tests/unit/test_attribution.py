@@ -94,3 +94,19 @@ def test_proxy_detour_dominates_when_large():
     root = build_tree([nf, proxy_stage(ProxyDetour(50, 400_000.0, "nginx"))], None, 100)
     assert "proxy nginx" in headline(root)
     assert root.find("stage", "l7_proxy").share > 0.9
+
+
+def test_drops_join_probe_reason_with_the_dropping_rule():
+    from cnitrace.netfilter_work import merge_drops
+
+    probe = [{"reason": "NETFILTER_DROP", "count": 25, "where": "nf_hook_slow+0x7d", "provenance": "measured"},
+             {"reason": "NO_SOCKET", "count": 3, "where": "udp_rcv", "provenance": "measured"}]
+    rules = [("cali-tw-x#5 (filter, -j DROP)", 20), ("cali-fw-y#2 (filter, -j DROP)", 5)]
+    out = merge_drops(probe, rules)
+    nf = [d for d in out if d["reason"] == "NETFILTER_DROP"]
+    assert [(d["where"], d["count"], d["provenance"]) for d in nf] == [
+        ("cali-tw-x#5 (filter, -j DROP)", 20, "both"), ("cali-fw-y#2 (filter, -j DROP)", 5, "both")]
+    assert any(d["reason"] == "NO_SOCKET" for d in out)
+    # Counts that disagree are kept apart and marked modelled, with the probe's total beside them.
+    off = merge_drops(probe[:1], [("c#1 (filter, -j DROP)", 20)])
+    assert [d["provenance"] for d in off] == ["modelled", "measured"]
