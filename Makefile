@@ -24,7 +24,7 @@ demo: setup
 # All three tiers; a tier that skips or does not run fails the build (CNITRACE_STRICT_TIERS).
 test: setup
 	CNITRACE_STRICT_TIERS=1 $(PYTEST) tests/unit tests/host
-	CNITRACE_STRICT_TIERS=1 $(PY) -m cnitrace.vagrant.microvm --timeout 1500 -- $(abspath $(PYTEST)) -p no:cacheprovider $(abspath tests/vm)
+	CNITRACE_STRICT_TIERS=1 $(PY) -m cnitrace.vagrant.microvm --timeout 1500 -- $(abspath $(PYTEST)) -p no:cacheprovider --color=no $(abspath tests/vm)
 
 test-unit: setup
 	$(PYTEST) tests/unit
