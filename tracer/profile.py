@@ -320,6 +320,41 @@ def _idle_cpu(ovs: Any, seconds: float) -> tuple[int, float] | None:
     return b - a, time.monotonic() - t
 
 
+OVS_USERSPACE_BACKEND = {
+    "backend": "counters", "reason": "OpenFlow table lookups (ovs-ofctl dump-tables) split the ovs-vswitchd "
+    "CPU time (schedstat, idle rate subtracted) measured over the window",
+    "signals": {"measured": ["userspace datapath CPU time per packet"],
+                "modelled": ["per-table share by lookups x classifier subtables"]}}
+
+
+def ovs_node_of(before: Counters, after: Counters, window: float, ovs_idle: tuple[int, float] | None,
+                packets: int, calib: Calib) -> Any:
+    """The OVS stage: ovs-vswitchd's busy CPU time in the window (measured), split over the tables
+    that walked packets (modelled) when first packets (upcalls) are a visible fraction of the traffic.
+
+    An upcall costs orders of magnitude more than a flow-cache hit, so with >= 5 % upcalls the CPU
+    time is attributed to the OpenFlow tables by lookups x subtables; below that the time stays on
+    the stage, and the tables show only how many (first) packets walked them.
+    """
+    tables = ovs_work(before.ovs, after.ovs)
+    measured = None
+    if before.ovs_cpu_ns is not None and after.ovs_cpu_ns is not None and ovs_idle:
+        measured = busy_ns(after.ovs_cpu_ns - before.ovs_cpu_ns, window, *ovs_idle)
+    cache = datapath_cache(before.ovs, after.ovs)
+    first_packets = cache["missed"] / max(cache["hit"] + cache["missed"], 1)
+    if first_packets < 0.05 and measured is not None:
+        node = ovs_stage(tables, packets, Calib(0.0), None)
+        node.measured_ns = node.ns_per_packet = measured / packets if packets else None
+        node.provenance = "measured"
+        node.detail["note"] = ("mostly established traffic: served by the datapath flow cache; "
+                               "OpenFlow tables were walked only by first packets (upcalls)")
+    else:
+        node = ovs_stage(tables, packets, calib, measured)
+    node.detail["datapath_cache"] = cache
+    node.detail["first_packet_fraction"] = round(first_packets, 4)
+    return node
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def _backends(host: Any) -> dict[str, dict[str, Any]]:
@@ -458,33 +493,8 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     if programs:
         stages_out.append(bpf_stage(programs, packets))
     if before.ovs is not None and after.ovs is not None:
-        tables = ovs_work(before.ovs, after.ovs)
-        measured_ovs = None
-        if before.ovs_cpu_ns is not None and after.ovs_cpu_ns is not None and ovs_idle:
-            measured_ovs = busy_ns(after.ovs_cpu_ns - before.ovs_cpu_ns, window, *ovs_idle)
-        cache = datapath_cache(before.ovs, after.ovs)
-        first_packets = cache["missed"] / max(cache["hit"] + cache["missed"], 1)
-        # An upcall (a first packet walking the OpenFlow tables) costs orders of magnitude more than a
-        # flow-cache hit, so once upcalls are a visible fraction the CPU time is split over the tables
-        # that did the walking (modelled); below that, the time stays on the stage as a whole.
-        if first_packets < 0.05 and measured_ovs is not None:
-            # Mostly established packets: the megaflow cache served them without walking the
-            # OpenFlow tables, so the CPU time cannot be split over tables; show the walk counts only.
-            ovs_node = ovs_stage(tables, packets, Calib(0.0), None)
-            ovs_node.measured_ns = ovs_node.ns_per_packet = measured_ovs / packets if packets else None
-            ovs_node.provenance = "measured"
-            ovs_node.detail["note"] = ("mostly established traffic: served by the datapath flow cache; "
-                                       "OpenFlow tables were walked only by first packets (upcalls)")
-        else:
-            ovs_node = ovs_stage(tables, packets, calib, measured_ovs)
-        ovs_node.detail["datapath_cache"] = cache
-        ovs_node.detail["first_packet_fraction"] = round(first_packets, 4)
-        stages_out.append(ovs_node)
-        backends["ovs_userspace"] = {
-            "backend": "counters", "reason": "OpenFlow table lookups (ovs-ofctl dump-tables) split the "
-            "ovs-vswitchd CPU time (schedstat, idle rate subtracted) measured over the window",
-            "signals": {"measured": ["userspace datapath CPU time per packet"],
-                        "modelled": ["per-table share by lookups"]}}
+        stages_out.append(ovs_node_of(before, after, window, ovs_idle, packets, calib))
+        backends["ovs_userspace"] = OVS_USERSPACE_BACKEND
     detour = proxy_detour_of(through, direct, figures, target) if direct is not None else None
     if detour is not None:
         node = proxy_stage(detour)
