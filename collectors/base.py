@@ -66,6 +66,13 @@ class Warnings:
         return (*self._items, *extra)
 
 
+def strip_provenance(text: str) -> str:
+    """Drop a leading '# provenance:' line (fixtures carry one); real dumps never start with it."""
+    if text.startswith("# provenance:"):
+        return text.split("\n", 1)[1] if "\n" in text else ""
+    return text
+
+
 R = TypeVar("R")
 
 

@@ -11,13 +11,7 @@ import dataclasses
 import json
 from typing import Any, Iterable, Mapping
 
-from cnitrace.collectors.base import Parsed, Warnings
-
-
-def strip_provenance(text: str) -> str:
-    if text.startswith("# provenance:"):
-        return text.split("\n", 1)[1] if "\n" in text else ""
-    return text
+from cnitrace.collectors.base import Parsed, Warnings, strip_provenance
 
 
 def _load_json(text: str, w: Warnings, what: str) -> Any:

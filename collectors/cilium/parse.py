@@ -16,15 +16,9 @@ import re
 import struct
 from typing import Any, Mapping
 
-from cnitrace.collectors.base import Parsed, Warnings
+from cnitrace.collectors.base import Parsed, Warnings, strip_provenance
 
 PROTO = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
-
-
-def strip_provenance(text: str) -> str:
-    if text.startswith("# provenance:"):
-        return text.split("\n", 1)[1] if "\n" in text else ""
-    return text
 
 
 def ntohs(v: int) -> int:

@@ -11,18 +11,12 @@ import dataclasses
 import re
 from typing import Mapping
 
-from cnitrace.collectors.base import Parsed, Warnings
+from cnitrace.collectors.base import Parsed, Warnings, strip_provenance
 
 # procfs column -> conntrack -S name (same kernel counter)
 _PROC_ALIASES = {"clashres": "clash_resolve", "chainlength": "chaintoolong", "icmp_error": "error"}
 # Pressure-relevant counters (what the 200-client finding is about).
 PRESSURE = ("insert_failed", "drop", "early_drop", "search_restart")
-
-
-def strip_provenance(text: str) -> str:
-    if text.startswith("# provenance:"):
-        return text.split("\n", 1)[1] if "\n" in text else ""
-    return text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,14 +15,7 @@ import json
 import re
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from cnitrace.collectors.base import Parsed, Warnings
-
-
-def strip_provenance(text: str) -> str:
-    """Drop a leading '# provenance:' line (fixtures carry one); real dumps never start with '#'."""
-    if text.startswith("# provenance:"):
-        return text.split("\n", 1)[1] if "\n" in text else ""
-    return text
+from cnitrace.collectors.base import Parsed, Warnings, strip_provenance
 
 
 def _int(value: str) -> int:
