@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from importlib import resources
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal
 
-SCHEMA_ID = "https://cnitrace.dev/schema/profile-v1.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1   # profile.schema.json pins it: bump both on an incompatible change
 
 Provenance = Literal["measured", "modelled", "both"]
-KINDS = ("root", "stage", "table", "chain", "ovs_table", "program", "rule", "flow", "map_entry", "proxy")
 
 
 @dataclasses.dataclass
@@ -101,9 +99,9 @@ def headline(root: Node) -> str:
 def fmt_ns(ns: float | None) -> str:
     if ns is None:
         return "—"
-    if ns >= 1e6:
+    if abs(ns) >= 1e6:
         return f"{ns / 1e6:.2f} ms"
-    if ns >= 1e3:
+    if abs(ns) >= 1e3:
         return f"{ns / 1e3:.1f} µs"
     return f"{ns:.0f} ns"
 
@@ -115,7 +113,3 @@ def compute_shares(root: Node) -> None:
     total = max(root.ns_per_packet or 0.0, sum((c.ns_per_packet or 0.0) for c in root.children))
     for _, n in root.walk():
         n.share = (n.ns_per_packet / total) if (total and n.ns_per_packet is not None) else None
-
-
-def stage_rows(root: Node) -> Sequence[Node]:
-    return [c for c in root.children if c.kind == "stage"]

@@ -8,21 +8,13 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
+from cnitrace.reports.document import fmt_ns
+
 WIDTH = 100
 
 
 def _f(v: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
-
-
-def _ns(v: float | None) -> str:
-    if v is None:
-        return "—"
-    if abs(v) >= 1e6:
-        return f"{v / 1e6:.2f} ms"
-    if abs(v) >= 1e3:
-        return f"{v / 1e3:.1f} µs"
-    return f"{v:.0f} ns"
 
 
 def short_experiment(r: Mapping[str, Any]) -> str:
@@ -45,8 +37,8 @@ def table(doc: Mapping[str, Any]) -> Table:
     for r in doc.get("table", ()):
         wide = "!" if r.get("wide") else ""
         t.add_row(r["datapath"], short_experiment(r), _f(r.get("throughput_gbps")), _f(r.get("rtt_p50_us"), "{:.0f} µs"),
-                  _f(r.get("http_rps"), "{:.0f}"), _ns(r.get("new_flow_ns")) + wide, _ns(r.get("policy_measured_ns")),
-                  _ns(r.get("policy_modelled_ns")), _f(r.get("l7_detour_us"), "{:.0f} µs"),
+                  _f(r.get("http_rps"), "{:.0f}"), fmt_ns(r.get("new_flow_ns")) + wide, fmt_ns(r.get("policy_measured_ns")),
+                  fmt_ns(r.get("policy_modelled_ns")), _f(r.get("l7_detour_us"), "{:.0f} µs"),
                   "✓" if r.get("semantics") else "✗")
     return t
 

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Sequence
 from cnitrace.errors import ToolError
 from cnitrace.runner import DEFAULT_RUNNER, Runner
 from cnitrace.session import Session
+from cnitrace.traffic import wait_listening
 
 CACHE = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "calibration.json"
 
@@ -176,20 +178,11 @@ class _Bench:
         self.r.run([tool], input=rules, netns=self.ns["n"])
         return evals
 
-    def _wait_listening(self, port: int, deadline_s: float = 5.0) -> None:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            out = self.r.run(["ss", "-Hltn", f"sport = :{port}"], netns=self.ns["s"], check=False).stdout
-            if out.strip():
-                return
-            time.sleep(0.05)
-        raise ToolError(f"iperf3 server did not start listening on port {port} within {deadline_s:g} s")
-
     def pps(self, seconds: int) -> float:
         """Receiver-side packets per second of a bounded 64-byte UDP flood (iperf3 takes whole seconds)."""
         srv = self.r.spawn(["iperf3", "-s", "-1", "-p", "5201"], netns=self.ns["s"])
         try:
-            self._wait_listening(5201)
+            wait_listening(self.r, self.ns["s"], [5201])
             out = self.r.run(["iperf3", "-c", "10.250.2.2", "-p", "5201", "-u", "-l", "64", "-b", "0",
                               "--connect-timeout", "3000", "-t", str(seconds), "-J"],
                              netns=self.ns["c"], timeout=seconds + 15)
@@ -201,14 +194,12 @@ class _Bench:
                 srv.wait()
         return parse_iperf3_udp_pps(out.stdout)
 
-
     def send_udp(self, count: int) -> None:
         """`count` UDP datagrams client → server (port 5201, nobody listening: forwarded, then refused)."""
         code = ("import socket\n"
                 "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                 f"for i in range({int(count)}):\n"
                 "    s.sendto(b'cnitrace-calibration', ('10.250.2.2', 5201))\n")
-        import sys
         self.r.run([sys.executable, "-c", code], netns=self.ns["c"], timeout=30)
 
 

@@ -21,10 +21,11 @@ from typing import Any, Callable, Sequence
 from cnitrace import __version__
 from cnitrace.attribution import (Calib, ProxyDetour, TableTime, Transit, bpf_stage, build_tree,
                                   netfilter_stage, ovs_stage, proxy_stage)
+from cnitrace.calibrate import cpu_model
 from cnitrace.datapath_work import bpf_programs, busy_ns, datapath_cache, ovs_work
 from cnitrace.netfilter_work import merge_drops
 from cnitrace.errors import UsageError
-from cnitrace.reports.document import fmt_ns, headline, validate
+from cnitrace.reports.document import SCHEMA_VERSION, fmt_ns, headline, validate
 from cnitrace.runner import DEFAULT_RUNNER, Runner
 from cnitrace.session import Interrupted, Session
 
@@ -143,7 +144,8 @@ def vswitchd_pid(ovs: Any) -> int | None:
     return pids[0] if pids else None
 
 
-def snapshot_counters(target: Target, runner: Runner, ovs: Any = None) -> Counters:
+def snapshot_counters(target: Target, runner: Runner, ovs: Any = None, maps: bool = False) -> Counters:
+    """Every collector once. Map dumps (O(entries)) only when asked: pressure is a gauge read after."""
     from cnitrace.collectors.bpfprog.source import BpfProgCollector
     from cnitrace.collectors.conntrack.source import ConntrackCollector
     from cnitrace.collectors.iptables.source import IptablesCollector
@@ -153,7 +155,7 @@ def snapshot_counters(target: Target, runner: Runner, ovs: Any = None) -> Counte
 
     ipt = {ns: IptablesCollector(runner, netns=ns, families=("ipv4",)).snapshot() for ns in target.rule_netns}
     nft = {ns: NftablesCollector(runner, netns=ns).snapshot() for ns in target.rule_netns}
-    bpf = BpfProgCollector(_selection_of(target), runner, maps=True).snapshot()
+    bpf = BpfProgCollector(_selection_of(target), runner, maps=maps).snapshot()
     ct = ConntrackCollector([n or "" for n in target.rule_netns], runner).snapshot()
     ovs_snap, cpu = None, None
     if ovs is not None:
@@ -239,17 +241,14 @@ def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any
     return through, direct
 
 
-def proxy_detour_of(through: Any, direct: Any, figures: Sequence[Any], target: Target) -> ProxyDetour | None:
+def proxy_detour_of(through: Any, direct: Any, proxy: str) -> ProxyDetour | None:
     """Added time per request of the lab's L7 proxy detour: mean request latency through the proxy
-    minus the direct path's (both measured by ab, same concurrency). The socket probe's count of
-    connections the proxy accepted shows the detour happened."""
+    minus the direct path's (both measured by ab, same concurrency)."""
     if through is None or direct is None:
         return None
     a, b = through.metrics.get("mean_ms"), direct.metrics.get("mean_ms")
     if a is None or b is None:
         return None
-    topo = target.lab.topo
-    proxy = str(target.lab.spec.l7_proxy)
     return ProxyDetour(int(through.metrics.get("complete") or 0), max((a - b) * 1e6, 0.0), proxy)
 
 
@@ -463,7 +462,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
             interrupted = True
             warnings.append("interrupted: the window ended early; figures cover what was seen until then")
         window = time.monotonic() - t_window
-        after = snapshot_counters(target, runner, ovs)
+        after = snapshot_counters(target, runner, ovs, maps=True)
         if l7_probes is not None:
             figures += l7_probes.snapshot()
         if probes is not None:
@@ -495,7 +494,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     if before.ovs is not None and after.ovs is not None:
         stages_out.append(ovs_node_of(before, after, window, ovs_idle, packets, calib))
         backends["ovs_userspace"] = OVS_USERSPACE_BACKEND
-    detour = proxy_detour_of(through, direct, figures, target) if direct is not None else None
+    detour = proxy_detour_of(through, direct, target.lab.spec.l7_proxy) if target.lab else None
     if detour is not None:
         node = proxy_stage(detour)
         node.detail.update({"through_proxy_mean_ms": through.metrics.get("mean_ms"),
@@ -514,8 +513,8 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                 f"≈ {fmt_ns(l7.ns_per_packet)} per request (measured; {through.metrics['mean_ms']:.2f} ms "
                 f"through the proxy vs {direct.metrics['mean_ms']:.2f} ms direct)")
     doc = {
-        "schema_version": 1, "kind": "profile", "tool": {"name": "cnitrace", "version": __version__},
-        "host": {"kernel": platform.release(), "cpu": _cpu(), "hostname": socket.gethostname()},
+        "schema_version": SCHEMA_VERSION, "kind": "profile", "tool": {"name": "cnitrace", "version": __version__},
+        "host": {"kernel": platform.release(), "cpu": cpu_model(), "hostname": socket.gethostname()},
         "cni": cnis,
         "lab": ({"spec": target.lab.spec.to_json(), "ground_truth": target.lab.truth.to_json()}
                 if target.lab else None),
@@ -537,8 +536,3 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     if errors:  # our own contract: a bug, said plainly rather than writing a bad document
         raise RuntimeError(f"profile document does not match its schema: {errors[0]}")
     return doc
-
-
-def _cpu() -> str:
-    from cnitrace.calibrate import cpu_model
-    return cpu_model()

@@ -289,7 +289,8 @@ class _Redirect:
         self.r.run(["nft", "delete", "table", "ip", REDIRECT_TABLE], netns=self.netns, check=False)
 
 
-def _wait_listening(runner: Runner, netns: str, ports: Sequence[int], deadline_s: float = 5.0) -> None:
+def wait_listening(runner: Runner, netns: str, ports: Sequence[int], deadline_s: float = 5.0) -> None:
+    """Wait until TCP listeners are up on every port in `netns` (a server started in the background)."""
     end = time.monotonic() + deadline_s
     want = set(ports)
     while time.monotonic() < end:
@@ -350,7 +351,7 @@ def stream(topo: "Topology", seconds: float, *, clients: "Sequence[Pod] | None" 
         try:
             for port in ports:
                 servers.append(runner.spawn(["iperf3", "-s", "-1", "-p", str(port)], netns=srv.netns))
-            _wait_listening(runner, srv.netns, ports)
+            wait_listening(runner, srv.netns, ports)
             if len(pods) > 1:
                 metrics = _parallel_clients(runner, topo, pods, secs)
             else:
@@ -376,7 +377,7 @@ def rr(topo: "Topology", seconds: float, *, client: "Pod | None" = None,
     with _Redirect(runner, srv.netns, [(pod.ip, "tcp", topo.allowed_port, RR_PORT)]):
         server = runner.spawn(["sockperf", "server", "--tcp", "-p", str(RR_PORT)], netns=srv.netns)
         try:
-            _wait_listening(runner, srv.netns, [RR_PORT])
+            wait_listening(runner, srv.netns, [RR_PORT])
             try:
                 out = runner.run(["sockperf", "ping-pong", "--tcp", "--full-rtt", "-i", srv.ip,
                                   "-p", str(topo.allowed_port), "-t", f"{secs:g}"],

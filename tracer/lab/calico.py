@@ -13,14 +13,13 @@ Pods are /32 with 169.254.1.1 as gateway, answered by proxy ARP on the cali inte
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING
 
 from cnitrace.lab import l7proxy
-from cnitrace.lab.datapath import Datapath, ipset_restore, iptables_restore, register
+from cnitrace.lab.datapath import Datapath, iptables_restore, program_iptables, register
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
 from cnitrace.lab.policy import PortRule, allow_index, port_rules, tag
-from cnitrace.lab.topology import plumb_routed, read_links, short_hash
+from cnitrace.lab.topology import built, plumb_routed, short_hash
 
 if TYPE_CHECKING:
     from cnitrace.session import Session
@@ -177,12 +176,8 @@ class Calico(Datapath):
     def build(self, session: "Session", topo: Topology, spec: LabSpec) -> Topology:
         r = session.runner
         plumb_routed(r, topo, node_mac=CALI_MAC)
-        t0 = time.monotonic()
-        ipset_restore(r, topo.node_netns, render_ipsets(topo))
-        iptables_restore(r, topo.node_netns, spec.backend, render_filter(topo, spec))
-        elapsed = time.monotonic() - t0
-        topo = read_links(r, topo)
-        return dataclasses.replace(topo, extra={**topo.extra, "program_seconds": elapsed})
+        seconds = program_iptables(r, topo.node_netns, spec.backend, render_ipsets(topo), render_filter(topo, spec))
+        return built(r, topo, seconds)
 
     def ground_truth(self, topo: Topology, spec: LabSpec) -> GroundTruth:
         rules = port_rules(topo, spec)

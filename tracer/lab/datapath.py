@@ -26,6 +26,7 @@ How a datapath plugs in:
 from __future__ import annotations
 
 import importlib
+import time
 from typing import TYPE_CHECKING, ClassVar
 
 from cnitrace.errors import UsageError
@@ -107,6 +108,14 @@ def iptables_restore(runner, netns: str, backend: str, text: str) -> None:
     """Program a whole generated ruleset in one transaction (--noflush keeps other tables)."""
     restore = IPTABLES_TOOLS[backend][0]
     runner.run([restore, "--noflush"], input=text, netns=netns, timeout=120)
+
+
+def program_iptables(runner, netns: str, backend: str, ipsets: str, rules: str) -> float:
+    """Load a datapath's ipsets, then its iptables rules; returns the seconds it took (the benchmark)."""
+    t0 = time.monotonic()
+    ipset_restore(runner, netns, ipsets)
+    iptables_restore(runner, netns, backend, rules)
+    return time.monotonic() - t0
 
 
 def iptables_save(runner, netns: str, backend: str, table: str = "filter") -> str:

@@ -8,13 +8,12 @@ so it counts the server's replies too (GroundTruth.counts_replies).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import TYPE_CHECKING
 
 from cnitrace.lab.datapath import Datapath, iptables_restore, register
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
-from cnitrace.lab.topology import plumb_bridge, read_links, short_hash
+from cnitrace.lab.topology import built, plumb_bridge, short_hash
 
 if TYPE_CHECKING:
     from cnitrace.session import Session
@@ -61,9 +60,7 @@ class Flannel(Datapath):
         plumb_bridge(r, topo)
         t0 = time.monotonic()
         iptables_restore(r, topo.node_netns, spec.backend, render_rules(topo))
-        elapsed = time.monotonic() - t0
-        topo = read_links(r, topo)
-        return dataclasses.replace(topo, extra={**topo.extra, "program_seconds": elapsed})
+        return built(r, topo, time.monotonic() - t0)
 
     def ground_truth(self, topo: Topology, spec: LabSpec) -> GroundTruth:
         ref = CounterRef(kind="iptables", netns=topo.node_netns, backend=spec.backend, table="filter",

@@ -11,14 +11,12 @@ per network namespace, so the sets keep kube-router's own names without touching
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from typing import TYPE_CHECKING
 
-from cnitrace.lab.datapath import Datapath, ipset_restore, iptables_restore, register
+from cnitrace.lab.datapath import Datapath, program_iptables, register
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
 from cnitrace.lab.policy import PortRule, allow_index, port_rules, upper_tag
-from cnitrace.lab.topology import plumb_bridge, read_links, short_hash
+from cnitrace.lab.topology import built, plumb_bridge, short_hash
 
 if TYPE_CHECKING:
     from cnitrace.session import Session
@@ -117,12 +115,8 @@ class KubeRouter(Datapath):
     def build(self, session: "Session", topo: Topology, spec: LabSpec) -> Topology:
         r = session.runner
         plumb_bridge(r, topo)
-        t0 = time.monotonic()
-        ipset_restore(r, topo.node_netns, render_ipsets(topo))
-        iptables_restore(r, topo.node_netns, spec.backend, render_filter(topo, spec))
-        elapsed = time.monotonic() - t0
-        topo = read_links(r, topo)
-        return dataclasses.replace(topo, extra={**topo.extra, "program_seconds": elapsed})
+        seconds = program_iptables(r, topo.node_netns, spec.backend, render_ipsets(topo), render_filter(topo, spec))
+        return built(r, topo, seconds)
 
     def ground_truth(self, topo: Topology, spec: LabSpec) -> GroundTruth:
         rules = port_rules(topo, spec)

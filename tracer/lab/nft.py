@@ -9,7 +9,6 @@ whose counter rule is the ground truth; rule handles are read back after loading
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 from cnitrace.lab.datapath import Datapath, nft_apply, register
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
 from cnitrace.lab.policy import port_rules
-from cnitrace.lab.topology import plumb_routed, read_links, short_hash
+from cnitrace.lab.topology import built, plumb_routed, short_hash
 
 if TYPE_CHECKING:
     from cnitrace.runner import Runner
@@ -107,9 +106,7 @@ class Nft(Datapath):
         t0 = time.monotonic()
         nft_apply(r, topo.node_netns, render(topo, spec))
         elapsed = time.monotonic() - t0
-        handles = read_handles(r, topo.node_netns)
-        topo = read_links(r, topo)
-        return dataclasses.replace(topo, extra={**topo.extra, "program_seconds": elapsed, "nft_handles": handles})
+        return built(r, topo, elapsed, nft_handles=read_handles(r, topo.node_netns))
 
     def ground_truth(self, topo: Topology, spec: LabSpec) -> GroundTruth:
         handles = topo.extra.get("nft_handles", {})

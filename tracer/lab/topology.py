@@ -140,6 +140,12 @@ def plumb_bridge(runner: "Runner", topo: Topology) -> None:
         _pod_up(runner, p, [f"route add default via {p.gateway} dev {p.iface}"])
 
 
+def built(runner: "Runner", topo: Topology, program_seconds: float, **extra: object) -> Topology:
+    """The topology as built: node-side links read back, plus how long policy programming took."""
+    topo = read_links(runner, topo)
+    return dataclasses.replace(topo, extra={**topo.extra, "program_seconds": program_seconds, **extra})
+
+
 def read_links(runner: "Runner", topo: Topology) -> Topology:
     """Fill in node-side ifindexes and MACs as the kernel assigned them."""
     out = runner.run(["ip", "-n", topo.node_netns, "-j", "link", "show"]).stdout
