@@ -79,6 +79,11 @@ def validate(doc: dict[str, Any]) -> list[str]:
 
 def headline(root: Node) -> str:
     """The one-sentence answer the terminal summary leads with."""
+    l7 = root.find("stage", "l7_proxy")
+    if l7 is not None and l7.share is not None and l7.detail.get("through_ns") and l7.detail.get("direct_ns"):
+        return (f"{l7.share * 100:.0f} % of request time: the {l7.detail['proxy']} L7 proxy detour adds "
+                f"≈ {fmt_ns(l7.ns_per_packet)} per request (measured; {l7.detail['through_ns'] / 1e6:.2f} ms "
+                f"through the proxy vs {l7.detail['direct_ns'] / 1e6:.2f} ms direct)")
     # The most specific thing a user can act on: a chain/OVS table/program, or a table known only as a whole.
     leaves = [n for _, n in root.walk() if n.share is not None and (
         n.kind in ("chain", "ovs_table", "program", "proxy") or (n.kind == "table" and not n.children))]

@@ -86,6 +86,8 @@ class ProxyDetour:
     requests: int
     added_ns_per_request: float
     proxy: str = "proxy"
+    through_ns: float | None = None    # a request's whole time through the proxy (its share's base)
+    direct_ns: float | None = None     # the same request without the detour
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +182,8 @@ def ovs_stage(tables: Sequence[OvsTableWork], packets: int, cal: Calib, measured
 def proxy_stage(detour: ProxyDetour) -> Node:
     return Node("stage", "l7_proxy", packets=detour.requests, ns_per_packet=detour.added_ns_per_request,
                 measured_ns=detour.added_ns_per_request, provenance="measured",
-                detail={"unit": "per request", "proxy": detour.proxy},
+                detail={"unit": "per request", "proxy": detour.proxy, "through_ns": detour.through_ns,
+                        "direct_ns": detour.direct_ns},
                 children=[Node("proxy", detour.proxy, packets=detour.requests,
                                ns_per_packet=detour.added_ns_per_request,
                                measured_ns=detour.added_ns_per_request, provenance="measured")])
@@ -221,4 +224,9 @@ def build_tree(stages: Iterable[Node], transit: Transit | None, packets: int) ->
     if proxy is not None and root.ns_per_packet is not None:
         root.ns_per_packet += proxy.ns_per_packet or 0.0
     compute_shares(root)
+    if proxy is not None and proxy.detail.get("through_ns"):
+        # The detour is per request, not per packet: its share is of the request's whole time.
+        proxy.share = min((proxy.ns_per_packet or 0.0) / proxy.detail["through_ns"], 1.0)
+        for c in proxy.children:
+            c.share = proxy.share
     return root

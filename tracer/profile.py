@@ -25,7 +25,7 @@ from cnitrace.calibrate import cpu_model
 from cnitrace.datapath_work import bpf_programs, busy_ns, datapath_cache, ovs_work
 from cnitrace.netfilter_work import merge_drops
 from cnitrace.errors import UsageError
-from cnitrace.reports.document import SCHEMA_VERSION, fmt_ns, headline, validate
+from cnitrace.reports.document import SCHEMA_VERSION, headline, validate
 from cnitrace.runner import DEFAULT_RUNNER, Runner
 from cnitrace.session import Interrupted, Session
 
@@ -249,7 +249,8 @@ def proxy_detour_of(through: Any, direct: Any, proxy: str) -> ProxyDetour | None
     a, b = through.metrics.get("mean_ms"), direct.metrics.get("mean_ms")
     if a is None or b is None:
         return None
-    return ProxyDetour(int(through.metrics.get("complete") or 0), max((a - b) * 1e6, 0.0), proxy)
+    return ProxyDetour(int(through.metrics.get("complete") or 0), max((a - b) * 1e6, 0.0), proxy,
+                       through_ns=a * 1e6, direct_ns=b * 1e6)
 
 
 def proxy_connections(figures: Sequence[Any], target: Target) -> int:
@@ -503,15 +504,6 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                             "method": "ab -c 1 through the proxy vs direct from the node namespace"})
         stages_out.append(node)
     root = build_tree(stages_out, transit, packets)
-    head = headline(root)
-    l7 = root.find("stage", "l7_proxy")
-    if l7 is not None and through is not None and through.metrics.get("mean_ms"):
-        # The detour is per request, not per packet: its share is of the request's time.
-        per_request = through.metrics["mean_ms"] * 1e6
-        l7.share = l7.children[0].share = min((l7.ns_per_packet or 0.0) / per_request, 1.0)
-        head = (f"{l7.share * 100:.0f} % of request time: the {detour.proxy} L7 proxy detour adds "
-                f"≈ {fmt_ns(l7.ns_per_packet)} per request (measured; {through.metrics['mean_ms']:.2f} ms "
-                f"through the proxy vs {direct.metrics['mean_ms']:.2f} ms direct)")
     doc = {
         "schema_version": SCHEMA_VERSION, "kind": "profile", "tool": {"name": "cnitrace", "version": __version__},
         "host": {"kernel": platform.release(), "cpu": cpu_model(), "hostname": socket.gethostname()},
@@ -526,7 +518,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
         "calibration": ({"ns_per_rule_eval": cal.ns_per_rule_eval, "provenance": cal.provenance,
                          "r2": cal.r2, "backend": cal.backend, "method": cal.method, "style": cal.style}
                         if cal else None),
-        "tree": root.to_json(), "headline": head,
+        "tree": root.to_json(), "headline": headline(root),
         "drops": merge_drops(drops_of(figures), rule_drops), "conntrack": conntrack_of(before.conntrack, after.conntrack),
         "maps": maps_of(after.bpf),
         "evaluation_order": order, "overhead": overhead, "lost_events": int(lost),

@@ -318,20 +318,17 @@ def ruleset_delta(before: Ruleset, after: Ruleset) -> tuple[Ruleset, tuple[str, 
     w = Warnings()
     old = {r.key: r for r in before.records}
     resets = 0
-    chains = []
-    for c in after.chains:
-        o = old.get(c.key)
-        dp = counter_delta(o.packets if o else 0, c.packets)
-        db = counter_delta(o.bytes if o else 0, c.bytes)
+
+    def since(rec):
+        nonlocal resets
+        o = old.get(rec.key)
+        dp = counter_delta(o.packets if o else 0, rec.packets)
+        db = counter_delta(o.bytes if o else 0, rec.bytes)
         resets += dp.reset or db.reset
-        chains.append(dataclasses.replace(c, packets=dp.value, bytes=db.value))
-    rules = []
-    for r in after.rules:
-        o = old.get(r.key)
-        dp = counter_delta(o.packets if o else 0, r.packets)
-        db = counter_delta(o.bytes if o else 0, r.bytes)
-        resets += dp.reset or db.reset
-        rules.append(dataclasses.replace(r, packets=dp.value, bytes=db.value))
+        return dataclasses.replace(rec, packets=dp.value, bytes=db.value)
+
+    chains = [since(c) for c in after.chains]
+    rules = [since(r) for r in after.rules]
     if resets:
         w.add(f"{resets} counter(s) went backwards (reset); counted from zero since the reset")
     return Ruleset(tuple(chains), tuple(rules)), w.freeze()

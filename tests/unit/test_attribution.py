@@ -110,3 +110,13 @@ def test_drops_join_probe_reason_with_the_dropping_rule():
     # Counts that disagree are kept apart and marked modelled, with the probe's total beside them.
     off = merge_drops(probe[:1], [("c#1 (filter, -j DROP)", 20)])
     assert [d["provenance"] for d in off] == ["modelled", "measured"]
+
+
+def test_proxy_detour_share_is_of_the_request_time_when_known():
+    nf = netfilter_stage(calico_chains(10, 100), 100, Calib(25.0))
+    detour = ProxyDetour(40, 43_500_000.0, "nginx", through_ns=44_000_000.0, direct_ns=500_000.0)
+    root = build_tree([nf, proxy_stage(detour)], None, 100)
+    l7 = root.find("stage", "l7_proxy")
+    assert l7.share == pytest.approx(43.5 / 44.0) and l7.children[0].share == l7.share
+    assert headline(root) == ("99 % of request time: the nginx L7 proxy detour adds ≈ 43.50 ms per request "
+                              "(measured; 44.00 ms through the proxy vs 0.50 ms direct)")
