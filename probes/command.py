@@ -42,11 +42,11 @@ def parse_iface(text: str) -> tuple[str | None, str]:
     return (ns or None), name
 
 
-def parse_force(text: str) -> tuple[str, str]:
-    """'netfilter=kprobe' -> ('netfilter', 'kprobe')."""
+def parse_force(text: str, option: str = "--force") -> tuple[str, str]:
+    """'netfilter=kprobe' -> ('netfilter', 'kprobe'); `option` names the flag in the error."""
     stage, sep, backend = text.partition("=")
     if not sep or stage not in SPECS or backend not in BACKENDS:
-        raise UsageError(f"bad --force {text!r}: use STAGE=BACKEND with a stage of {', '.join(SPECS)} "
+        raise UsageError(f"bad {option} {text!r}: use STAGE=BACKEND with a stage of {', '.join(SPECS)} "
                          f"and a backend of {', '.join(BACKENDS)}")
     return stage, backend
 

@@ -68,9 +68,9 @@ static __always_inline int drop_seen(void *ctx, const void *skb, u64 location, u
         return 0;
     void *dev = 0;
     struct cnit_where w = {};
-    bpf_probe_read_kernel(&dev, sizeof(dev), (const char *)skb + CNIT_OFF_SKB_DEV);
+    CNIT_READ(dev, skb, CNIT_OFF_SKB_DEV);
     if (dev) {
-        bpf_probe_read_kernel(&w.ifindex, sizeof(w.ifindex), (char *)dev + CNIT_OFF_DEV_IFINDEX);
+        CNIT_READ(w.ifindex, dev, CNIT_OFF_DEV_IFINDEX);
         if (!cnit_ifindex_candidate(w.ifindex))
             return 0;
         w.netns = cnit_dev_netns(dev);
@@ -79,8 +79,8 @@ static __always_inline int drop_seen(void *ctx, const void *skb, u64 location, u
         return 0;
     u32 len = 0;
     u16 protocol = 0;
-    bpf_probe_read_kernel(&len, sizeof(len), (const char *)skb + CNIT_OFF_SKB_LEN);
-    bpf_probe_read_kernel(&protocol, sizeof(protocol), (const char *)skb + CNIT_OFF_SKB_PROTOCOL);
+    CNIT_READ(len, skb, CNIT_OFF_SKB_LEN);
+    CNIT_READ(protocol, skb, CNIT_OFF_SKB_PROTOCOL);
     struct drop_key k = { .location = location, .netns = w.netns, .ifindex = w.ifindex,
                           .reason = reason, .protocol = ntohs(protocol) };
     struct cnit_agg zero = {};
@@ -97,7 +97,12 @@ static __always_inline int drop_seen(void *ctx, const void *skb, u64 location, u
 
 /* CNIT_HOOK_SKB_KFREE_SKB = 4: raw tracepoint, args (skb, location, reason, ...) as in
  * TP_PROTO since 5.17; 3: the classic tracepoint's record. */
-#if CNIT_HOOK_SKB_KFREE_SKB == 4
+#if CNIT_HOOK_SKB_KFREE_SKB == 5
+int tpbtf__kfree_skb(u64 *ctx)
+{
+    return drop_seen(ctx, (const void *)ctx[0], ctx[1], (u32)ctx[2]);
+}
+#elif CNIT_HOOK_SKB_KFREE_SKB == 4
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
     return drop_seen(ctx, (const void *)ctx->args[0], ctx->args[1], (u32)ctx->args[2]);

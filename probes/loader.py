@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -93,6 +94,19 @@ def _no_autoload_class(bcc: Any) -> type:
     if key not in _NO_AUTOLOAD:
         _NO_AUTOLOAD[key] = type("BPFNoAutoload", (bcc.BPF,), {"_trace_autoload": lambda self: None})
     return _NO_AUTOLOAD[key]
+
+
+def vmlinux_btf_id(name: str, attach_type: int) -> int:
+    """The vmlinux BTF id a tracing program of `attach_type` aims at (for a BTF-typed tracepoint:
+    the btf_trace_<name> typedef), found by the libbpf inside bcc's library."""
+    import ctypes
+
+    fn = import_bcc().lib.libbpf_find_vmlinux_btf_id
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_char_p, ctypes.c_int]
+    got = fn(name.encode(), attach_type)
+    if got < 0:
+        raise ToolError(f"{name}: not in the kernel's BTF ({os.strerror(-got)})")
+    return got
 
 
 def prog_type(name: str) -> int:

@@ -6,14 +6,17 @@
  *
  * These functions live in the openvswitch module, which bcc 0.26 can only kprobe; entry
  * and return pair on a per-CPU stack (calls nest: receive > process > actions), each frame
- * tagged with its function so a missed return cannot mis-pair the others.
+ * tagged with its function so a missed return cannot mis-pair the others. Each recirculation
+ * (Antrea's ct() actions) nests another process > actions pair; frames deeper than DEPTH are
+ * counted but not timed, so their returns still pair with the right frames.
  */
 #include "stages.h"
 
 #define FN_RECEIVE 1
 #define FN_PROCESS 2
 #define FN_ACTIONS 3
-#define DEPTH 8
+#define DEPTH 16
+#define MAX_DEPTH 64    /* counted frames beyond this: returns were missed, start over */
 #ifndef CNIT_HOOK_OVS_VPORT_RECEIVE
 #define CNIT_HOOK_OVS_VPORT_RECEIVE 0
 #endif
@@ -59,13 +62,18 @@ static __always_inline void push(const void *skb, u32 fn)
 {
     int z = 0;
     u32 *depth = ovs_depth.lookup(&z);
-    if (!depth || *depth >= DEPTH)
+    if (!depth)
         return;
-    int idx = *depth;
+    u32 d = *depth;
+    if (d >= DEPTH) {           /* too deep to time: count it so that the returns still pair */
+        *depth = d < MAX_DEPTH ? d + 1 : 0;
+        return;
+    }
+    int idx = d;
     struct ovs_frame *f = ovs_stack.lookup(&idx);
     if (!f)
         return;
-    *depth = idx + 1;
+    *depth = d + 1;
     f->ts = bpf_ktime_get_ns();
     f->fn = fn;
     f->in = cnit_skb_where(skb);
@@ -78,7 +86,12 @@ static __always_inline void pop(u32 fn)
     u32 *depth = ovs_depth.lookup(&z);
     if (!depth || *depth == 0)
         return;
-    int idx = *depth - 1;
+    u32 d = *depth - 1;
+    if (d >= DEPTH) {           /* a frame too deep to time */
+        *depth = d;
+        return;
+    }
+    int idx = d;
     struct ovs_frame *f = ovs_stack.lookup(&idx);
     if (!f)
         return;

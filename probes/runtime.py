@@ -29,13 +29,14 @@ from cnitrace.probes import btf as btfmod
 from cnitrace.probes.btf_enums import drop_reasons, not_a_drop, reason_name
 from cnitrace.probes.histogram import Histogram, merge_cpus
 from cnitrace.probes.specs import (BACKEND_CODES, COUNTERS, FENTRY, KPROBE, OFFSETS, RAW_TRACEPOINT, SPECS,
-                                   TRACEPOINT, ProbeSpec, decode_key, feeding_hook)
+                                   TP_BTF, TRACEPOINT, ProbeSpec, decode_key, feeding_hook, tp_btf_function)
 from cnitrace.runner import DEFAULT_RUNNER, Runner
 
 TRACEFS = Path("/sys/kernel/tracing")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@*?\[\]-]{1,15}$")
 # Host capability (cnitrace.host_checks) each backend needs.
-BACKEND_CAPS = {FENTRY: "fentry", KPROBE: "kprobes", TRACEPOINT: "tracepoints", RAW_TRACEPOINT: "raw_tracepoints"}
+BACKEND_CAPS = {FENTRY: "fentry", KPROBE: "kprobes", TRACEPOINT: "tracepoints", RAW_TRACEPOINT: "raw_tracepoints",
+                TP_BTF: "tp_btf"}
 MAX_IFINDEX_CONSTANTS = 8   # CNIT_IF0..CNIT_IF7 in stages.h
 
 
@@ -87,12 +88,16 @@ def cflags_for(spec: ProbeSpec, choice: "Choice", offsets: Mapping[str, int], fi
             out[f"CNIT_OFF_{name}"] = str(offsets[name])
     for h in spec.hooks:
         out[h.macro] = str(BACKEND_CODES.get(choice.hooks.get(h.point, COUNTERS), 0))
+    attached = [b for b in choice.hooks.values() if b != COUNTERS]
+    if attached and all(b == TP_BTF for b in attached):
+        out["CNIT_DIRECT"] = "1"    # every program of the stage is BTF-typed: plain loads (stages.h)
     if filt.ifaces:
         out["CNIT_FILTER_IFACE"] = "1"
-        idx = sorted({i for _, i in filt.ifaces})
-        if len(idx) <= MAX_IFINDEX_CONSTANTS:
-            out["CNIT_NIF"] = str(len(idx))
-            out.update({f"CNIT_IF{n}": str(i) for n, i in enumerate(idx)})
+        pairs = sorted(set(filt.ifaces), key=lambda p: (p[1], p[0]))
+        if len(pairs) <= MAX_IFINDEX_CONSTANTS:   # few enough: the filter is constants, no map lookup
+            out["CNIT_NIF"] = str(len(pairs))
+            out.update({f"CNIT_IF{n}": str(i) for n, (_, i) in enumerate(pairs)})
+            out.update({f"CNIT_NS{n}": str(ns) for n, (ns, _) in enumerate(pairs)})
     if filt.netns:
         out["CNIT_FILTER_NETNS"] = "1"
     if filt.mark is not None:
@@ -288,6 +293,7 @@ class ProbeSet:
         self._btf: btfmod.BtfSet | None = None
         self._closed = False
         self._fds_before: set[int] = set()
+        self._own_fds: list[int] = []          # tp_btf programs and links (not bcc's to close)
         self._usable: dict[str, Callable[[str], tuple[bool, str]]] = {}
 
     # -- setup
@@ -308,10 +314,10 @@ class ProbeSet:
         rejected = {r.backend: r.why for r in lc.rejected}
 
         def usable(backend: str) -> tuple[bool, str]:
-            if backend == RAW_TRACEPOINT:   # the ladder's tracepoint rung, attached raw
-                raw = self._host.check("raw_tracepoints")
-                if not raw.usable:
-                    return False, f"raw_tracepoints {raw.status.value}: {raw.reason}"
+            if backend in (RAW_TRACEPOINT, TP_BTF):   # the ladder's tracepoint rung, in a cheaper form
+                form = self._host.check(BACKEND_CAPS[backend])
+                if not form.usable:
+                    return False, f"{BACKEND_CAPS[backend]} {form.status.value}: {form.reason}"
                 backend = TRACEPOINT
             if backend in rejected:
                 return False, rejected[backend]
@@ -324,7 +330,7 @@ class ProbeSet:
         if backend == TRACEPOINT:
             cat, _, name = point.partition(":")
             return (TRACEFS / "events" / cat / name).is_dir()
-        if backend == RAW_TRACEPOINT:   # every tracepoint has a btf_trace_<name> typedef in BTF
+        if backend in (RAW_TRACEPOINT, TP_BTF):   # every tracepoint has a btf_trace_<name> typedef in BTF
             return ("TYPEDEF", f"btf_trace_{point.partition(':')[2]}") in self._get_btf().by_name
         if backend == FENTRY:
             return ("FUNC", point) in self._get_btf().by_name
@@ -432,22 +438,29 @@ class ProbeSet:
                 flt = dataclasses.replace(flt, netns=tuple(dict.fromkeys(ns for ns, _ in flt.ifaces)))
             flags = cflags_for(spec, choice, offsets, flt, events=events, ringbuf=ringbuf, extra=extra)
             self.bpf[stage] = load(spec.source, flags)
+            self._attach_tp_btf(stage, choice)
             self._fill_filters(self.bpf[stage], flt)
             if events:
                 self._open_events(stage, ringbuf)
 
+    def _attach_tp_btf(self, stage: str, choice: Choice) -> None:
+        """bcc compiles the tpbtf__ functions but cannot load them as BTF-typed tracepoints:
+        load their instructions (map fds already in place) as tracing programs aimed at the
+        tracepoint's btf_trace_<name> type, and attach each with a link fd kept until close()."""
+        from cnitrace.probes.bpfsys import BPF_TRACE_RAW_TP, attach_tracing, load_tracing
+
+        for point, backend in choice.hooks.items():
+            if backend != TP_BTF:
+                continue
+            fn = tp_btf_function(point)
+            btf_id = self._get_btf().by_name[("TYPEDEF", f"btf_trace_{point.partition(':')[2]}")]
+            fd = load_tracing(self.bpf[stage].dump_func(fn.encode()), attach_type=BPF_TRACE_RAW_TP,
+                              btf_id=btf_id, target_fd=0, name=fn.removeprefix("tpbtf__"))
+            self._own_fds.append(fd)
+            self._own_fds.append(attach_tracing(fd))
+
     def _fill_filters(self, b: Any, flt: Filter) -> None:
-        import ctypes
-        if flt.ifaces:
-            t = b[b"cnit_ifaces"]
-            for ino, idx in flt.ifaces:
-                k = t.Key()
-                k.netns, k.ifindex = ino, idx
-                t[k] = ctypes.c_uint8(1)
-        if flt.netns:
-            t = b[b"cnit_netns"]
-            for ino in flt.netns:
-                t[t.Key(ino)] = ctypes.c_uint8(1)
+        fill_filters(b, flt)
 
     def _open_events(self, stage: str, ringbuf: bool) -> None:
         import ctypes
@@ -567,6 +580,11 @@ class ProbeSet:
         if self._closed:
             return
         self._closed = True
+        while self._own_fds:
+            try:
+                os.close(self._own_fds.pop())     # links first (appended last): detach, then free
+            except OSError:
+                pass
         while self.bpf:
             _, b = self.bpf.popitem()
             try:
@@ -584,6 +602,21 @@ class ProbeSet:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def fill_filters(b: Any, flt: Filter) -> None:
+    """Put the selected (netns, ifindex) pairs and namespaces into stages.h's filter maps."""
+    import ctypes
+    if flt.ifaces:
+        t = b[b"cnit_ifaces"]
+        for ino, idx in flt.ifaces:
+            k = t.Key()
+            k.netns, k.ifindex = ino, idx
+            t[k] = ctypes.c_uint8(1)
+    if flt.netns:
+        t = b[b"cnit_netns"]
+        for ino in flt.netns:
+            t[t.Key(ino)] = ctypes.c_uint8(1)
 
 
 def _kallsyms_has(fn: str) -> bool:

@@ -14,6 +14,7 @@
 #define HIT_FENTRY         3
 #define HIT_TC             4
 #define HIT_XDP            5
+#define HIT_TP_BTF         6
 
 BPF_ARRAY(hits, u64, 8);
 
@@ -27,6 +28,9 @@ static __always_inline void bump(int slot)
 int on_tracepoint(void *ctx) { bump(HIT_TRACEPOINT); return 0; }
 
 int on_raw_tracepoint(void *ctx) { bump(HIT_RAW_TRACEPOINT); return 0; }
+
+/* BTF-typed raw tracepoint (tp_btf): bcc cannot load it; the trial loads its instructions itself. */
+int on_tp_btf(u64 *ctx) { bump(HIT_TP_BTF); return 0; }
 
 int on_kprobe(struct pt_regs *ctx) { bump(HIT_KPROBE); return 0; }
 

@@ -3,8 +3,9 @@ options and its map and event layouts. Data only (no bcc), so the ladder and the
 reason about it.
 
 Backends, best first: fentry/fexit (BTF trampolines, ~7 ns a hit) -> kprobe/kretprobe
-(~18 ns) -> tracepoint (stable, but only where the kernel has one; taken raw where possible,
-which skips building the trace record) -> counters (nothing
+(~18 ns) -> tracepoint (stable, but only where the kernel has one; taken BTF-typed (tp_btf:
+fields are plain loads, no helper calls) or raw where possible, which skips building the
+trace record) -> counters (nothing
 attached; the figure is modelled from collector counters). The backend is chosen per hook:
 nf_hook_slow is in vmlinux and can take fentry while ipt_do_table lives in a module, which
 bcc 0.26 can only kprobe, so one stage may mix backends, and each figure says which one
@@ -20,8 +21,10 @@ from typing import Mapping
 
 FENTRY, KPROBE, TRACEPOINT, COUNTERS = "fentry", "kprobe", "tracepoint", "counters"
 RAW_TRACEPOINT = "raw_tracepoint"   # the tracepoint rung's cheaper form: no trace record is built
-BACKENDS = (FENTRY, KPROBE, RAW_TRACEPOINT, TRACEPOINT, COUNTERS)
-BACKEND_CODES = {FENTRY: 1, KPROBE: 2, TRACEPOINT: 3, RAW_TRACEPOINT: 4}   # CNIT_HOOK_<point> values in C
+TP_BTF = "tp_btf"                   # cheaper still: a BTF-typed raw tracepoint, fields read by plain loads
+BACKENDS = (FENTRY, KPROBE, TP_BTF, RAW_TRACEPOINT, TRACEPOINT, COUNTERS)
+BACKEND_CODES = {FENTRY: 1, KPROBE: 2, TRACEPOINT: 3, RAW_TRACEPOINT: 4, TP_BTF: 5}   # CNIT_HOOK_<point> in C
+TRACEPOINT_FORMS = (TP_BTF, RAW_TRACEPOINT, TRACEPOINT)   # the ladder's tracepoint rung, best form first
 
 # Kernel struct fields the probes read, by -D name: CNIT_OFF_<name> = byte offset from BTF.
 OFFSETS: dict[str, tuple[str, str]] = {
@@ -46,6 +49,11 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "NFT_PKTINFO_SKB": ("nft_pktinfo", "skb"),
     "NFT_PKTINFO_STATE": ("nft_pktinfo", "state"),
 }
+
+
+def tp_btf_function(point: str) -> str:
+    """The C function a tp_btf hook runs: `tpbtf__<tracepoint>` (bcc autoloads no such prefix)."""
+    return f"tpbtf__{point.partition(':')[2]}"
 
 
 def hook_macro(point: str) -> str:
@@ -117,7 +125,7 @@ class ProbeSpec:
 
 _SKB = ("SKB_DEV", "DEV_IFINDEX", "DEV_NET", "NET_INUM", "SKB_MARK", "SKB_PROTOCOL", "SKB_DATA")
 _FN = (FENTRY, KPROBE)
-_TP = (RAW_TRACEPOINT, TRACEPOINT)
+_TP = TRACEPOINT_FORMS
 _MODULE_FN = (KPROBE,)   # bcc 0.26 resolves fentry targets in vmlinux BTF only
 _NFT = ("NFT_PKTINFO_SKB", "NFT_PKTINFO_STATE", "NFT_CHAIN_NAME", "NFT_CHAIN_TABLE", "NFT_TABLE_NAME")
 
@@ -187,6 +195,19 @@ SPECS: dict[str, ProbeSpec] = {s.stage: s for s in (
 )}
 
 STAGES = tuple(SPECS)
+
+# tc_bpf is not in SPECS (which ProbeSet runs): its fentry targets are BPF programs found at
+# run time, not kernel functions, so cnitrace.probes.progtime loads and attaches it.
+PROGTIME = ProbeSpec(
+    stage="tc_bpf",
+    source="progtime.bpf.c",
+    hooks=(Hook("bpf_prog", (FENTRY,), required=False), Hook("tcf_classify", (KPROBE,), required=False)),
+    maps=(AggMap("progtime_agg", ("slot",), "ns", ("bpf_prog",)),
+          AggMap("tc_classify_agg", ("netns", "ifindex"), "ns", ("tcf_classify",))),
+    offsets=("SKB_DEV", "DEV_IFINDEX", "DEV_NET", "NET_INUM"),
+    what="run time of each selected tc/XDP BPF program (fentry/fexit on the program); without BTF, "
+         "time of the interface's tc classify path (kprobe on tcf_classify)",
+)
 
 NF_FAMILIES = {2: "ipv4", 10: "ipv6", 7: "bridge", 3: "arp", 1: "inet", 5: "netdev"}
 NF_HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING"}

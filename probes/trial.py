@@ -26,7 +26,7 @@ from cnitrace.runner import DEFAULT_RUNNER, Runner
 
 SOURCE = "selftest.bpf.c"
 KPROBE_TARGET = "__netif_receive_skb"   # must match KFUNC_PROBE(...) in selftest.bpf.c
-SLOTS = {"tracepoints": 0, "raw_tracepoints": 1, "kprobes": 2, "fentry": 3, "tc_bpf": 4, "xdp": 5}
+SLOTS = {"tracepoints": 0, "raw_tracepoints": 1, "kprobes": 2, "fentry": 3, "tc_bpf": 4, "xdp": 5, "tp_btf": 6}
 TX, RX = "cnitd0", "cnitd1"             # the veth pair, only ever inside this process's netns
 FRAMES = 4
 TRACEFS = "/sys/kernel/tracing"
@@ -198,6 +198,14 @@ def run_trial(runner: Runner = DEFAULT_RUNNER) -> dict[str, Any]:
     att["tracepoints"] = attempt(lambda: b.attach_tracepoint(tp=b"net:netif_receive_skb", fn_name=b"on_tracepoint"))
     att["raw_tracepoints"] = attempt(lambda: b.attach_raw_tracepoint(tp=b"netif_receive_skb",
                                                                      fn_name=b"on_raw_tracepoint"))
+    links: list[int] = []      # tp_btf link fds: the program runs while they are open
+
+    def tp_btf() -> None:
+        from cnitrace.probes.bpfsys import BPF_TRACE_RAW_TP, attach_tracing, load_tracing
+        fd = load_tracing(b.dump_func(b"on_tp_btf"), attach_type=BPF_TRACE_RAW_TP, target_fd=0, name="on_tp_btf",
+                          btf_id=loader.vmlinux_btf_id("netif_receive_skb", BPF_TRACE_RAW_TP))
+        links.extend((fd, attach_tracing(fd)))
+    att["tp_btf"] = attempt(tp_btf)
     att["kprobes"] = attempt(lambda: b.attach_kprobe(event=KPROBE_TARGET.encode(), fn_name=b"on_kprobe"))
     att["fentry"] = attempt(lambda: b.attach_kfunc(fn_name=KPROBE_TARGET.encode()))
 

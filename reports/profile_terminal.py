@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cnitrace.reports.document import Node, fmt_ns
+from cnitrace.reports.document import Node, fmt_ns, ovs_calibration_text
 
 WIDTH = 100
 
@@ -32,7 +32,8 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
               f"traffic: {doc['traffic']['kind']} ({doc['traffic'].get('packets_sent') or 0} sent)")
     cal = doc.get("calibration")
     if cal:
-        con.print(f"calibration: {cal['ns_per_rule_eval']:.1f} ns per rule evaluation ({cal['provenance']})")
+        con.print(f"calibration: {cal['ns_per_rule_eval']:.1f} ns per rule evaluation ({cal['provenance']})"
+                  + (f"; {ovs_calibration_text(cal['ovs'])}" if cal.get("ovs") else ""))
 
     t = Table(title="where each packet's time goes", width=WIDTH, show_lines=False)
     for col, just in (("stage / table / chain / rule", "left"), ("packets", "right"), ("ns/pkt", "right"),
@@ -56,6 +57,14 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
     con.print(t)
     more = f"; {hidden} rows under 0.1 % not shown (see --json/--html)" if hidden else ""
     con.print(f"total per packet: {fmt_ns(root.ns_per_packet)} ({root.provenance}){more}")
+    ovs = root.find("stage", "ovs")
+    kd = ovs.detail.get("kernel_datapath") if ovs is not None else None
+    if kd:
+        p = kd["process"]
+        con.print(f"OVS kernel datapath ({kd['backend']}, measured): {fmt_ns(kd['ns_per_packet'])} per packet; "
+                  f"process p50 {fmt_ns(p['p50_ns'])} / p99 {fmt_ns(p['p99_ns'])} over {p['calls']:,} calls; "
+                  f"{ovs.detail['upcalls']:,} upcalls ({ovs.detail['upcall_rate'] * 100:.1f} % of "
+                  f"{kd['visits']:,} packets)")
 
     b = Table(title="probe backend per stage", width=WIDTH)
     b.add_column("stage", no_wrap=True)

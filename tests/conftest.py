@@ -34,6 +34,17 @@ def host():
     return _HOST
 
 
+@pytest.fixture(scope="module")
+def tc_prog():
+    """selftest.bpf.c's on_tc, loaded once (compiling is the slow part); yields the bcc function."""
+    from cnitrace.probes import loader
+
+    b = loader.load("selftest.bpf.c", autoload=False)
+    fn = b.load_func(b"on_tc", loader.prog_type("SCHED_CLS"))
+    yield fn
+    b.cleanup()
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     tier = tier_of(item.path)
     if tier in ROOT_TIERS and os.geteuid() != 0:

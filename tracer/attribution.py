@@ -53,7 +53,9 @@ class ProgramTime:
     name: str
     runs: int
     ns_per_run: float
-    source: str = "bpf_stats"
+    source: str = "bpf_stats"      # "fentry": timed on the program; "kprobe": an interface's tc classify path
+    p50_ns: float | None = None    # per run, where a histogram measured it (fentry / kprobe)
+    p99_ns: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,8 @@ class ProxyDetour:
 @dataclasses.dataclass(frozen=True)
 class Calib:
     ns_per_rule_eval: float
-    ns_per_ovs_table: float | None = None
+    ns_per_ovs_table: float | None = None     # per classifier subtable a first packet's table lookup visits
+    ovs_upcall_ns: float | None = None        # per upcall with no table walked (cnitrace.calibrate_ovs)
 
 
 def _per_packet(total_ns: float, packets: int) -> float | None:
@@ -132,6 +135,7 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
             tnode.p50_ns, tnode.p99_ns = tm.p50_ns, tm.p99_ns
             tnode.provenance = "both" if modelled_t else "measured"
             tnode.detail["backend"] = tm.backend
+            tnode.detail["calls"] = tm.calls
         tnode.ns_per_packet = tnode.measured_ns if tnode.measured_ns is not None else modelled_t
         stage.children.append(tnode)
     for tm in meas.values():  # tables measured but with no rule counters (e.g. nft chains without counters)
@@ -143,39 +147,145 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
     return stage
 
 
-def bpf_stage(programs: Sequence[ProgramTime], packets: int) -> Node:
+def bpf_stage(programs: Sequence[ProgramTime], packets: int, traced: Sequence[ProgramTime] = ()) -> Node:
+    """Programs by run time. `programs` come from bpf_stats; `traced` from the tc_bpf probe:
+    source "fentry" (a program, matched by name) or "kprobe" (an interface's tc classify path).
+
+    A program timed by fentry takes that figure (bpf_stats of a traced program include the
+    trampoline) with bpf_stats beside it and their ratio; classify times cover every filter of
+    a hook, so they go into the stage's detail rather than being added to the programs.
+    """
     stage = Node("stage", "bpf", packets=packets)
-    for p in sorted(programs, key=lambda p: -(p.runs * p.ns_per_run)):
-        ns = _per_packet(p.runs * p.ns_per_run, packets)
-        stage.children.append(Node("program", p.name, packets=p.runs, ns_per_packet=ns, measured_ns=ns,
-                                   provenance="measured", detail={"source": p.source, "ns_per_run": p.ns_per_run}))
+    fentry = {t.name: t for t in traced if t.source == "fentry"}
+    rows = [(fentry.pop(p.name, None), p) for p in programs] + [(f, None) for f in fentry.values()]
+    for f, st in sorted(rows, key=lambda r: -((r[0] or r[1]).runs * (r[0] or r[1]).ns_per_run)):
+        main = f or st
+        ns = _per_packet(main.runs * main.ns_per_run, packets)
+        detail: dict = {"source": main.source, "ns_per_run": main.ns_per_run}
+        if f is not None:
+            detail.update(p50_ns_per_run=f.p50_ns, p99_ns_per_run=f.p99_ns)
+            if st is not None:
+                detail["bpf_stats"] = {"runs": st.runs, "ns_per_run": st.ns_per_run,
+                                       "note": "includes the fentry trampoline while traced"}
+                detail["fentry_vs_bpf_stats"] = f.ns_per_run / st.ns_per_run if st.ns_per_run else None
+        stage.children.append(Node("program", main.name, packets=main.runs, ns_per_packet=ns, measured_ns=ns,
+                                   provenance="measured", detail=detail))
+    classify = [t for t in traced if t.source == "kprobe"]
+    if classify:
+        stage.detail["tc_classify"] = [
+            {"where": c.name, "calls": c.runs, "ns_per_call": c.ns_per_run, "p50_ns": c.p50_ns,
+             "p99_ns": c.p99_ns, "backend": "kprobe", "note": "every filter of the interface's tc hooks"}
+            for c in classify]
     _roll_up(stage)
     return stage
 
 
-def ovs_stage(tables: Sequence[OvsTableWork], packets: int, cal: Calib, measured_ns: float | None = None) -> Node:
-    """OVS tables by lookups. With `measured_ns` (total datapath time in the window, e.g. the
-    userspace datapath's CPU time) the stage is measured and split over tables by lookups ×
-    classifier subtables (tuple-space search visits every subtable of a table on each lookup)."""
+def ovs_stage(tables: Sequence[OvsTableWork], packets: int, cal: Calib, measured_ns: float | None = None,
+              upcalls: int | None = None, first_fraction: float = 1.0) -> Node:
+    """OVS tables by lookups × classifier subtables (tuple-space search visits every subtable of a
+    table on each lookup).
+
+    With a calibration (`cal.ns_per_ovs_table`, per subtable visited, measured on this node) each
+    table carries a modelled time = first-packet lookups × subtables × that cost. A table's lookup
+    counter also counts cache hits credited to it (they cost no table walk), so its first-packet
+    lookups are estimated as lookups × `first_fraction` (upcalls / datapath lookups; exact when
+    every packet is a first packet). Without a calibration, a measured total
+    (`measured_ns`: ovs-vswitchd's CPU time in the window) is split over tables by the same weight.
+    With both, the stage is "both": measured CPU next to the model of it — the tables plus
+    `upcalls` × the calibrated per-upcall cost — and their agreement; the tables stay modelled (no
+    probe times one OpenFlow table), with the CPU split kept in their detail for comparison.
+    """
     stage = Node("stage", "ovs", packets=packets)
     total_weight = sum(t.weight for t in tables)
     for t in tables:
-        if measured_ns is not None and total_weight:
-            ns = _per_packet(measured_ns * t.weight / total_weight, packets)
-        else:
-            ns = _per_packet(t.weight * cal.ns_per_ovs_table, packets) if cal.ns_per_ovs_table else None
+        split = (_per_packet(measured_ns * t.weight / total_weight, packets)
+                 if measured_ns is not None and total_weight else None)
+        calibrated = (_per_packet(t.weight * first_fraction * cal.ns_per_ovs_table, packets)
+                      if cal.ns_per_ovs_table else None)
+        ns = calibrated if calibrated is not None else split
+        detail: dict = {"lookups": t.lookups, "subtables": t.subtables,
+                        "split": "calibrated" if calibrated is not None else "by lookups × subtables"}
+        if calibrated is not None:
+            detail["first_packet_lookups"] = round(t.lookups * first_fraction, 1)
+            if split is not None:
+                detail["cpu_split_ns"] = split
         node = Node("ovs_table", t.table, packets=t.lookups, ns_per_packet=ns, modelled_ns=ns, provenance="modelled",
-                    evaluations_per_packet=(t.weight / packets) if packets else None,
-                    detail={"lookups": t.lookups, "subtables": t.subtables,
-                            "split": "by lookups × subtables" if measured_ns is not None else "calibrated"})
+                    evaluations_per_packet=(t.weight / packets) if packets else None, detail=detail)
         for f in sorted(t.top_flows, key=lambda f: -f.packets)[:3]:
             if f.packets:
                 node.children.append(Node("flow", f.text, packets=f.packets, provenance="modelled"))
         stage.children.append(node)
     _roll_up(stage)
+    model = None
+    if cal.ns_per_ovs_table and cal.ovs_upcall_ns is not None and upcalls is not None:
+        tables_ns = total_weight * first_fraction * cal.ns_per_ovs_table
+        base_ns = upcalls * cal.ovs_upcall_ns
+        model = _per_packet(tables_ns + base_ns, packets)
+        stage.detail["model"] = {"tables_ns": _per_packet(tables_ns, packets), "upcalls": upcalls,
+                                 "upcall_base_ns": _per_packet(base_ns, packets),
+                                 "ns_per_subtable": cal.ns_per_ovs_table, "ns_per_upcall": cal.ovs_upcall_ns,
+                                 "covers": "upcalls x calibrated cost per upcall + first-packet table lookups x "
+                                           "subtables x ns per subtable; not datapath-cache hits, poll-loop "
+                                           "wake-ups (one per sparse packet on the userspace datapath) or "
+                                           "userspace conntrack"}
     if measured_ns is not None:
         stage.measured_ns = stage.ns_per_packet = _per_packet(measured_ns, packets)
-        stage.provenance = "measured"
+        stage.modelled_ns = model       # the split is not a model: no agreement without a calibration
+        stage.provenance = "both" if model is not None else "measured"
+        if model:   # kept in detail too: later additions to the stage (kernel datapath) change its totals
+            stage.detail["model"]["agreement"] = stage.measured_ns / model if stage.measured_ns else None
+    elif model is not None:
+        stage.modelled_ns = stage.ns_per_packet = model
+        stage.provenance = "modelled"
+    return stage
+
+
+@dataclasses.dataclass(frozen=True)
+class OvsKernel:
+    """Measured OVS kernel datapath figures of packets that entered on the selection's entry ports
+    (kprobes on the openvswitch module; upcalls from the openvswitch:ovs_dp_upcall tracepoint)."""
+
+    visits: int                         # packets that entered the datapath (ovs_vport_receive calls)
+    visit_mean_ns: float                # one visit: key extraction, flow lookup, then actions or an upcall
+    process_calls: int                  # ovs_dp_process_packet calls: a recirculation (ct) adds one, nested
+    process_mean_ns: float
+    process_p50_ns: float | None = None
+    process_p99_ns: float | None = None
+    visit_p50_ns: float | None = None
+    visit_p99_ns: float | None = None
+    upcalls: int = 0                    # misses sent up to ovs-vswitchd (first packets)
+    backend: str = "kprobe"
+    visit_fn: str = "receive"           # "process" when ovs_vport_receive was not probed
+
+    @property
+    def upcall_rate(self) -> float:
+        return self.upcalls / self.visits if self.visits else 0.0
+
+
+def with_ovs_kernel(stage: Node, k: OvsKernel, packets: int) -> Node:
+    """Add the measured kernel datapath to the OVS stage. Until now the stage holds ovs-vswitchd's
+    share (userspace: upcall handling, i.e. first packets); every packet's kernel visit comes on top,
+    so the stage becomes their sum, with the split and the upcall figures in `detail`. The model
+    has no kernel part: the measured visit stands on both sides, so measured and modelled keep
+    covering the same work (ovs-vswitchd's own agreement stays in detail["model"])."""
+    kernel = _per_packet(k.visit_mean_ns * k.visits, packets)
+    userspace = stage.ns_per_packet
+    stage.detail["kernel_datapath"] = {
+        "backend": k.backend, "ns_per_packet": kernel, "visits": k.visits, "visit_fn": k.visit_fn,
+        "visit_mean_ns": k.visit_mean_ns, "visit_p50_ns": k.visit_p50_ns, "visit_p99_ns": k.visit_p99_ns,
+        "process": {"calls": k.process_calls, "mean_ns": k.process_mean_ns, "p50_ns": k.process_p50_ns,
+                    "p99_ns": k.process_p99_ns}}
+    stage.detail["userspace_ns_per_packet"] = userspace
+    stage.detail["upcalls"] = k.upcalls
+    stage.detail["upcall_rate"] = round(k.upcall_rate, 4)
+    if kernel is None:
+        return stage
+    stage.ns_per_packet = kernel + (userspace or 0.0)
+    stage.measured_ns = kernel + (stage.measured_ns or 0.0)
+    if stage.modelled_ns is not None:
+        stage.modelled_ns += kernel
+    stage.p50_ns, stage.p99_ns = k.visit_p50_ns, k.visit_p99_ns
+    stage.provenance = "measured" if stage.modelled_ns is None else "both"
     return stage
 
 

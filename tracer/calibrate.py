@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from cnitrace.errors import ToolError
 from cnitrace.runner import DEFAULT_RUNNER, Runner
@@ -250,17 +250,26 @@ def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str 
     return calibration_from_samples(samples, backend, platform.release(), cpu_model(), method, style)
 
 
-def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, style: str = "plain", **kw) -> Calibration:
-    """The cached calibration for this kernel+CPU+backend+rule shape, or a fresh measurement (then cached)."""
-    key = f"{platform.release()}|{cpu_model()}|{backend}|{style}|{kw.get('method') or 'auto'}"
+T = TypeVar("T")
+
+
+def cached(cache: Path, key: str, load: Callable[[dict], T], measure_now: Callable[[], T]) -> T:
+    """Entry `key` of a JSON cache file, marked provenance "cached"; else measure_now(), stored
+    under `key` (an unreadable cache is measured over, never an error)."""
     try:
         entries = json.loads(cache.read_text())
         if key in entries:
-            return dataclasses.replace(Calibration.from_json(entries[key]), provenance="cached")
+            return dataclasses.replace(load(entries[key]), provenance="cached")
     except (OSError, ValueError, TypeError, KeyError):
         entries = {}
-    cal = measure(backend=backend, style=style, **kw)
+    cal = measure_now()
     entries[key] = cal.to_json()
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(entries, indent=1))
     return cal
+
+
+def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, style: str = "plain", **kw) -> Calibration:
+    """The cached calibration for this kernel+CPU+backend+rule shape, or a fresh measurement (then cached)."""
+    key = f"{platform.release()}|{cpu_model()}|{backend}|{style}|{kw.get('method') or 'auto'}"
+    return cached(cache, key, Calibration.from_json, lambda: measure(backend=backend, style=style, **kw))

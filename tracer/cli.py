@@ -109,21 +109,36 @@ def _say(msg: str) -> None:
 @click.option("--lab", "lab_name", default=None, metavar="NAME", help="Profile a cnitrace lab (and allow --traffic).")
 @click.option("--duration", default=5.0, show_default=True, type=float, help="Window length in seconds.")
 @click.option("--traffic", type=click.Choice(["none", "probe", "stream", "rr", "http"]), default="none",
-              show_default=True, help="Traffic to send inside the lab during the window.")
+              show_default=True, help="Traffic to send during the window, inside the lab or toward --target.")
+@click.option("--target", metavar="HOST[:PORT]|URL",
+              help="Send --traffic here (you run the server: iperf3 -s, sockperf server, an HTTP server).")
+@click.option("--from-netns", metavar="NAME", help="Run the client toward --target in this namespace (default: host's).")
+@click.option("--ports", metavar="LIST",
+              help="--traffic probe --target: also probe these ports, e.g. '80,8000-8010,udp/53'.")
 @click.option("--no-calibrate", is_flag=True, help="Skip the ns-per-rule micro-benchmark (no modelled time).")
+@click.option("--probe-backend", "probe_backend", multiple=True, metavar="STAGE=BACKEND",
+              help="Pin a stage's probe backend instead of the ladder's choice, e.g. netfilter=kprobe; "
+                   "STAGE=counters attaches nothing (repeatable).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the JSON document here.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
-def profile(ifaces, netns, lab_name, duration, traffic, no_calibrate, json_out, html_out) -> int:
+def profile(ifaces, netns, lab_name, duration, traffic, target, from_netns, ports, no_calibrate, probe_backend,
+            json_out, html_out) -> int:
     """Profile where each packet's time goes in the selected datapath.
 
     Ctrl-C ends the window early and still prints the report.
     """
+    from cnitrace.probes.command import parse_force
     from cnitrace.profile import ProfileConfig, run_profile
+    from cnitrace.progress import steps
     from cnitrace.reports.profile_terminal import render_profile
 
+    cfg = ProfileConfig(tuple(ifaces), tuple(netns), lab_name, duration, traffic, not no_calibrate,
+                        target=target, from_netns=from_netns, ports=ports,
+                        force=tuple(parse_force(f, "--probe-backend") for f in probe_backend))
+    cfg.validate()          # bad options are refused the same way with or without root
     require_root()
-    cfg = ProfileConfig(tuple(ifaces), tuple(netns), lab_name, duration, traffic, not no_calibrate)
-    doc = run_profile(cfg, say=_say)
+    with steps() as say:    # live on a terminal; one line per step otherwise
+        doc = run_profile(cfg, say=say)
     render_profile(doc)
     _write_outputs(doc, json_out, html_out)
     return ExitStatus.OK
@@ -294,7 +309,7 @@ def lab_list() -> int:
 @click.option("--duration", "-d", type=float, default=5.0, show_default=True, help="Seconds to measure.")
 @click.option("--events", is_flag=True, help="Also stream per-packet events (ring or perf buffer).")
 @click.option("--force", "force", multiple=True,
-              help="STAGE=BACKEND: pin a backend (fentry, kprobe, raw_tracepoint, tracepoint).")
+              help="STAGE=BACKEND: pin a backend (fentry, kprobe, tp_btf, raw_tracepoint, tracepoint).")
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Written once the probes are attached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, duration, events, force, ready_file,

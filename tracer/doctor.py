@@ -19,7 +19,7 @@ SCHEMA_ID = "cnitrace.doctor"
 SCHEMA_VERSION = 1
 
 # The order doctor prints checks in: kernel facts, BPF attach types, datapath tools, the node.
-ORDER = ("root", "kernel", "btf", "lockdown", "tracefs", "bcc", "kernel_headers", "tracepoints", "raw_tracepoints",
+ORDER = ("root", "kernel", "btf", "lockdown", "tracefs", "bcc", "kernel_headers", "tracepoints", "raw_tracepoints", "tp_btf",
          "kprobes", "fentry", "tc_bpf", "xdp", "bpf_stats", "iptables", "nft", "ovs", "ovs_kernel",
          "tools", "cni", "kube_proxy")
 

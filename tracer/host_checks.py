@@ -128,6 +128,7 @@ def trial_check_from(name: str, trial: Mapping[str, Any], kconfig: Mapping[str, 
         return missing(name, "not tried")
     dev = "loopback" if trial.get("device") == "lo" else "a veth"
     what = {"tracepoints": "net:netif_receive_skb", "raw_tracepoints": "raw netif_receive_skb",
+            "tp_btf": "BTF-typed netif_receive_skb (tp_btf)",
             "kprobes": "kprobe __netif_receive_skb", "fentry": "fentry __netif_receive_skb",
             "tc_bpf": f"sched_cls on {dev} (clsact ingress)", "xdp": f"XDP on {dev}"}.get(name, name)
     if res.get("ok"):
@@ -360,7 +361,7 @@ def _trial_backed(name: str) -> Callable[[Host], Check]:
     return fn
 
 
-for _name in ("kprobes", "fentry", "tracepoints", "raw_tracepoints", "tc_bpf", "xdp"):
+for _name in ("kprobes", "fentry", "tracepoints", "raw_tracepoints", "tp_btf", "tc_bpf", "xdp"):
     check(_name)(_trial_backed(_name))
 
 

@@ -97,11 +97,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("tc_bpf", "tc and XDP BPF programs (Cilium, Calico eBPF)", (
         Rung(FENTRY, Need(all_of=("fentry", "btf", "bpf_stats")), "fentry/fexit on each BPF program",
              ("ns per program run, per packet", "histogram"), ()),
+        Rung(KPROBE, Need(all_of=("kprobes", "btf", "bpf_stats")), "tcf_classify (+kretprobe), per interface",
+             ("ns per tc classify call, per interface", "histogram"), ("per-program split (bpf_stats)",)),
         Rung(COUNTERS, Need(all_of=("bpf_stats",)), "bpf_stats run_time_ns / run_cnt per program",
              ("mean ns per program run", "runs"), ("per-packet distribution",)),
     )),
     Stage("transit", "receive -> transmit time through the node's stack", (
-        Rung(TRACEPOINT, Need(any_of=("tracepoints", "raw_tracepoints"), all_of=("btf",)),
+        Rung(TRACEPOINT, Need(any_of=("tracepoints", "raw_tracepoints", "tp_btf"), all_of=("btf",)),
              "net:netif_receive_skb -> net:net_dev_start_xmit", ("ns per packet in the stack", "histogram"), ()),
         Rung(COUNTERS, Need(), "interface counters (/proc/net/dev)", ("packets per interface",),
              ("ns per packet",)),
@@ -156,6 +158,19 @@ def choose(stage: str, caps: Capabilities) -> Choice:
                       rung.modelled, tuple(rejected))
     return Choice(stage, None, "no backend usable: " + "; ".join(
         f"{r.backend}: {', '.join(r.blocked_by)}" for r in rejected), rejected=tuple(rejected))
+
+
+def rung_usable(stage: str, backend: str, caps: Capabilities) -> tuple[bool, str]:
+    """Whether one rung of `stage` could run here, and why not: for stages whose targets take
+    different rungs (tc_bpf: fentry where a program has BTF, kprobe on the tc path elsewhere)."""
+    rung = next((r for r in STAGES[stage].rungs if r.backend == backend), None)
+    if rung is None:
+        return False, f"{stage} has no {backend} rung"
+    root = caps.check("root")
+    if not root.usable:
+        return False, f"root {root.status.value}: {root.reason}"
+    bad = _missing(rung.need, caps)
+    return (False, _rejected(backend, bad).why) if bad else (True, f"{rung.hooks}")
 
 
 def choose_all(caps: Capabilities) -> list[Choice]:

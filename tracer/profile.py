@@ -19,10 +19,11 @@ import time
 from typing import Any, Callable, Sequence
 
 from cnitrace import __version__
-from cnitrace.attribution import (Calib, ProxyDetour, TableTime, Transit, bpf_stage, build_tree,
-                                  netfilter_stage, ovs_stage, proxy_stage)
+from cnitrace.attribution import (Calib, OvsKernel, ProxyDetour, TableTime, Transit, bpf_stage, build_tree,
+                                  netfilter_stage, ovs_stage, proxy_stage, with_ovs_kernel)
 from cnitrace.calibrate import cpu_model
 from cnitrace.datapath_work import bpf_programs, busy_ns, datapath_cache, ovs_work
+from cnitrace.probes.progtime import program_times
 from cnitrace.netfilter_work import merge_drops
 from cnitrace.errors import UsageError
 from cnitrace.reports.document import SCHEMA_VERSION, headline, validate
@@ -31,8 +32,8 @@ from cnitrace.session import Interrupted, Session
 
 TRAFFIC = ("none", "probe", "stream", "rr", "http")
 BACKEND_NAMES = {"fentry": "fentry", "kprobe": "kprobe", "tracepoint": "tracepoint",
-                 "raw_tracepoint": "raw_tracepoint", "counters": "counters", None: "none"}
-MEASURING = ("fentry", "kprobe", "raw_tracepoint", "tracepoint")
+                 "raw_tracepoint": "raw_tracepoint", "tp_btf": "tp_btf", "counters": "counters", None: "none"}
+MEASURING = ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,16 +44,61 @@ class ProfileConfig:
     duration: float = 5.0
     traffic: str = "none"
     calibrate: bool = True
+    target: str | None = None           # HOST[:PORT] or http://HOST[:PORT]/PATH the user named
+    from_netns: str | None = None       # where the client toward `target` runs (None = the host's)
+    ports: str | None = None            # extra ports for --traffic probe toward `target`
+    force: tuple[tuple[str, str], ...] = ()   # (probe stage, backend) pinned by --probe-backend
 
     def validate(self) -> None:
+        from cnitrace import traffic
+
         if self.traffic not in TRAFFIC:
             raise UsageError(f"unknown --traffic {self.traffic!r}; choose from {', '.join(TRAFFIC)}")
         if not 0 < self.duration <= 3600:
             raise UsageError("--duration must be between 0 and 3600 seconds")
-        if self.traffic != "none" and not self.lab:
-            raise UsageError("--traffic needs a lab (--lab NAME): cnitrace only sends traffic inside lab namespaces")
+        if self.target and self.lab:
+            raise UsageError("--target and --lab are exclusive: a lab's traffic goes to its own server pod")
+        if self.target and self.traffic == "none":
+            raise UsageError("--target needs --traffic probe|stream|rr|http")
+        if self.traffic != "none" and not (self.lab or self.target):
+            raise UsageError("--traffic needs --lab NAME or --target HOST[:PORT]: cnitrace only sends traffic "
+                             "inside lab namespaces or to a target you name")
+        if self.from_netns is not None and not self.target:
+            raise UsageError("--from-netns needs --target: it is where the client toward the target runs")
+        if self.ports is not None and not (self.target and self.traffic == "probe"):
+            raise UsageError("--ports needs --traffic probe and --target")
+        if self.traffic not in ("none", "probe") and self.duration > traffic.MAX_SECONDS:
+            raise UsageError(f"--duration with --traffic {self.traffic} must be at most {traffic.MAX_SECONDS:g} s")
+        if self.target:
+            traffic.parse_target(self.target)
+        if self.ports is not None:
+            traffic.parse_ports(self.ports)
+        if self.from_netns is not None:
+            from cnitrace.selection import validate_netns
+            try:
+                validate_netns(self.from_netns)
+            except UsageError:
+                raise UsageError(f"invalid --from-netns {self.from_netns!r}: a namespace name from "
+                                 "`ip netns list`") from None
+        check_force(self.force)
         if not (self.ifaces or self.netns or self.lab):
             raise UsageError("nothing selected: give --iface GLOB, --netns NAME or --lab NAME")
+
+
+def check_force(force: Sequence[tuple[str, str]]) -> None:
+    """Each pinned (stage, backend) names a probe stage and a backend every required hook of it can
+    take (or counters: attach nothing), once; refused before any work rather than mid-window."""
+    from cnitrace.probes.specs import BACKENDS, COUNTERS, SPECS
+
+    seen: dict[str, str] = {}
+    for stage, backend in force:
+        if stage not in SPECS:
+            raise UsageError(f"--probe-backend {stage}={backend}: unknown stage; choose from {', '.join(SPECS)}")
+        can = [b for b in BACKENDS if b == COUNTERS or all(b in h.backends for h in SPECS[stage].hooks if h.required)]
+        if backend not in can:
+            raise UsageError(f"--probe-backend {stage}={backend}: {stage} can take {', '.join(can)}")
+        if seen.setdefault(stage, backend) != backend:
+            raise UsageError(f"--probe-backend {stage} given twice ({seen[stage]}, {backend})")
 
 
 @dataclasses.dataclass
@@ -63,6 +109,7 @@ class Target:
     rule_netns: list[str | None]        # where netfilter rules are read (None = host)
     lab: Any = None                     # cnitrace.lab.manager.Lab
     entry: set[int] | None = None       # ifindexes whose received packets are timed (None = all selected)
+    peer: Any = None                    # cnitrace.traffic.Peer: traffic toward a target the user named
 
 
 def resolve_target(cfg: ProfileConfig, runner: Runner) -> Target:
@@ -79,7 +126,13 @@ def resolve_target(cfg: ProfileConfig, runner: Runner) -> Target:
     ifaces = [{"name": i.name, "ifindex": i.ifindex, "netns": i.netns or None, "peer": i.peer,
                "pod": i.peer_netns} for i in sel.interfaces]
     rule_ns = sorted({i.netns or None for i in sel.interfaces}, key=lambda n: n or "")
-    return Target(ifaces, rule_ns or [None])
+    peer, entry = None, None
+    if cfg.target:
+        from cnitrace.traffic import resolve_peer
+        peer = resolve_peer(cfg.target, cfg.from_netns)
+        # Requests from the client namespace enter the node where its veth peer sits: time those.
+        entry = {i["ifindex"] for i in ifaces if cfg.from_netns and i["pod"] == cfg.from_netns} or None
+    return Target(ifaces, rule_ns or [None], entry=entry, peer=peer)
 
 
 # --- collectors ---------------------------------------------------------------------------------
@@ -213,11 +266,45 @@ def drops_of(figures: Sequence[Any]) -> list[dict[str, Any]]:
             for (r, w), n in sorted(by.items(), key=lambda kv: -kv[1])]
 
 
-def netfilter_tables_of(figures: Sequence[Any]) -> list[TableTime]:
+def table_label(key: dict[str, Any], labels: set[str]) -> str:
+    """The counters' name for the table a measured figure belongs to, so both meet in one node.
+    ipt_do_table / ip6t_do_table run x_tables (the legacy backend); nft_do_chain runs both
+    iptables-nft's tables and native nft ones, and its key has no family: the counters decide."""
+    t, kind = key.get("table"), key.get("kind")
+    if kind == "iptables":
+        return f"{t} (iptables-legacy, ipv4)"
+    if kind == "ip6tables":
+        return f"{t} (iptables-legacy, ipv6)"
+    for cand in (f"{t} (iptables-nft, ipv4)", f"ip {t} (nft)", f"inet {t} (nft)", f"ip6 {t} (nft)",
+                 f"{t} (iptables-nft, ipv6)"):
+        if cand in labels:
+            return cand
+    return f"{t} (nft)"
+
+
+def netfilter_hooks_of(figures: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Measured time per netfilter hook call (nf_hook_slow: every table at that hook), by family and
+    hook, with the backend that timed it: the figure a pinned nf_hook_slow backend changes."""
+    by: dict[str, list[Any]] = {}
+    for f in figures:
+        if f.stage == "netfilter" and f.map == "nf_hook_agg":
+            by.setdefault(f"{f.key.get('pf')} {f.key.get('hook')}", []).append(f)
+    out = {}
+    for name, figs in sorted(by.items()):
+        h = figs[0].hist
+        for f in figs[1:]:
+            h = h + f.hist
+        out[name] = {"calls": h.count, "mean_ns": h.mean, "p50_ns": h.p50, "p99_ns": h.p99,
+                     "backend": figs[0].backend}
+    return out
+
+
+def netfilter_tables_of(figures: Sequence[Any], labels: set[str] = frozenset()) -> list[TableTime]:
+    """Measured time per netfilter table, named as the counters name it (`labels`)."""
     out: dict[str, list[Any]] = {}
     for f in figures:
         if f.stage == "netfilter" and f.map == "nf_table_agg":
-            out.setdefault(str(f.key.get("table")), []).append(f)
+            out.setdefault(table_label(f.key, labels), []).append(f)
     tables = []
     for name, figs in out.items():
         h = figs[0].hist
@@ -226,6 +313,30 @@ def netfilter_tables_of(figures: Sequence[Any]) -> list[TableTime]:
         tables.append(TableTime(name, h.count, h.sum / h.count if h.count else 0.0,
                                 h.p50, h.p99, figs[0].backend))
     return tables
+
+
+def ovs_kernel_of(figures: Sequence[Any], entry: set[int]) -> OvsKernel | None:
+    """Merge the OVS kernel datapath figures of packets that *entered* on one of the `entry` ports:
+    visits (ovs_vport_receive), process calls (ovs_dp_process_packet, recirculations included)
+    and upcalls."""
+    hists: dict[str, Any] = {}
+    upcalls, backend = 0, "kprobe"
+    for f in figures:
+        if f.stage != "ovs_kernel" or f.key.get("ifindex") not in entry:
+            continue
+        if f.map == "ovs_upcall_agg":
+            upcalls += f.hist.count
+        elif f.map == "ovs_agg":
+            fn = str(f.key.get("fn"))
+            hists[fn] = hists[fn] + f.hist if fn in hists else f.hist
+            backend = f.backend
+    proc = hists.get("process")
+    if proc is None or not proc.count:
+        return None
+    visit_fn = "receive" if hists.get("receive") is not None and hists["receive"].count else "process"
+    visit = hists[visit_fn]
+    return OvsKernel(visit.count, visit.mean, proc.count, proc.mean, proc.p50, proc.p99, visit.p50, visit.p99,
+                     upcalls, backend, visit_fn)
 
 
 def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any]:
@@ -289,6 +400,35 @@ def maps_of(bpf: Any) -> list[dict[str, Any]]:
     return list(bpf.meta.get("maps", [])) if bpf is not None else []
 
 
+def start_progtime(before: Counters, backends: dict[str, dict[str, Any]], session: Session, host: Any,
+                   runner: Runner, warnings: list[str], say: Callable[[str], None]) -> Any:
+    """tc_bpf for the window: fentry on the selected tc/XDP programs (or the tc classify kprobe)
+    where the host allows; the backends entry then says, per program, what was attached or why
+    bpf_stats stay its only figure. A failure to attach is a warning, never a failed profile."""
+    from cnitrace.errors import CnitraceError
+    from cnitrace.ladder import STAGES
+    from cnitrace.probes.progtime import ProgTime
+
+    entry = backends.get("tc_bpf")
+    atts = [a for a in (before.bpf.meta.get("attachments", []) if before.bpf is not None else [])
+            if a.get("kind") in ("tc", "xdp")]
+    if not entry or entry.get("backend") not in ("fentry", "kprobe", "counters") or not atts:
+        return None
+    if entry["backend"] != "counters":
+        say("probes: tc_bpf (fentry on the selected tc/XDP programs)")
+    pt = ProgTime(atts, session=session, host=host, runner=runner)
+    try:
+        plan = pt.start()
+        backend, reason = plan.backend, plan.reason
+    except CnitraceError as exc:
+        pt, backend, reason = None, "counters", f"attaching failed ({exc.message}): bpf_stats only"
+        warnings.append(f"tc_bpf: {reason}")
+    rung = next(r for r in STAGES["tc_bpf"].rungs if r.backend == backend)
+    entry.update(backend=backend, reason=reason,
+                 signals={"measured": list(rung.measured), "modelled": list(rung.modelled)})
+    return pt
+
+
 @contextlib.contextmanager
 def _bpf_stats(session: Session) -> Any:
     """bpf_stats on for the window only (BPF_ENABLE_STATS fd, else the sysctl, restored)."""
@@ -321,38 +461,81 @@ def _idle_cpu(ovs: Any, seconds: float) -> tuple[int, float] | None:
 
 
 OVS_USERSPACE_BACKEND = {
-    "backend": "counters", "reason": "OpenFlow table lookups (ovs-ofctl dump-tables) split the ovs-vswitchd "
-    "CPU time (schedstat, idle rate subtracted) measured over the window",
+    "backend": "counters", "reason": "ovs-vswitchd CPU time (schedstat, idle rate subtracted) measured over "
+    "the window; OpenFlow table lookups (ovs-ofctl dump-tables) x this node's calibrated ns per table model it",
     "signals": {"measured": ["userspace datapath CPU time per packet"],
-                "modelled": ["per-table share by lookups x classifier subtables"]}}
+                "modelled": ["per-table time: first-packet lookups x classifier subtables x calibrated ns per "
+                             "subtable (without a calibration: the CPU time split by that weight)"]}}
+
+
+def ovs_cpu_reading(ovs: Any) -> tuple[int, float] | None:
+    """(ovs-vswitchd CPU ns, monotonic time) now: read at the window's edges, so that neither probe
+    attachment nor the dumps cnitrace itself asks ovs-vswitchd for are billed to the traffic."""
+    from cnitrace.datapath_work import cpu_ns
+
+    pid = vswitchd_pid(ovs) if ovs is not None else None
+    cpu = cpu_ns(pid) if pid else None
+    return (cpu, time.monotonic()) if cpu is not None else None
 
 
 def ovs_node_of(before: Counters, after: Counters, window: float, ovs_idle: tuple[int, float] | None,
-                packets: int, calib: Calib) -> Any:
-    """The OVS stage: ovs-vswitchd's busy CPU time in the window (measured), split over the tables
-    that walked packets (modelled) when first packets (upcalls) are a visible fraction of the traffic.
+                packets: int, calib: Calib, ovs_cal: Any = None,
+                cpu_window: tuple[Any, Any] = (None, None)) -> Any:
+    """The OVS stage: ovs-vswitchd's busy CPU time in the window (measured), next to the model of it
+    from this node's OVS calibration (`ovs_cal`: upcalls x base + first-packet table lookups x
+    subtables x ns per subtable) when first packets (upcalls) are a visible fraction of the traffic.
 
-    An upcall costs orders of magnitude more than a flow-cache hit, so with >= 5 % upcalls the CPU
-    time is attributed to the OpenFlow tables by lookups x subtables; below that the time stays on
-    the stage, and the tables show only how many (first) packets walked them.
+    An upcall costs orders of magnitude more than a flow-cache hit, so with >= 5 % upcalls the
+    stage is "both" (measured, modelled, their agreement) and each table carries its modelled time
+    (without a calibration: the CPU time split by lookups x subtables); below that the measured time
+    stays on the stage alone, and the tables show what the first packets' walks cost (modelled).
     """
     tables = ovs_work(before.ovs, after.ovs)
     measured = None
-    if before.ovs_cpu_ns is not None and after.ovs_cpu_ns is not None and ovs_idle:
+    w0, w1 = cpu_window
+    if w0 is not None and w1 is not None and ovs_idle:
+        measured = busy_ns(w1[0] - w0[0], w1[1] - w0[1], *ovs_idle)
+    elif before.ovs_cpu_ns is not None and after.ovs_cpu_ns is not None and ovs_idle:
         measured = busy_ns(after.ovs_cpu_ns - before.ovs_cpu_ns, window, *ovs_idle)
     cache = datapath_cache(before.ovs, after.ovs)
     first_packets = cache["missed"] / max(cache["hit"] + cache["missed"], 1)
+    if ovs_cal is not None:
+        calib = dataclasses.replace(calib, ns_per_ovs_table=ovs_cal.ns_per_subtable,
+                                    ovs_upcall_ns=ovs_cal.ns_per_upcall_base)
+    else:
+        calib = Calib(calib.ns_per_rule_eval)
+    fraction = min(first_packets, 1.0) if cache["hit"] + cache["missed"] else 1.0
     if first_packets < 0.05 and measured is not None:
-        node = ovs_stage(tables, packets, Calib(0.0), None)
+        node = ovs_stage(tables, packets, calib, None, first_fraction=fraction)
         node.measured_ns = node.ns_per_packet = measured / packets if packets else None
+        node.modelled_ns = None         # hits' CPU (userspace datapath) is not in the model
         node.provenance = "measured"
         node.detail["note"] = ("mostly established traffic: served by the datapath flow cache; "
                                "OpenFlow tables were walked only by first packets (upcalls)")
     else:
-        node = ovs_stage(tables, packets, calib, measured)
+        node = ovs_stage(tables, packets, calib, measured, upcalls=cache["missed"], first_fraction=fraction)
     node.detail["datapath_cache"] = cache
     node.detail["first_packet_fraction"] = round(first_packets, 4)
     return node
+
+
+def ovs_calibration(target: Target, runner: Runner, say: Callable[[str], None], warnings: list[str]) -> Any:
+    """This node's ns per OVS table (cached, or measured now) when the selection has an OVS
+    instance; a failed micro-benchmark is a warning, never a failed profile."""
+    from cnitrace import calibrate_ovs
+    from cnitrace.errors import ToolError
+
+    ovs = ovs_target(target)
+    if ovs is None:
+        return None
+    known = target.lab.topo.extra.get("datapath_type") if target.lab else None
+    dp_type = calibrate_ovs.datapath_type_of(ovs, runner, known)
+    say(f"calibration: ns per OVS table ({dp_type} datapath)")
+    try:
+        return calibrate_ovs.cached_or_measure(dp_type, runner=runner)
+    except ToolError as exc:
+        warnings.append(f"OVS calibration failed, OVS tables are not modelled: {exc.message}")
+        return None
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -367,18 +550,60 @@ def _backends(host: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _probe_stages(backends: dict[str, dict[str, Any]]) -> list[str]:
-    from cnitrace.probes.specs import SPECS
+def _probe_stages(backends: dict[str, dict[str, Any]], force: dict[str, str] | None = None,
+                  kernel_ovs: bool = False) -> list[str]:
+    """Stages to attach: those the ladder can measure here, and pinned ones (a pinned backend the
+    host cannot give fails with one line when the probes start); counters pins attach nothing. The
+    OVS kernel stage only when the selection's bridge uses the kernel datapath: netdev bridges
+    (the userspace datapath) never enter it, and their time is ovs-vswitchd's CPU instead."""
+    from cnitrace.probes.specs import COUNTERS, SPECS
 
-    return [s for s in ("transit", "drops", "netfilter")
-            if s in SPECS and backends.get(s, {}).get("backend") in MEASURING]
+    force = force or {}
+    return [s for s in ("transit", "drops", "netfilter", "ovs_kernel")
+            if s in SPECS and force.get(s) != COUNTERS and (s != "ovs_kernel" or kernel_ovs)
+            and (s in force or backends.get(s, {}).get("backend") in MEASURING)]
 
 
-def run_traffic(kind: str, target: Target, duration: float, runner: Runner) -> Any:
+def kernel_datapath(ovs_snap: Any) -> bool:
+    """Whether the OVS instance forwards in the kernel (a `system@` datapath in dpctl/show)."""
+    from cnitrace.collectors.ovs.parse import Datapath
+
+    return ovs_snap is not None and any(isinstance(r, Datapath) and r.name.startswith("system@")
+                                        for r in ovs_snap.records)
+
+
+def backend_used(choice: Any, forced: str | None, ladder: dict[str, Any] | None) -> dict[str, Any]:
+    """The backends section entry for a stage whose probes ran: what each hook actually used and
+    why (the ladder's entry is a forecast; the hooks' backends are what measured)."""
+    from cnitrace.probes.specs import COUNTERS
+
+    signals = dict((ladder or {}).get("signals") or {"measured": [], "modelled": []})
+    if choice.backend == COUNTERS:     # nothing attached after all: every figure is modelled
+        signals = {"measured": [], "modelled": [*signals.get("measured", []), *signals.get("modelled", [])]}
+    return {"backend": BACKEND_NAMES.get(choice.backend, "none"),
+            "reason": (f"pinned with --probe-backend {choice.stage}={forced}; " if forced else "") + choice.reason,
+            "hooks": dict(choice.hooks), "signals": signals}
+
+
+def rule_ranges_of(counters: Counters | None) -> list[tuple[str, int, int]]:
+    """Destination-port ranges the rule namespaces' iptables rules match (both backends' dumps)."""
+    if counters is None:
+        return []
+    from cnitrace.collectors.iptables.source import ruleset_of
+    from cnitrace.traffic import rule_port_ranges
+
+    return rule_port_ranges([r.spec for snap in counters.iptables.values() for r in ruleset_of(snap).rules])
+
+
+def run_traffic(kind: str, target: Target, duration: float, runner: Runner, *, before: Counters | None = None,
+                ports: str | None = None) -> Any:
     if kind == "none":
         return None
     from cnitrace import traffic
 
+    if target.peer is not None:     # toward the user's target, covering the rules' port ranges
+        return traffic.toward(kind, target.peer, max(1, int(duration)), rule_ranges=rule_ranges_of(before),
+                              ports=traffic.parse_ports(ports) if ports else (), runner=runner)
     topo = target.lab.topo
     if kind == "probe":
         return traffic.crafted_probes(topo, runner=runner)
@@ -404,6 +629,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     for ns in target.rule_netns:
         for d in detect_cnis(gather_evidence(runner, ns)):
             cnis.append({"name": d.cni, "evidence": list(d.evidence)})
+    say(f"detect: {', '.join(c['name'] for c in cnis) or 'no CNI recognised'}")
     backends = _backends(host)
     warnings: list[str] = []
     cal = None
@@ -414,6 +640,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
         style = calibrate.style_for(target.lab.spec.datapath if target.lab else
                                     (cnis[0]["name"] if cnis else None))
         cal = calibrate.cached_or_measure(backend=backend, style=style, runner=runner)
+    ovs_cal = ovs_calibration(target, runner, say, warnings) if cfg.calibrate else None
 
     overhead: dict[str, Any] = {}
     interrupted = False
@@ -426,16 +653,26 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     with Session(runner=runner) as session, _bpf_stats(session) as stats_mode:
         if ovs is not None:
             ovs_idle = _idle_cpu(ovs, 0.5)
+        say("snapshots: every collector's counters before the window")
         t0 = time.monotonic()
         before = snapshot_counters(target, runner, ovs)
         overhead["snapshot_s"] = round(time.monotonic() - t0, 4)
         overhead["bpf_stats"] = stats_mode
-        stages = _probe_stages(backends)
+        force = dict(cfg.force)
+        kernel_ovs = kernel_datapath(before.ovs)
+        stages = _probe_stages(backends, force, kernel_ovs)
+        if "ovs_kernel" in force and not kernel_ovs:
+            warnings.append("--probe-backend ovs_kernel ignored: the selection has no OVS kernel datapath")
+        for stage, backend in force.items():
+            if backend == "counters" and stage in backends:
+                backends[stage] = {"backend": "counters", "signals": {"measured": [], "modelled": []},
+                                   "reason": f"pinned with --probe-backend {stage}=counters: nothing attached"}
         probes = None
         if stages:
             from cnitrace.probes.runtime import ProbeSet
             say(f"probes: {', '.join(stages)}")
             probes = ProbeSet(stages, ifaces=[(i["netns"], i["name"]) for i in target.interfaces],
+                              force={s: b for s, b in force.items() if s in stages},
                               session=session, host=host, runner=runner)
             session.on_exit(probes.close)
             probes.start()
@@ -449,10 +686,18 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                                  session=session, host=host, runner=runner)
             session.on_exit(l7_probes.close)
             l7_probes.start()
+        progtime = start_progtime(before, backends, session, host, runner, warnings, say)
+        if probes is not None or l7_probes is not None:
+            say(f"probes attached: {', '.join([*stages, *(['l7_detour'] if l7_probes else [])])}")
+        ovs_w0 = ovs_cpu_reading(ovs)
         t_window = time.monotonic()
-        say(f"window: {cfg.duration:g} s (Ctrl-C ends it early and still reports)")
+        load = "" if cfg.traffic == "none" else f", {cfg.traffic} traffic" + (
+            f" toward {cfg.target} from {cfg.from_netns or 'the host namespace'}" if cfg.target else "")
+        say(f"window: {cfg.duration:g} s{load} (Ctrl-C ends it early and still reports)")
         try:
-            traffic_result = run_traffic(cfg.traffic, target, cfg.duration, runner)
+            traffic_result = run_traffic(cfg.traffic, target, cfg.duration, runner, before=before, ports=cfg.ports)
+            if traffic_result is not None and not traffic_result.ok:
+                warnings.append(f"traffic: {traffic_result.metrics['error']}")
             if cfg.traffic == "http" and target.lab is not None and target.lab.spec.l7:
                 say("L7 detour: request latency through the proxy vs direct (concurrency 1)")
                 through, direct = latency_pair(target, 1, runner)
@@ -463,20 +708,24 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
             interrupted = True
             warnings.append("interrupted: the window ended early; figures cover what was seen until then")
         window = time.monotonic() - t_window
+        ovs_w1 = ovs_cpu_reading(ovs)
+        say("snapshots: every collector's counters after the window")
         after = snapshot_counters(target, runner, ovs, maps=True)
         if l7_probes is not None:
             figures += l7_probes.snapshot()
+        if progtime is not None:
+            figures += progtime.snapshot()
         if probes is not None:
             figures += probes.snapshot()
             lost = probes.lost()
             for stage, ch in probes.choices.items():
-                if stage in backends and ch.backend:
-                    backends[stage]["backend"] = BACKEND_NAMES.get(ch.backend, "none")
+                backends[stage] = backend_used(ch, force.get(stage), backends.get(stage))
 
+    say("attribution: counters and probe figures into the stage tree")
     work, order, nf_warn, rule_drops = netfilter_inputs(before, after)
     warnings += nf_warn
-    transit = transit_of(figures, target.entry if target.entry is not None
-                         else {i["ifindex"] for i in target.interfaces})
+    entry = target.entry if target.entry is not None else {i["ifindex"] for i in target.interfaces}
+    transit = transit_of(figures, entry)
     sent = getattr(traffic_result, "packets_sent", None) if traffic_result else None
     entered = sum(max(after.rx_packets.get(k, 0) - v, 0) for k, v in before.rx_packets.items())
     if cfg.traffic == "probe" and sent:
@@ -488,12 +737,19 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     else:
         packets = max((w.packets for w in work), default=0)
     calib = Calib(cal.ns_per_rule_eval) if cal else Calib(0.0)
-    stages_out = [netfilter_stage(work, packets, calib, measured=netfilter_tables_of(figures))]
+    stages_out = [netfilter_stage(work, packets, calib,
+                                  measured=netfilter_tables_of(figures, {w.table for w in work}))]
+    nf_hooks = netfilter_hooks_of(figures)
+    if nf_hooks:
+        stages_out[0].detail["hooks"] = nf_hooks
     programs = bpf_programs(before.bpf, after.bpf) if before.bpf and after.bpf else []
-    if programs:
-        stages_out.append(bpf_stage(programs, packets))
+    traced = program_times(figures)
+    if programs or traced:
+        stages_out.append(bpf_stage(programs, packets, traced))
     if before.ovs is not None and after.ovs is not None:
-        stages_out.append(ovs_node_of(before, after, window, ovs_idle, packets, calib))
+        ovs_node = ovs_node_of(before, after, window, ovs_idle, packets, calib, ovs_cal, (ovs_w0, ovs_w1))
+        kernel = ovs_kernel_of(figures, entry)
+        stages_out.append(with_ovs_kernel(ovs_node, kernel, packets) if kernel else ovs_node)
         backends["ovs_userspace"] = OVS_USERSPACE_BACKEND
     detour = proxy_detour_of(through, direct, target.lab.spec.l7_proxy) if target.lab else None
     if detour is not None:
@@ -516,7 +772,8 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                     "result": traffic_result.to_json() if traffic_result else None},
         "backends": backends,
         "calibration": ({"ns_per_rule_eval": cal.ns_per_rule_eval, "provenance": cal.provenance,
-                         "r2": cal.r2, "backend": cal.backend, "method": cal.method, "style": cal.style}
+                         "r2": cal.r2, "backend": cal.backend, "method": cal.method, "style": cal.style,
+                         "ovs": ovs_cal.summary() if ovs_cal else None}
                         if cal else None),
         "tree": root.to_json(), "headline": headline(root),
         "drops": merge_drops(drops_of(figures), rule_drops), "conntrack": conntrack_of(before.conntrack, after.conntrack),

@@ -1,7 +1,11 @@
-"""Traffic generation inside a lab: crafted probes, a TCP stream, request/response, HTTP load.
+"""Traffic generation inside a lab, or toward a target the user named: crafted probes, a TCP
+stream, request/response, HTTP load.
 
-Every generator runs only between the lab's own pod namespaces and is bounded in packets and
-seconds. The lab's server pod already listens on the allowed port (HTTP + UDP echo), so the
+Every generator runs only between the lab's own pod namespaces, or from a namespace the user
+chose toward a target the user named (`toward`: the user runs the server there, cnitrace never
+starts one), and is bounded in packets and seconds.
+
+The lab's server pod already listens on the allowed port (HTTP + UDP echo), so the
 load generators' servers (iperf3, sockperf) listen on private ports inside the server pod and
 a temporary nft `redirect` *in the server pod's own namespace* sends the client's connections
 to the allowed port there. The node namespace — where the policy lives — therefore sees exactly
@@ -15,9 +19,12 @@ output that is cut short, gives a dict with an "error" key and whatever could be
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import os
 import random
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -35,6 +42,11 @@ REDIRECT_TABLE = "cnit_traffic"
 MAX_SECONDS = 120.0
 MAX_STREAMS = 64         # concurrent iperf3 pairs for multi-client streams
 FILLER_SAMPLES = 3       # filler rule ranges probed (first, middle, last): bounded at any N
+TARGET_PORTS = {"stream": 5201, "rr": 11111, "http": 80}   # the servers' own defaults when no PORT given
+TARGET_HTTP_CONCURRENCY = 10   # gentle on a server the user named (a lab's ab uses 100, as the study did)
+MAX_RULE_RANGES = 200    # rule port ranges probed toward a target (an even sample beyond that)
+MAX_PORT_ITEMS = 64      # entries in a --ports list
+PROTOS = ("tcp", "udp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +63,18 @@ class TrafficResult:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "packets_sent": self.packets_sent, "duration_s": round(self.duration_s, 3),
                 "metrics": self.metrics}
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A load toward a target the user named: its IPv4 address, port (None = the tool's default)
+    and HTTP path, and the namespace the client runs in (None = the host's)."""
+
+    host: str
+    port: int | None = None
+    netns: str | None = None
+    path: str = "/"
+    name: str = ""                 # the target as the user wrote it
 
 
 # --- pure: plans and parsers ---------------------------------------------------------------------
@@ -202,6 +226,115 @@ def sum_streams(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _http_path(path: str) -> str:
+    if not re.fullmatch(r"/[A-Za-z0-9._/-]*", path):
+        raise UsageError(f"bad HTTP path {path!r}")
+    return path
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+
+
+def parse_target(text: str) -> tuple[str, int | None, str]:
+    """'HOST[:PORT]' or 'http://HOST[:PORT][/PATH]' -> (host, port or None, path); IPv4 or a name."""
+    t, path = (text or "").strip(), "/"
+    bad = f"invalid --target {text!r}: use HOST[:PORT] or http://HOST[:PORT][/PATH] (IPv4 or a DNS name)"
+    if "://" in t:
+        scheme, _, rest = t.partition("://")
+        if scheme.lower() != "http":
+            raise UsageError(f"invalid --target {text!r}: only http:// URLs (or HOST[:PORT])")
+        t, slash, p = rest.partition("/")
+        path = _http_path("/" + p) if slash else "/"
+    host, colon, port = t.partition(":")
+    if not host or ":" in port or host.startswith("["):
+        raise UsageError(bad)
+    if re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise UsageError(bad) from None
+    elif not _HOSTNAME.fullmatch(host):
+        raise UsageError(bad)
+    if not colon:
+        return host, None, path
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"invalid --target {text!r}: port must be 1..65535")
+    return host, int(port), path
+
+
+def parse_ports(text: str) -> tuple[tuple[str | None, int, int], ...]:
+    """'80,8000-8010,udp/53' -> ((None, 80, 80), (None, 8000, 8010), ('udp', 53, 53)); a range
+    may also be written LO:HI; no protocol means both TCP and UDP."""
+    items = [x.strip() for x in (text or "").split(",") if x.strip()]
+    if not 0 < len(items) <= MAX_PORT_ITEMS:
+        raise UsageError(f"invalid --ports {text!r}: 1..{MAX_PORT_ITEMS} comma-separated [tcp/|udp/]PORT[-PORT]")
+    out = []
+    for item in items:
+        proto, _, rng = item.rpartition("/")
+        lo, dash, hi = rng.replace(":", "-").partition("-")
+        hi = hi if dash else lo
+        if proto not in ("", *PROTOS) or not lo.isdigit() or not hi.isdigit() or not 0 < int(lo) <= int(hi) < 65536:
+            raise UsageError(f"invalid --ports entry {item!r}: [tcp/|udp/]PORT[-PORT], ports 1..65535")
+        out.append((proto or None, int(lo), int(hi)))
+    return tuple(out)
+
+
+_RULE_PROTO = re.compile(r"(?:^|\s)(!\s+)?(?:-p|--protocol)\s+(\S+)")
+_RULE_DPORTS = re.compile(r"(!\s+)?--(?:dports?|destination-ports?)\s+(\S+)")
+
+
+def rule_port_ranges(specs: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(proto, lo, hi) destination-port ranges matched by iptables rules (`-p tcp --dport a:b`,
+    `-m multiport --dports a:b,c`), deduplicated in rule order; negated matches are skipped."""
+    out: list[tuple[str, int, int]] = []
+    seen: set[tuple[str, int, int]] = set()
+    for spec in specs:
+        spec = re.sub(r'"[^"]*"', '""', spec)          # comments may quote anything
+        m = _RULE_PROTO.search(spec)
+        if not m or m.group(1) or m.group(2).lower() not in PROTOS:
+            continue
+        proto = m.group(2).lower()
+        for neg, value in _RULE_DPORTS.findall(spec):
+            if neg:
+                continue
+            for part in value.split(","):
+                lo, sep, hi = part.partition(":")
+                try:
+                    a, b = int(lo or 0), (int(hi or 65535) if sep else int(lo))
+                except ValueError:
+                    continue
+                key = (proto, max(a, 1), b)
+                if 0 <= a <= b <= 65535 and b > 0 and key not in seen:
+                    seen.add(key)
+                    out.append(key)
+    return out
+
+
+def target_plan(explicit: Sequence[tuple[str | None, int, int]], rule_ranges: Sequence[tuple[str, int, int]],
+                count_per_port: int = 2, max_ranges: int = MAX_RULE_RANGES) -> list[tuple[str, int, int]]:
+    """(proto, dport, count) toward a target: both ends of every range, the explicit ones first
+    (both protocols where none is named), then the rules' ranges — an even sample of at most
+    `max_ranges` (first and last always) so that any rule count stays bounded."""
+    if not 0 < count_per_port <= 100:
+        raise UsageError(f"count per port {count_per_port} out of range: 1..100")
+    ranges = list(rule_ranges)
+    if len(ranges) > max_ranges > 1:
+        idx = sorted({round(i * (len(ranges) - 1) / (max_ranges - 1)) for i in range(max_ranges)})
+        ranges = [ranges[i] for i in idx]
+    pairs = dict.fromkeys((p, port) for proto, lo, hi in [*explicit, *ranges]
+                          for p in ((proto,) if proto else PROTOS) for port in (lo, hi))
+    return [(p, port, count_per_port) for p, port in pairs]
+
+
+def parse_route_get(text: str) -> str | None:
+    """The source address the kernel picks, from `ip -j route get DST` (None if unreadable)."""
+    try:
+        src = json.loads(text)[0].get("prefsrc")
+    except (ValueError, LookupError, AttributeError, TypeError):
+        return None
+    return src if isinstance(src, str) and src else None
+
+
 # --- I/O: the generators -------------------------------------------------------------------------
 
 def _client(topo: "Topology", client: "Pod | None") -> "Pod":
@@ -225,22 +358,29 @@ def crafted_probes(topo: "Topology", *, count_per_port: int = 5, include_denied:
                    client: "Pod | None" = None, runner: Runner = DEFAULT_RUNNER) -> TrafficResult:
     """Scapy-crafted TCP SYNs and UDP datagrams from a client pod to the server, each a NEW 5-tuple;
     metrics["sent"] holds exact counts per "proto/dport"."""
-    global _next_sport
     pod = _client(topo, client)
     plan = probe_plan(topo, count_per_port, include_denied)
     t0 = time.monotonic()
-    argv = [sys.executable, "-m", "cnitrace.traffic_send", pod.ip, topo.server.ip, str(_next_sport),
+    sent = _send_crafted(pod.ip, topo.server.ip, plan, pod.netns, runner)
+    metrics = {"sent": sent, "client": pod.name, "allowed_port": topo.allowed_port,
+               "denied_port": topo.denied_port if include_denied else None}
+    return TrafficResult("probe", sum(sent.values()), time.monotonic() - t0, metrics)
+
+
+def _send_crafted(src: str, dst: str, plan: Sequence[tuple[str, int, int]], netns: str | None,
+                  runner: Runner) -> dict[str, int]:
+    """Run the scapy sender in `netns` (None = the host's); exact counts sent per "proto/dport"."""
+    global _next_sport
+    argv = [sys.executable, "-m", "cnitrace.traffic_send", src, dst, str(_next_sport),
             *(f"{p}:{port}:{n}" for p, port, n in plan)]
-    out = runner.run(argv, netns=pod.netns, timeout=90)
+    out = runner.run(argv, netns=netns, timeout=90)
     try:
         doc = json.loads(out.stdout.strip().splitlines()[-1])
         sent = {k: int(v) for k, v in doc["sent"].items()}
         _next_sport = int(doc["next_sport"])
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise ToolError(f"crafted probes: unexpected sender output {out.stdout.strip()[:80]!r}") from None
-    metrics = {"sent": sent, "client": pod.name, "allowed_port": topo.allowed_port,
-               "denied_port": topo.denied_port if include_denied else None}
-    return TrafficResult("probe", sum(sent.values()), time.monotonic() - t0, metrics)
+    return sent
 
 
 def new_flows(topo: "Topology", *, packets: int = 2000, bursts: int = 3, client: "Pod | None" = None,
@@ -318,8 +458,7 @@ def _parallel_clients(runner: Runner, topo: "Topology", pods: "Sequence[Pod]", s
     """One iperf3 client per pod, all at once; each writes its JSON to a private log file."""
     with tempfile.TemporaryDirectory(prefix="cnit-traffic-") as tmp:
         logs = [f"{tmp}/c{i}.json" for i in range(len(pods))]
-        procs = [runner.spawn(["iperf3", "-c", topo.server.ip, "-p", str(topo.allowed_port), "-t", str(secs),
-                               "-J", "--connect-timeout", "3000"], netns=p.netns, log=log)
+        procs = [runner.spawn(_iperf3_argv(topo.server.ip, topo.allowed_port, secs), netns=p.netns, log=log)
                  for p, log in zip(pods, logs)]
         deadline = time.monotonic() + secs + 20
         for proc in procs:
@@ -334,6 +473,47 @@ def _parallel_clients(runner: Runner, topo: "Topology", pods: "Sequence[Pod]", s
                 text = f.read()
             parts.append(parse_iperf3(text[text.find("{"):] if "{" in text else text))
     return sum_streams(parts)
+
+
+def _iperf3_argv(host: str, port: int, secs: int) -> list[str]:
+    return ["iperf3", "-c", host, "-p", str(port), "-t", str(secs), "-J", "--connect-timeout", "3000"]
+
+
+def _iperf3(host: str, port: int, secs: int, netns: str | None, runner: Runner) -> dict[str, Any]:
+    """One iperf3 TCP client in `netns` (None = the host's), bounded by secs + 20 s."""
+    try:
+        out = runner.run(_iperf3_argv(host, port, secs), netns=netns, timeout=secs + 20, check=False)
+    except ToolError as exc:
+        return {"error": f"iperf3: {exc.message}"}
+    return parse_iperf3(out.stdout)
+
+
+def _sockperf(host: str, port: int, secs: float, netns: str | None, runner: Runner) -> dict[str, Any]:
+    """One sockperf TCP ping-pong client (full round trips) in `netns`, bounded by secs + 15 s."""
+    try:
+        out = runner.run(["sockperf", "ping-pong", "--tcp", "--full-rtt", "-i", host, "-p", str(port),
+                          "-t", f"{secs:g}"], netns=netns, timeout=secs + 15, check=False)
+    except ToolError as exc:      # bounded: sockperf has no connect timeout of its own
+        return {"error": f"sockperf: {exc.message}"}
+    metrics = parse_sockperf(out.stdout + out.stderr)
+    if "error" in metrics:
+        tail = [l for l in (out.stdout + out.stderr).strip().splitlines() if l.strip()][-1:] or ["no output"]
+        metrics["output_tail"] = f"exit {out.returncode}: {tail[0][:160]}"
+    return metrics
+
+
+def _ab(url: str, secs: float, concurrency: int, netns: str | None, runner: Runner) -> dict[str, Any]:
+    """ApacheBench GET load for `secs` seconds (at most 5,000,000 requests, 5 s socket timeout)."""
+    if not 1 <= concurrency <= 1000:
+        raise UsageError(f"concurrency {concurrency} out of range: 1..1000")
+    try:
+        out = runner.run(["ab", "-q", "-r", "-c", str(concurrency), "-t", f"{secs:g}", "-n", "5000000", "-s", "5",
+                          url], netns=netns, timeout=secs + 30, check=False)
+    except ToolError as exc:
+        return {"error": f"ab: {exc.message}"}
+    metrics = parse_ab(out.stdout + "\n" + out.stderr)
+    metrics.setdefault("concurrency", concurrency)
+    return metrics
 
 
 def stream(topo: "Topology", seconds: float, *, clients: "Sequence[Pod] | None" = None,
@@ -355,13 +535,7 @@ def stream(topo: "Topology", seconds: float, *, clients: "Sequence[Pod] | None" 
             if len(pods) > 1:
                 metrics = _parallel_clients(runner, topo, pods, secs)
             else:
-                try:
-                    out = runner.run(["iperf3", "-c", srv.ip, "-p", str(topo.allowed_port), "-t", str(secs), "-J",
-                                      "--connect-timeout", "3000"], netns=pods[0].netns, timeout=secs + 20,
-                                     check=False)
-                    metrics = parse_iperf3(out.stdout)
-                except ToolError as exc:
-                    metrics = {"error": f"iperf3: {exc.message}"}
+                metrics = _iperf3(srv.ip, topo.allowed_port, secs, pods[0].netns, runner)
         finally:
             _stop(servers)
     metrics["clients"] = len(pods)
@@ -378,18 +552,9 @@ def rr(topo: "Topology", seconds: float, *, client: "Pod | None" = None,
         server = runner.spawn(["sockperf", "server", "--tcp", "-p", str(RR_PORT)], netns=srv.netns)
         try:
             wait_listening(runner, srv.netns, [RR_PORT])
-            try:
-                out = runner.run(["sockperf", "ping-pong", "--tcp", "--full-rtt", "-i", srv.ip,
-                                  "-p", str(topo.allowed_port), "-t", f"{secs:g}"],
-                                 netns=pod.netns, timeout=secs + 15, check=False)
-            except ToolError as exc:      # bounded: sockperf has no connect timeout of its own
-                return TrafficResult("rr", None, time.monotonic() - t0, {"error": f"sockperf: {exc.message}"})
+            metrics = _sockperf(srv.ip, topo.allowed_port, secs, pod.netns, runner)
         finally:
             _stop([server])
-    metrics = parse_sockperf(out.stdout + out.stderr)
-    if "error" in metrics:
-        tail = [l for l in (out.stdout + out.stderr).strip().splitlines() if l.strip()][-1:] or ["no output"]
-        metrics["output_tail"] = f"exit {out.returncode}: {tail[0][:160]}"
     return TrafficResult("rr", metrics.get("sent"), time.monotonic() - t0, metrics)
 
 
@@ -398,18 +563,69 @@ def http(topo: "Topology", seconds: float, *, concurrency: int = 100, client: "P
     """ApacheBench GET load on the allowed port (through the proxy detour on --l7 labs):
     requests/s, latency percentiles, failed and non-2xx requests."""
     secs = _bounded(seconds)
-    if not 1 <= concurrency <= 1000:
-        raise UsageError(f"concurrency {concurrency} out of range: 1..1000")
-    if not re.fullmatch(r"/[A-Za-z0-9._/-]*", path):
-        raise UsageError(f"bad HTTP path {path!r}")
+    _http_path(path)
     pod, srv = _client(topo, client), topo.server
     t0 = time.monotonic()
-    try:
-        out = runner.run(["ab", "-q", "-r", "-c", str(concurrency), "-t", f"{secs:g}", "-n", "5000000", "-s", "5",
-                          f"http://{srv.ip}:{topo.allowed_port}{path}"],
-                         netns=pod.netns, timeout=secs + 30, check=False)
-    except ToolError as exc:
-        return TrafficResult("http", None, time.monotonic() - t0, {"error": f"ab: {exc.message}"})
-    metrics = parse_ab(out.stdout + "\n" + out.stderr)
-    metrics.setdefault("concurrency", concurrency)
+    metrics = _ab(f"http://{srv.ip}:{topo.allowed_port}{path}", secs, concurrency, pod.netns, runner)
     return TrafficResult("http", metrics.get("complete"), time.monotonic() - t0, metrics)
+
+
+# --- toward a target the user named --------------------------------------------------------------
+
+def resolve_peer(target: str, netns: str | None = None) -> Peer:
+    """The user's --target resolved to an IPv4 address, and the client namespace checked."""
+    from cnitrace.selection import NETNS_DIR
+
+    host, port, path = parse_target(target)
+    if netns is not None and not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        raise UsageError(f"--from-netns {netns!r}: no such network namespace (see `ip netns list`)")
+    try:
+        addr = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError):
+        raise UsageError(f"--target {target!r}: cannot resolve {host!r} to an IPv4 address") from None
+    return Peer(addr, port, netns, path, target)
+
+
+def source_address(peer: Peer, runner: Runner = DEFAULT_RUNNER) -> str:
+    """The address the client namespace sends from toward the target (crafted packets name it)."""
+    out = runner.run(["ip", "-j", "route", "get", peer.host], netns=peer.netns, check=False)
+    src = parse_route_get(out.stdout)
+    if src is None:
+        raise ToolError(f"no route to {peer.host} from {peer.netns or 'the host namespace'}")
+    return src
+
+
+def toward(kind: str, peer: Peer, seconds: float, *, rule_ranges: Sequence[tuple[str, int, int]] = (),
+           ports: Sequence[tuple[str | None, int, int]] = (), count_per_port: int = 2,
+           concurrency: int = TARGET_HTTP_CONCURRENCY, runner: Runner = DEFAULT_RUNNER) -> TrafficResult:
+    """One bounded load from `peer.netns` toward the user's target: crafted probes covering the
+    target port, `ports` and the rules' port ranges (exact counts sent); an iperf3 stream; sockperf
+    ping-pong; or ab against http://HOST:PORT/PATH. The user runs the server; cnitrace starts none."""
+    t0 = time.monotonic()
+    where = {"target": peer.host, "client_netns": peer.netns or "host"}
+    if kind == "probe":
+        explicit = ([(None, peer.port, peer.port)] if peer.port else []) + list(ports)
+        plan = target_plan(explicit, rule_ranges, count_per_port)
+        if not plan:
+            raise UsageError(f"probe traffic toward {peer.name or peer.host}: the selected namespaces' rules "
+                             "match no port range; give --target HOST:PORT or --ports")
+        src = source_address(peer, runner)
+        sent = _send_crafted(src, peer.host, plan, peer.netns, runner)
+        metrics = {"sent": sent, "source": src, **where, "target_port": peer.port, "ports": len(ports),
+                   "rule_ranges": len(rule_ranges), "rule_ranges_probed": min(len(rule_ranges), MAX_RULE_RANGES)}
+        return TrafficResult("probe", sum(sent.values()), time.monotonic() - t0, metrics)
+    if kind not in TARGET_PORTS:
+        raise UsageError(f"unknown traffic kind {kind!r}")
+    secs = _bounded(seconds)
+    port = peer.port or TARGET_PORTS[kind]
+    if kind == "stream":
+        metrics = _iperf3(peer.host, port, max(1, round(secs)), peer.netns, runner)
+        packets = None
+    elif kind == "rr":
+        metrics = _sockperf(peer.host, port, secs, peer.netns, runner)
+        packets = metrics.get("sent")
+    else:
+        metrics = _ab(f"http://{peer.host}:{port}{peer.path}", secs, concurrency, peer.netns, runner)
+        packets = metrics.get("complete")
+    metrics.update(where, target_port=port)
+    return TrafficResult(kind, packets, time.monotonic() - t0, metrics)

@@ -24,15 +24,6 @@ def _ip(*argv: str) -> None:
     subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def tc_prog():
-    """selftest.bpf.c's on_tc, loaded once (compiling is the slow part); yields the bcc function."""
-    b = loader.load("selftest.bpf.c", autoload=False)
-    fn = b.load_func(b"on_tc", loader.prog_type("SCHED_CLS"))
-    yield fn
-    b.cleanup()
-
-
 def _veth_with_prog(netns: str, fn) -> None:
     """veth cnitva<->cnitvb inside `netns`, on_tc on cnitvb's clsact ingress, static neighbours."""
     from pyroute2 import NetNS

@@ -59,7 +59,7 @@ def test_doctor_json_on_this_host_and_node_left_as_found():
     doc = json.loads(proc.stdout)
     jsonschema.validate(doc, DOCTOR_SCHEMA)
     checks = {k: v["status"] for k, v in doc["checks"].items()}
-    for name in ("root", "btf", "tracepoints", "raw_tracepoints", "tc_bpf", "xdp", "bpf_stats", "bcc", "nft"):
+    for name in ("root", "btf", "tracepoints", "raw_tracepoints", "tp_btf", "tc_bpf", "xdp", "bpf_stats", "bcc", "nft"):
         assert checks[name] == "ok", (name, doc["checks"][name]["reason"])
     kp, fe = doc["checks"]["kprobes"], doc["checks"]["fentry"]
     assert kp["status"] == "missing" and "CONFIG_KPROBES is not set" in kp["reason"]

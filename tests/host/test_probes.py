@@ -34,7 +34,7 @@ def transit_mean(ps: ProbeSet, path: Path, port: int, count: int) -> tuple[int, 
     return f.hist.count, f.hist.mean
 
 
-@pytest.mark.parametrize("force", [None, "tracepoint"])
+@pytest.mark.parametrize("force", [None, "raw_tracepoint", "tracepoint"])
 def test_transit_measured_and_grows_with_rules(path, force):
     port, count = random.randint(20000, 30000), 1500
     flt = Filter(proto=17, dport=port)
@@ -42,8 +42,8 @@ def test_transit_measured_and_grows_with_rules(path, force):
         ps = ProbeSet(["transit"], ifaces=[(path.node, path.node_a)], filt=flt, session=s,
                       force={"transit": force} if force else None)
         choices = ps.start()
-        # the ladder takes raw tracepoints here (no fentry, no kprobes); classic ones when forced
-        assert choices["transit"].backend == (force or "raw_tracepoint")
+        # the ladder takes BTF-typed tracepoints here (no fentry, no kprobes); raw or classic ones when forced
+        assert choices["transit"].backend == (force or "tp_btf")
         assert choices["transit"].signal == "measured"
         set_forward_rules(path, 0)
         n0, mean0 = transit_mean(ps, path, port, count)
@@ -52,20 +52,20 @@ def test_transit_measured_and_grows_with_rules(path, force):
     # Every datagram of the selected flow was timed, and nothing else was.
     assert n0 == count and n1 == count
     per_rule = (mean1 - mean0) / 1000
-    print(f"transit mean ({force or 'raw_tracepoint'}): N=0 {mean0:.0f} ns, N=1000 {mean1:.0f} ns, "
+    print(f"transit mean ({force or 'tp_btf'}): N=0 {mean0:.0f} ns, N=1000 {mean1:.0f} ns, "
           f"{per_rule:.1f} ns/rule")
     assert mean1 > 3 * mean0
     assert 3 < per_rule < 500   # DESIGN.md calibration: ~27 ns per legacy rule per packet
 
 
-@pytest.mark.parametrize("force", [None, "tracepoint"])
+@pytest.mark.parametrize("force", [None, "raw_tracepoint", "tracepoint"])
 def test_drop_probe_names_netfilter_drop(path, force):
     port, count = random.randint(30001, 40000), 200
     set_forward_rules(path, 10, [f"-A FORWARD -p udp --dport {port} -j DROP"])
     with Session() as s:
         ps = ProbeSet(["drops"], ifaces=[(path.node, path.node_a)], filt=Filter(proto=17, dport=port),
                       session=s, force={"drops": force} if force else None)
-        assert ps.start()["drops"].backend == (force or "raw_tracepoint")
+        assert ps.start()["drops"].backend == (force or "tp_btf")
         send(path, port, count)
         figs = ps.snapshot()
     assert len(figs) == 1, [f.key for f in figs]

@@ -36,7 +36,7 @@ STAGE_ORDER = ("netfilter", "ovs_kernel", "tc_bpf", "transit", "drops", "l7_deto
 @pytest.mark.parametrize("profile, expected", [
     (CI_HOST, ("counters", "counters", "counters", "tracepoint", "tracepoint", "tracepoint")),
     (MICROVM, ("fentry", "fentry", "fentry", "tracepoint", "tracepoint", "tracepoint")),
-    (KPROBES_ONLY, ("kprobe", "kprobe", "counters", "tracepoint", "tracepoint", "tracepoint")),
+    (KPROBES_ONLY, ("kprobe", "kprobe", "kprobe", "tracepoint", "tracepoint", "tracepoint")),
     (NO_BTF, ("counters", "tracepoint", "counters", "counters", "counters", "counters")),
     (NO_TOOLS, (None, None, "counters", "tracepoint", "tracepoint", "tracepoint")),
     (NO_ROOT, (None, None, None, None, None, None)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from pathlib import Path
@@ -12,8 +13,8 @@ from cnitrace.errors import UsageError
 from cnitrace.probes.loader import cflag_list, source_text
 from cnitrace.probes.runtime import (Filter, choose, cflags_for, parse_links, ringbuf_supported,
                                      without_unreadable)
-from cnitrace.probes.specs import (COUNTERS, FENTRY, KPROBE, OFFSETS, RAW_TRACEPOINT, SPECS, TRACEPOINT, decode_key,
-                                   feeding_hook, hook_macro)
+from cnitrace.probes.specs import (COUNTERS, FENTRY, KPROBE, OFFSETS, RAW_TRACEPOINT, SPECS, TP_BTF, TRACEPOINT,
+                                   decode_key, feeding_hook, hook_macro, tp_btf_function)
 
 FIX = Path(__file__).parent.parent / "fixtures" / "probes"
 
@@ -71,8 +72,42 @@ def test_forced_backend_applies_to_every_hook_and_must_work():
         choose(NF, caps(), points(), force="magic")
 
 
+TRANSIT_POINTS = ("net:netif_receive_skb", "net:net_dev_start_xmit", "skb:consume_skb", "skb:kfree_skb")
+
+
+def test_transit_takes_btf_typed_tracepoints_first():
+    c = choose(SPECS["transit"], caps(tracepoint=True, raw_tracepoint=True, tp_btf=True), points(*TRANSIT_POINTS))
+    assert set(c.hooks.values()) == {TP_BTF} and c.signal == "measured"
+    flags = cflags_for(SPECS["transit"], c, {}, Filter())
+    assert flags["CNIT_DIRECT"] == "1" and flags["CNIT_HOOK_NET_NETIF_RECEIVE_SKB"] == "5"
+    # the C entry points the loader attaches itself exist in the source, one per hook
+    src = source_text("transit.bpf.c")
+    assert all(f"int {tp_btf_function(p)}(u64 *ctx)" in src for p in TRANSIT_POINTS)
+    assert "int tpbtf__kfree_skb(u64 *ctx)" in source_text("drops.bpf.c")
+
+
+def test_plain_loads_only_when_every_hook_is_btf_typed():
+    """A raw or classic tracepoint program may not dereference kernel pointers: one such hook in
+    the stage and every field read goes through the helper again."""
+    c = choose(SPECS["transit"], caps(tracepoint=True, raw_tracepoint=True, tp_btf=True), points(*TRANSIT_POINTS))
+    mixed = dataclasses.replace(c, hooks={**c.hooks, "skb:kfree_skb": RAW_TRACEPOINT})
+    assert "CNIT_DIRECT" not in cflags_for(SPECS["transit"], mixed, {}, Filter())
+    raw = choose(SPECS["transit"], caps(tracepoint=True, raw_tracepoint=True), points(*TRANSIT_POINTS))
+    assert "CNIT_DIRECT" not in cflags_for(SPECS["transit"], raw, {}, Filter())
+
+
+def test_few_interfaces_become_netns_ifindex_constants():
+    c = choose(SPECS["transit"], caps(tracepoint=True, raw_tracepoint=True), points(*TRANSIT_POINTS))
+    flt = Filter(ifaces=((4026532000, 7), (4026531840, 3), (4026532000, 3)))
+    flags = cflags_for(SPECS["transit"], c, {}, flt)
+    pairs = {(flags[f"CNIT_NS{n}"], flags[f"CNIT_IF{n}"]) for n in range(int(flags["CNIT_NIF"]))}
+    assert pairs == {("4026532000", "7"), ("4026531840", "3"), ("4026532000", "3")}
+    many = Filter(ifaces=tuple((4026531840, i) for i in range(1, 10)))
+    assert "CNIT_NIF" not in cflags_for(SPECS["transit"], c, {}, many)   # more than 8: the map decides
+
+
 def test_transit_takes_raw_tracepoints_then_classic_ones():
-    tp = points("net:netif_receive_skb", "net:net_dev_start_xmit", "skb:consume_skb", "skb:kfree_skb")
+    tp = points(*TRANSIT_POINTS)
     c = choose(SPECS["transit"], caps(tracepoint=True, raw_tracepoint=True), tp)
     assert c.backend == RAW_TRACEPOINT and c.signal == "measured" and c.missing_points == ()
     c = choose(SPECS["transit"], caps(tracepoint=True), tp)

@@ -29,7 +29,7 @@ from cnitrace.lab import l7proxy
 from cnitrace.lab.datapath import Datapath, register
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
 from cnitrace.lab.policy import port_rules
-from cnitrace.lab.topology import short_hash
+from cnitrace.lab.topology import built, short_hash
 from cnitrace.runner import Runner
 from cnitrace.state import process_start_time, state_dir
 
@@ -188,13 +188,12 @@ class Antrea(Datapath):
         t0 = time.monotonic()
         r.run(paths.ofctl("--bundle", "add-flows", paths.mgmt, str(flow_file)), timeout=120)
         program_seconds = time.monotonic() - t0
-        extra = dict(topo.extra, ovs_rundir=str(paths.dir), ovs_db=paths.db, ovs_mgmt=paths.mgmt,
+        # built(): node-side ifindexes read back, as every datapath does (the profile times by them)
+        return built(r, topo, program_seconds, ovs_rundir=str(paths.dir), ovs_db=paths.db, ovs_mgmt=paths.mgmt,
                      ovs_ctl=paths.vswitchd_ctl, datapath_type=dp_type, flows=len(flows),
-                     program_seconds=program_seconds,
                      gateway={"name": af.GATEWAY_PORT, "ip": gw_ip, "mac": GATEWAY_MAC,
                               "ofport": ofports[af.GATEWAY_PORT]},
                      tables=list(af.TABLES))
-        return dataclasses.replace(topo, extra=extra)
 
     @staticmethod
     def _ofports(r: Runner, paths: OvsPaths) -> dict[str, int]:

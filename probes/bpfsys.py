@@ -1,0 +1,201 @@
+"""The bpf(2) calls bcc does not make for us: loading a BTF-aimed tracing program and linking it.
+
+bcc compiles (maps exist, their fds are already in the instructions: `BPF.dump_func`), but
+it resolves tracing targets in vmlinux by function name only. A program aimed at another
+BPF program (fentry on a tc program) or at a BTF-typed tracepoint (tp_btf, its
+btf_trace_<name> type) is loaded here: BPF_PROG_TYPE_TRACING with the expected attach type
+and attach_btf_id (+ attach_prog_fd for a program target), then BPF_RAW_TRACEPOINT_OPEN with
+no name makes the link. Everything is an fd of this process: closing it detaches.
+Packing and decoding are pure (tested against the uapi layout); the syscall is at the edge.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import os
+import platform
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+from cnitrace.errors import ToolError
+
+# bpf(2) commands, program and attach types (uapi/linux/bpf.h)
+BPF_PROG_LOAD, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN = 5, 13, 15, 17
+BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, BPF_TRACE_FENTRY, BPF_TRACE_FEXIT = 26, 23, 24, 25
+ATTR_SIZE = 144                    # sizeof(union bpf_attr) in 6.x; unused tail bytes stay zero
+INFO_SIZE = 216                    # struct bpf_prog_info up to recursion_misses
+FUNC_INFO_REC = 8                  # struct bpf_func_info {u32 insn_off; u32 type_id;}
+PROG_TYPES = {3: "sched_cls", 4: "sched_act", 6: "xdp"}
+
+
+# --- pure: bpf_attr packing and decoding -------------------------------------------------------
+
+def prog_load_attr(*, insns: int, insn_cnt: int, license: int, name: bytes, attach_type: int,
+                   attach_btf_id: int, attach_prog_fd: int, log_buf: int = 0, log_size: int = 0,
+                   log_level: int = 0) -> bytes:
+    """BPF_PROG_LOAD of a tracing program aimed at one function of another BPF program.
+    Pointers (insns, license, log_buf) are addresses of buffers the caller keeps alive."""
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=IIQQIIQ", a, 0, BPF_PROG_TYPE_TRACING, insn_cnt, insns, license, log_level,
+                     log_size, log_buf)
+    a[48:64] = name[:15].ljust(16, b"\0")               # prog_name (BPF_OBJ_NAME_LEN)
+    struct.pack_into("=I", a, 68, attach_type)          # expected_attach_type
+    struct.pack_into("=II", a, 108, attach_btf_id, attach_prog_fd)
+    return bytes(a)
+
+
+def get_fd_by_id_attr(prog_id: int) -> bytes:
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=I", a, 0, prog_id)
+    return bytes(a)
+
+
+def obj_info_attr(fd: int, info: int, info_len: int) -> bytes:
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=IIQ", a, 0, fd, info_len, info)
+    return bytes(a)
+
+
+def raw_tp_open_attr(prog_fd: int) -> bytes:
+    """BPF_RAW_TRACEPOINT_OPEN with name NULL: attach a loaded fentry/fexit program (5.5+)."""
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=QI", a, 0, 0, prog_fd)
+    return bytes(a)
+
+
+def func_info_request(nr: int, addr: int) -> bytes:
+    """A bpf_prog_info buffer asking only for `nr` func_info records at `addr`."""
+    a = bytearray(INFO_SIZE)
+    struct.pack_into("=IQI", a, 132, FUNC_INFO_REC, addr, nr)
+    return bytes(a)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgInfo:
+    """The fields of struct bpf_prog_info this module reads."""
+
+    id: int
+    type: int
+    name: str
+    btf_id: int
+    nr_func_info: int
+    func_info_rec_size: int
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+
+    @property
+    def type_name(self) -> str:
+        return PROG_TYPES.get(self.type, str(self.type))
+
+
+def parse_prog_info(buf: bytes) -> ProgInfo:
+    """Decode struct bpf_prog_info (as BPF_OBJ_GET_INFO_BY_FD filled it)."""
+    if len(buf) < INFO_SIZE:
+        buf = bytes(buf) + bytes(INFO_SIZE - len(buf))
+    ptype, pid = struct.unpack_from("=II", buf, 0)
+    name = bytes(buf[64:80]).split(b"\0", 1)[0].decode("utf-8", "replace")
+    btf_id, rec_size = struct.unpack_from("=II", buf, 128)
+    (nr_func,) = struct.unpack_from("=I", buf, 144)
+    run_time, run_cnt, misses = struct.unpack_from("=QQQ", buf, 192)
+    return ProgInfo(pid, ptype, name, btf_id, nr_func, rec_size, run_time, run_cnt, misses)
+
+
+def main_func_type_id(func_info: bytes, rec_size: int = FUNC_INFO_REC) -> int | None:
+    """The BTF FUNC id of the program's main function: the func_info record at insn 0."""
+    if rec_size < FUNC_INFO_REC:
+        return None
+    for off in range(0, len(func_info) - FUNC_INFO_REC + 1, rec_size):
+        insn_off, type_id = struct.unpack_from("=II", func_info, off)
+        if insn_off == 0:
+            return type_id or None
+    return None
+
+
+def last_log_line(log: bytes) -> str:
+    """The verifier's verdict: its last non-empty line that is not the closing statistics."""
+    lines = [l.strip() for l in log.split(b"\0", 1)[0].decode("utf-8", "replace").splitlines()
+             if l.strip() and not l.startswith(("processed ", "verification time"))]
+    return lines[-1][:200] if lines else ""
+
+
+# --- I/O: bpf(2) -----------------------------------------------------------------------------
+
+_LIBC: Any = None
+
+
+def _bpf(cmd: int, attr: bytes) -> int:
+    """bpf(cmd, attr); returns the result, or raises OSError with errno."""
+    global _LIBC
+    from cnitrace.collectors.bpfprog.stats import _NR_BPF   # one table of syscall numbers
+
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(0, f"bpf() syscall number unknown for {platform.machine()}")
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ret = _LIBC.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _bpf(BPF_PROG_GET_FD_BY_ID, get_fd_by_id_attr(prog_id))
+
+
+def prog_info(fd: int) -> tuple[ProgInfo, int | None]:
+    """The program's info and its main function's BTF id (None without func_info)."""
+    buf = ctypes.create_string_buffer(INFO_SIZE)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, obj_info_attr(fd, ctypes.addressof(buf), INFO_SIZE))
+    info = parse_prog_info(buf.raw)
+    if not info.btf_id or not info.nr_func_info:
+        return info, None
+    recs = ctypes.create_string_buffer(info.nr_func_info * FUNC_INFO_REC)
+    req = ctypes.create_string_buffer(func_info_request(info.nr_func_info, ctypes.addressof(recs)), INFO_SIZE)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, obj_info_attr(fd, ctypes.addressof(req), INFO_SIZE))
+    return info, main_func_type_id(recs.raw, FUNC_INFO_REC)
+
+
+def load_tracing(insns: bytes, *, attach_type: int, btf_id: int, target_fd: int, name: str) -> int:
+    """Load one fentry/fexit program aimed at `target_fd`'s main function; the verifier's last
+    line is in the error when it refuses."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+
+    def attempt(log_level: int, log: Any) -> int:
+        return _bpf(BPF_PROG_LOAD, prog_load_attr(
+            insns=ctypes.addressof(code), insn_cnt=len(insns) // 8, license=ctypes.addressof(lic),
+            name=name.encode(), attach_type=attach_type, attach_btf_id=btf_id, attach_prog_fd=target_fd,
+            log_buf=ctypes.addressof(log) if log is not None else 0, log_size=len(log) if log is not None else 0,
+            log_level=log_level))
+    try:
+        return attempt(0, None)
+    except OSError as exc:
+        log = ctypes.create_string_buffer(1 << 16)
+        try:
+            attempt(1, log)   # again, only to learn why
+        except OSError:
+            pass
+        raise ToolError(f"loading {name}: {exc.strerror}" + (f" ({last_log_line(log.raw)})"
+                                                              if last_log_line(log.raw) else "")) from None
+
+
+def attach_tracing(prog_fd: int) -> int:
+    """A link fd: the program runs while it is open."""
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, raw_tp_open_attr(prog_fd))
+
+
+def fd_ids(fd: int) -> dict[str, int]:
+    """prog_id / map_id / link_id of an fd, from /proc/self/fdinfo."""
+    try:
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"^(prog_id|map_id|link_id):\s*(\d+)", text, re.M)}
