@@ -120,6 +120,9 @@ def make_device(runner: Runner) -> str:
     """The device the hooks watch: RX of a veth pair, or loopback where veth is unavailable
     (a minimal VM without the veth module; we do not load modules). Both are in our netns."""
     runner.run(["ip", "link", "set", "lo", "up"], timeout=5)
+    # No IPv6 on the new links (this private netns only): their link-up MLD reports and router
+    # solicitations would reach the hooks beside the counted frames.
+    runner.run(["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"], timeout=5, check=False)
     done = runner.run(["ip", "link", "add", TX, "type", "veth", "peer", "name", RX], timeout=5, check=False)
     if not done.ok:
         return "lo"
