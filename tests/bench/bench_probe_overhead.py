@@ -31,7 +31,7 @@ import uuid
 
 ROUNDS = int(os.environ.get("CNITRACE_BENCH_ROUNDS", "10"))
 ROUND_S = 2
-UDP_ROUNDS = 3
+UDP_ROUNDS = int(os.environ.get("CNITRACE_BENCH_UDP_ROUNDS", "3"))
 STAGES = ("transit", "drops", "l7_detour")
 
 
