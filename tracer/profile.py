@@ -12,23 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import platform
 import socket
 import time
 from typing import Any, Callable, Sequence
 
 from cnitrace import __version__
-from cnitrace.attribution import (Calib, OvsKernel, ProxyDetour, TableTime, Transit, bpf_stage, build_tree,
-                                  netfilter_stage, ovs_stage, proxy_stage, with_ovs_kernel)
+from cnitrace.attribution import Calib, bpf_stage, build_tree, netfilter_stage, proxy_stage, with_ovs_kernel
 from cnitrace.calibrate import cpu_model
-from cnitrace.datapath_work import bpf_programs, busy_ns, datapath_cache, ovs_work
-from cnitrace.probes.progtime import program_times
-from cnitrace.netfilter_work import merge_drops
+from cnitrace.datapath_work import bpf_programs
 from cnitrace.errors import UsageError
+from cnitrace.netfilter_work import merge_drops
+from cnitrace.probes.progtime import program_times
+from cnitrace.profile_ovs import (OVS_USERSPACE_BACKEND, idle_cpu, kernel_datapath, ovs_calibration, ovs_cpu_reading,
+                                  ovs_node_of, ovs_target, vswitchd_pid)
 from cnitrace.reports.document import SCHEMA_VERSION, headline, validate
 from cnitrace.runner import DEFAULT_RUNNER, Runner
 from cnitrace.session import Interrupted, Session
+from cnitrace.window_figures import (conntrack_of, drops_of, maps_of, netfilter_hooks_of, netfilter_tables_of,
+                                     ovs_kernel_of, proxy_detour_of, transit_of)
 
 TRAFFIC = ("none", "probe", "stream", "rr", "http")
 BACKEND_NAMES = {"fentry": "fentry", "kprobe": "kprobe", "tracepoint": "tracepoint",
@@ -172,31 +174,6 @@ def _selection_of(target: Target) -> Any:
     return Selection(ifs, tuple(sorted({i.netns for i in ifs})))
 
 
-def ovs_target(target: Target) -> Any:
-    """The OVS instance behind the selection: the lab's private one, or the node's if it runs."""
-    from cnitrace.collectors.ovs.source import OvsTarget
-
-    extra = target.lab.topo.extra if target.lab else {}
-    if "ovs_rundir" in extra:
-        return OvsTarget(rundir=extra["ovs_rundir"], ctl=extra.get("ovs_ctl"), netns=target.lab.topo.node_netns)
-    if not target.lab and os.path.exists("/run/openvswitch/db.sock"):
-        return OvsTarget()
-    return None
-
-
-def vswitchd_pid(ovs: Any) -> int | None:
-    """ovs-vswitchd's pid: from its pidfile, or (a cnitrace lab's private daemon) from the state file."""
-    try:
-        return int(open(os.path.join(ovs.rundir, "ovs-vswitchd.pid")).read().strip())
-    except (OSError, ValueError):
-        pass
-    from cnitrace.datapath_work import pids_of
-    from cnitrace.state import StateFile
-
-    pids = pids_of([r for r in StateFile().live() if r.data.get("netns") == ovs.netns], "/ovs-vswitchd")
-    return pids[0] if pids else None
-
-
 def snapshot_counters(target: Target, runner: Runner, ovs: Any = None, maps: bool = False) -> Counters:
     """Every collector once. Map dumps (O(entries)) only when asked: pressure is a gauge read after."""
     from cnitrace.collectors.bpfprog.source import BpfProgCollector
@@ -238,105 +215,7 @@ def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str]
     return work, order, warnings, drops
 
 
-# --- probes -------------------------------------------------------------------------------------
-
-def transit_of(figures: Sequence[Any], entry: set[int]) -> Transit | None:
-    """Merge the transit histograms of packets that *entered* on one of the `entry` interfaces."""
-    sel = entry
-    figs = [f for f in figures if f.stage == "transit" and f.key.get("ifindex_in") in sel]
-    if not figs:
-        return None
-    count = sum(f.hist.count for f in figs)
-    total = sum(f.hist.sum for f in figs)
-    merged = figs[0].hist
-    for f in figs[1:]:
-        merged = merged + f.hist
-    return Transit(count, total / count if count else 0.0, merged.p50, merged.p99,
-                   figs[0].backend)
-
-
-def drops_of(figures: Sequence[Any]) -> list[dict[str, Any]]:
-    by: dict[tuple[str, str], int] = {}
-    for f in figures:
-        if f.stage != "drops":
-            continue
-        k = (str(f.key.get("reason_name", f.key.get("reason"))), str(f.key.get("symbol", "")))
-        by[k] = by.get(k, 0) + f.hist.count
-    return [{"reason": r, "count": n, "where": w or None, "provenance": "measured"}
-            for (r, w), n in sorted(by.items(), key=lambda kv: -kv[1])]
-
-
-def table_label(key: dict[str, Any], labels: set[str]) -> str:
-    """The counters' name for the table a measured figure belongs to, so both meet in one node.
-    ipt_do_table / ip6t_do_table run x_tables (the legacy backend); nft_do_chain runs both
-    iptables-nft's tables and native nft ones, and its key has no family: the counters decide."""
-    t, kind = key.get("table"), key.get("kind")
-    if kind == "iptables":
-        return f"{t} (iptables-legacy, ipv4)"
-    if kind == "ip6tables":
-        return f"{t} (iptables-legacy, ipv6)"
-    for cand in (f"{t} (iptables-nft, ipv4)", f"ip {t} (nft)", f"inet {t} (nft)", f"ip6 {t} (nft)",
-                 f"{t} (iptables-nft, ipv6)"):
-        if cand in labels:
-            return cand
-    return f"{t} (nft)"
-
-
-def netfilter_hooks_of(figures: Sequence[Any]) -> dict[str, dict[str, Any]]:
-    """Measured time per netfilter hook call (nf_hook_slow: every table at that hook), by family and
-    hook, with the backend that timed it: the figure a pinned nf_hook_slow backend changes."""
-    by: dict[str, list[Any]] = {}
-    for f in figures:
-        if f.stage == "netfilter" and f.map == "nf_hook_agg":
-            by.setdefault(f"{f.key.get('pf')} {f.key.get('hook')}", []).append(f)
-    out = {}
-    for name, figs in sorted(by.items()):
-        h = figs[0].hist
-        for f in figs[1:]:
-            h = h + f.hist
-        out[name] = {"calls": h.count, "mean_ns": h.mean, "p50_ns": h.p50, "p99_ns": h.p99,
-                     "backend": figs[0].backend}
-    return out
-
-
-def netfilter_tables_of(figures: Sequence[Any], labels: set[str] = frozenset()) -> list[TableTime]:
-    """Measured time per netfilter table, named as the counters name it (`labels`)."""
-    out: dict[str, list[Any]] = {}
-    for f in figures:
-        if f.stage == "netfilter" and f.map == "nf_table_agg":
-            out.setdefault(table_label(f.key, labels), []).append(f)
-    tables = []
-    for name, figs in out.items():
-        h = figs[0].hist
-        for f in figs[1:]:
-            h = h + f.hist
-        tables.append(TableTime(name, h.count, h.sum / h.count if h.count else 0.0,
-                                h.p50, h.p99, figs[0].backend))
-    return tables
-
-
-def ovs_kernel_of(figures: Sequence[Any], entry: set[int]) -> OvsKernel | None:
-    """Merge the OVS kernel datapath figures of packets that *entered* on one of the `entry` ports:
-    visits (ovs_vport_receive), process calls (ovs_dp_process_packet, recirculations included)
-    and upcalls."""
-    hists: dict[str, Any] = {}
-    upcalls, backend = 0, "kprobe"
-    for f in figures:
-        if f.stage != "ovs_kernel" or f.key.get("ifindex") not in entry:
-            continue
-        if f.map == "ovs_upcall_agg":
-            upcalls += f.hist.count
-        elif f.map == "ovs_agg":
-            fn = str(f.key.get("fn"))
-            hists[fn] = hists[fn] + f.hist if fn in hists else f.hist
-            backend = f.backend
-    proc = hists.get("process")
-    if proc is None or not proc.count:
-        return None
-    visit_fn = "receive" if hists.get("receive") is not None and hists["receive"].count else "process"
-    visit = hists[visit_fn]
-    return OvsKernel(visit.count, visit.mean, proc.count, proc.mean, proc.p50, proc.p99, visit.p50, visit.p99,
-                     upcalls, backend, visit_fn)
+# --- measurements in the window: L7 latency, tc/XDP program time, bpf_stats ----------------------
 
 
 def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any]:
@@ -352,18 +231,6 @@ def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any
     return through, direct
 
 
-def proxy_detour_of(through: Any, direct: Any, proxy: str) -> ProxyDetour | None:
-    """Added time per request of the lab's L7 proxy detour: mean request latency through the proxy
-    minus the direct path's (both measured by ab, same concurrency)."""
-    if through is None or direct is None:
-        return None
-    a, b = through.metrics.get("mean_ms"), direct.metrics.get("mean_ms")
-    if a is None or b is None:
-        return None
-    return ProxyDetour(int(through.metrics.get("complete") or 0), max((a - b) * 1e6, 0.0), proxy,
-                       through_ns=a * 1e6, direct_ns=b * 1e6)
-
-
 def proxy_connections(figures: Sequence[Any], target: Target) -> int:
     """Connections accepted in the node namespace (where the lab's proxy listens), seen by the socket probe."""
     from cnitrace.probes.runtime import netns_inode
@@ -371,33 +238,6 @@ def proxy_connections(figures: Sequence[Any], target: Target) -> int:
     node_ns = netns_inode(target.lab.topo.node_netns)
     return sum(f.hist.count for f in figures if f.stage == "l7_detour" and f.map == "l7_life"
                and f.key.get("role") == "server" and f.key.get("netns") == node_ns)
-
-
-def conntrack_of(before: Any, after: Any) -> dict[str, Any] | None:
-    """Conntrack pressure in the rule namespaces: entries vs max (a gauge), and the window's
-    failure counters (insert_failed, drop, early_drop, search_restart) from procfs."""
-    if before is None or after is None:
-        return None
-    from cnitrace.collectors.base import counter_delta
-    from cnitrace.collectors.conntrack.parse import PRESSURE, CpuStats, TableUsage
-
-    out: dict[str, Any] = {"count": 0, "max": 0, **{k: 0 for k in PRESSURE}}
-    old = {r.key: r for r in before.records}
-    for r in after.records:
-        if isinstance(r, TableUsage):
-            out["count"] += r.count
-            out["max"] = max(out["max"], r.max or 0)
-        elif isinstance(r, CpuStats) and r.source == "procfs":
-            o = old.get(r.key)
-            for k in PRESSURE:
-                if k in r.values:
-                    out[k] += counter_delta(o.values.get(k, 0) if o else 0, r.values[k]).value
-    return out
-
-
-def maps_of(bpf: Any) -> list[dict[str, Any]]:
-    """Map pressure (entries / max) of the maps the selected programs use."""
-    return list(bpf.meta.get("maps", [])) if bpf is not None else []
 
 
 def start_progtime(before: Counters, backends: dict[str, dict[str, Any]], session: Session, host: Any,
@@ -446,98 +286,6 @@ def _bpf_stats(session: Session) -> Any:
         cm.__exit__(None, None, None)
 
 
-def _idle_cpu(ovs: Any, seconds: float) -> tuple[int, float] | None:
-    """ovs-vswitchd's CPU use while no traffic is sent: its background rate, to subtract."""
-    from cnitrace.datapath_work import cpu_ns
-
-    pid = vswitchd_pid(ovs)
-    a = cpu_ns(pid) if pid else None
-    t = time.monotonic()
-    time.sleep(seconds)
-    b = cpu_ns(pid) if pid else None
-    if a is None or b is None:
-        return None
-    return b - a, time.monotonic() - t
-
-
-OVS_USERSPACE_BACKEND = {
-    "backend": "counters", "reason": "ovs-vswitchd CPU time (schedstat, idle rate subtracted) measured over "
-    "the window; OpenFlow table lookups (ovs-ofctl dump-tables) x this node's calibrated ns per table model it",
-    "signals": {"measured": ["userspace datapath CPU time per packet"],
-                "modelled": ["per-table time: first-packet lookups x classifier subtables x calibrated ns per "
-                             "subtable (without a calibration: the CPU time split by that weight)"]}}
-
-
-def ovs_cpu_reading(ovs: Any) -> tuple[int, float] | None:
-    """(ovs-vswitchd CPU ns, monotonic time) now: read at the window's edges, so that neither probe
-    attachment nor the dumps cnitrace itself asks ovs-vswitchd for are billed to the traffic."""
-    from cnitrace.datapath_work import cpu_ns
-
-    pid = vswitchd_pid(ovs) if ovs is not None else None
-    cpu = cpu_ns(pid) if pid else None
-    return (cpu, time.monotonic()) if cpu is not None else None
-
-
-def ovs_node_of(before: Counters, after: Counters, window: float, ovs_idle: tuple[int, float] | None,
-                packets: int, calib: Calib, ovs_cal: Any = None,
-                cpu_window: tuple[Any, Any] = (None, None)) -> Any:
-    """The OVS stage: ovs-vswitchd's busy CPU time in the window (measured), next to the model of it
-    from this node's OVS calibration (`ovs_cal`: upcalls x base + first-packet table lookups x
-    subtables x ns per subtable) when first packets (upcalls) are a visible fraction of the traffic.
-
-    An upcall costs orders of magnitude more than a flow-cache hit, so with >= 5 % upcalls the
-    stage is "both" (measured, modelled, their agreement) and each table carries its modelled time
-    (without a calibration: the CPU time split by lookups x subtables); below that the measured time
-    stays on the stage alone, and the tables show what the first packets' walks cost (modelled).
-    """
-    tables = ovs_work(before.ovs, after.ovs)
-    measured = None
-    w0, w1 = cpu_window
-    if w0 is not None and w1 is not None and ovs_idle:
-        measured = busy_ns(w1[0] - w0[0], w1[1] - w0[1], *ovs_idle)
-    elif before.ovs_cpu_ns is not None and after.ovs_cpu_ns is not None and ovs_idle:
-        measured = busy_ns(after.ovs_cpu_ns - before.ovs_cpu_ns, window, *ovs_idle)
-    cache = datapath_cache(before.ovs, after.ovs)
-    first_packets = cache["missed"] / max(cache["hit"] + cache["missed"], 1)
-    if ovs_cal is not None:
-        calib = dataclasses.replace(calib, ns_per_ovs_table=ovs_cal.ns_per_subtable,
-                                    ovs_upcall_ns=ovs_cal.ns_per_upcall_base)
-    else:
-        calib = Calib(calib.ns_per_rule_eval)
-    fraction = min(first_packets, 1.0) if cache["hit"] + cache["missed"] else 1.0
-    if first_packets < 0.05 and measured is not None:
-        node = ovs_stage(tables, packets, calib, None, first_fraction=fraction)
-        node.measured_ns = node.ns_per_packet = measured / packets if packets else None
-        node.modelled_ns = None         # hits' CPU (userspace datapath) is not in the model
-        node.provenance = "measured"
-        node.detail["note"] = ("mostly established traffic: served by the datapath flow cache; "
-                               "OpenFlow tables were walked only by first packets (upcalls)")
-    else:
-        node = ovs_stage(tables, packets, calib, measured, upcalls=cache["missed"], first_fraction=fraction)
-    node.detail["datapath_cache"] = cache
-    node.detail["first_packet_fraction"] = round(first_packets, 4)
-    return node
-
-
-def ovs_calibration(target: Target, runner: Runner, say: Callable[[str], None], warnings: list[str]) -> Any:
-    """This node's ns per OVS table (cached, or measured now) when the selection has an OVS
-    instance; a failed micro-benchmark is a warning, never a failed profile."""
-    from cnitrace import calibrate_ovs
-    from cnitrace.errors import ToolError
-
-    ovs = ovs_target(target)
-    if ovs is None:
-        return None
-    known = target.lab.topo.extra.get("datapath_type") if target.lab else None
-    dp_type = calibrate_ovs.datapath_type_of(ovs, runner, known)
-    say(f"calibration: ns per OVS table ({dp_type} datapath)")
-    try:
-        return calibrate_ovs.cached_or_measure(dp_type, runner=runner)
-    except ToolError as exc:
-        warnings.append(f"OVS calibration failed, OVS tables are not modelled: {exc.message}")
-        return None
-
-
 # --- the run ------------------------------------------------------------------------------------
 
 def _backends(host: Any) -> dict[str, dict[str, Any]]:
@@ -562,14 +310,6 @@ def _probe_stages(backends: dict[str, dict[str, Any]], force: dict[str, str] | N
     return [s for s in ("transit", "drops", "netfilter", "ovs_kernel")
             if s in SPECS and force.get(s) != COUNTERS and (s != "ovs_kernel" or kernel_ovs)
             and (s in force or backends.get(s, {}).get("backend") in MEASURING)]
-
-
-def kernel_datapath(ovs_snap: Any) -> bool:
-    """Whether the OVS instance forwards in the kernel (a `system@` datapath in dpctl/show)."""
-    from cnitrace.collectors.ovs.parse import Datapath
-
-    return ovs_snap is not None and any(isinstance(r, Datapath) and r.name.startswith("system@")
-                                        for r in ovs_snap.records)
 
 
 def backend_used(choice: Any, forced: str | None, ladder: dict[str, Any] | None) -> dict[str, Any]:
@@ -652,7 +392,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     ovs_idle: tuple[int, float] | None = None
     with Session(runner=runner) as session, _bpf_stats(session) as stats_mode:
         if ovs is not None:
-            ovs_idle = _idle_cpu(ovs, 0.5)
+            ovs_idle = idle_cpu(ovs, 0.5)
         say("snapshots: every collector's counters before the window")
         t0 = time.monotonic()
         before = snapshot_counters(target, runner, ovs)

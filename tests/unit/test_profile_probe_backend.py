@@ -15,8 +15,9 @@ from cnitrace.collectors.ovs.parse import parse_dpctl_show
 from cnitrace.errors import UsageError
 from cnitrace.probes.histogram import from_samples
 from cnitrace.probes.runtime import Choice, Figure
-from cnitrace.profile import (ProfileConfig, _probe_stages, backend_used, check_force, kernel_datapath,
-                              ovs_kernel_of)
+from cnitrace.profile import ProfileConfig, _probe_stages, backend_used, check_force
+from cnitrace.profile_ovs import kernel_datapath
+from cnitrace.window_figures import ovs_kernel_of
 
 OVS_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ovs"
 MEASURING_HOST = {s: {"backend": b} for s, b in (("transit", "raw_tracepoint"), ("drops", "tracepoint"),
@@ -191,7 +192,7 @@ def nf(map_: str, key: dict, samples: list[int], backend: str = "kprobe") -> Fig
 
 
 def test_measured_tables_take_the_counters_names():
-    from cnitrace.profile import table_label
+    from cnitrace.window_figures import table_label
 
     labels = {"filter (iptables-nft, ipv4)", "inet cnit (nft)"}
     assert table_label({"kind": "iptables", "table": "filter"}, set()) == "filter (iptables-legacy, ipv4)"
@@ -204,7 +205,7 @@ def test_measured_tables_take_the_counters_names():
 
 def test_measured_table_joins_its_chains_and_hooks_are_reported():
     from cnitrace.attribution import ChainWork, netfilter_stage
-    from cnitrace.profile import netfilter_hooks_of, netfilter_tables_of
+    from cnitrace.window_figures import netfilter_hooks_of, netfilter_tables_of
 
     fwd = {"netns": 1, "kind": "iptables", "hook": "FORWARD", "table": "filter", "chain": ""}
     figures = [nf("nf_table_agg", {**fwd, "verdict": "ACCEPT"}, [4000] * 30),
