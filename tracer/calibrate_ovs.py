@@ -204,8 +204,8 @@ class _Bench:
     # -- measurement -----------------------------------------------------------------------
     def counters(self) -> tuple[int, int, int]:
         """(datapath misses, lost upcalls, table lookups). Every lookup matches exactly one flow (a
-        table's default at worst), so the flows' packet counters sum to the lookups; `dump-tables`
-        folds tables with equal stats into "ditto" lines, so it is not used here."""
+        table's default at worst), so the flows' packet counters sum to the lookups: one dump
+        gives them all, where `dump-tables` would need summing over 254 tables."""
         from cnitrace.collectors.ovs.parse import parse_dpctl_show, parse_dump_flows
 
         dps = parse_dpctl_show(self.appctl("dpctl/show")).records

@@ -208,9 +208,13 @@ _TABLE_HDR = re.compile(r'^\s*table (\d+)(?: \("([^"]*)"\))?:\s*$')
 _TABLE_STATS = re.compile(r"active=(\d+), lookup=(\d+), matched=(\d+)")
 
 
+_TABLE_DITTO = re.compile(r'^\s*tables? (\d+)(?:\.\.\.(\d+))?(?: \("([^"]*)"\))?: ditto\s*$')
+
+
 def parse_dump_tables(text: str, bridge: str = "") -> Parsed[OfTable]:
-    """Parse `ovs-ofctl dump-tables`: only tables with their own stats line are returned
-    (the 'tables 2...9: ditto' ranges are untouched, all-zero tables)."""
+    """Parse `ovs-ofctl dump-tables`. OVS folds a run of tables whose stats and features equal
+    the table printed before them into one 'tables 1...3: ditto' line: those tables carry that
+    table's counters (non-zero when a pipeline walks every one of them), so each is returned."""
     text = strip_provenance(text)
     w = Warnings()
     out: list[OfTable] = []
@@ -219,6 +223,16 @@ def parse_dump_tables(text: str, bridge: str = "") -> Parsed[OfTable]:
         m = _TABLE_HDR.match(line)
         if m:
             cur = (int(m.group(1)), m.group(2))
+            continue
+        d = _TABLE_DITTO.match(line)
+        if d:
+            if not out:
+                w.add(f"ditto with no table before it: {line.strip()[:120]}", no)
+                continue
+            prev = out[-1]
+            first, last = int(d.group(1)), int(d.group(2) or d.group(1))
+            out += [OfTable(bridge, t, d.group(3), prev.active, prev.lookup, prev.matched)
+                    for t in range(first, last + 1)]
             continue
         s = _TABLE_STATS.search(line)
         if s and cur is not None:

@@ -76,6 +76,19 @@ def test_dump_tables_names_and_counters():
     assert p.table_names(r.records) == {0: "Classifier", 10: "Forward"}
 
 
+def test_dump_tables_ditto_runs_carry_the_previous_tables_counters():
+    """Tables 0->1->2->3 each walked by every packet: OVS prints table 0 and 'tables 1...3: ditto'.
+    Dropping the ditto run would lose three tables' lookups."""
+    r = p.parse_dump_tables(fx("host-dump-tables-ditto.txt"), "br-int")
+    t = {x.table: x for x in r.records}
+    assert r.warnings == () and len(t) == 254 and sorted(t) == list(range(254))
+    assert [(t[i].active, t[i].lookup, t[i].matched) for i in range(4)] == [(1, 3, 3)] * 4
+    assert (t[4].lookup, t[5].lookup, t[253].lookup) == (0, 0, 0)     # 'tables 5...253: ditto' of table 4
+    # the older fixture: the ditto runs follow all-zero tables, and the named ones keep their names
+    old = {x.table: x for x in p.parse_dump_tables(fx("host-dump-tables.txt"), "b").records}
+    assert old[9].lookup == 0 and old[12].name is None and old[10].name == "Forward"
+
+
 def test_table_feature_names():
     assert p.parse_table_feature_names(fx("host-dump-table-features.txt")) == {10: "Forward"}
     assert p.parse_table_feature_names(fx("host-dump-tables.txt")) == {0: "Classifier", 10: "Forward"}
