@@ -509,6 +509,15 @@ class ProbeSet:
             total += sum(int(v) for v in t[t.Key(0)])
         return total
 
+    def untimed(self) -> int:
+        """Received packets the transit probe could not time: their in-flight slot was taken by
+        another live skb (transit.bpf.c's direct-mapped table); coverage lost, never a wrong time."""
+        b = self.bpf.get("transit")
+        if b is None:
+            return 0
+        t = b[b"transit_evicted"]
+        return sum(int(v) for v in t[t.Key(0)])
+
     # -- reading
 
     def snapshot(self) -> list[Figure]:

@@ -458,6 +458,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
         if probes is not None:
             figures += probes.snapshot()
             lost = probes.lost()
+            overhead["transit_untimed"] = probes.untimed()
             for stage, ch in probes.choices.items():
                 backends[stage] = backend_used(ch, force.get(stage), backends.get(stage))
 

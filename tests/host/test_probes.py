@@ -49,8 +49,9 @@ def test_transit_measured_and_grows_with_rules(path, force):
         n0, mean0 = transit_mean(ps, path, port, count)
         set_forward_rules(path, 1000)
         n1, mean1 = transit_mean(ps, path, port, count)
-    # Every datagram of the selected flow was timed, and nothing else was.
-    assert n0 == count and n1 == count
+        untimed = ps.untimed()
+    # Every datagram of the selected flow was timed, and nothing else was; no slot collision.
+    assert n0 == count and n1 == count and untimed == 0
     per_rule = (mean1 - mean0) / 1000
     print(f"transit mean ({force or 'tp_btf'}): N=0 {mean0:.0f} ns, N=1000 {mean1:.0f} ns, "
           f"{per_rule:.1f} ns/rule")

@@ -66,6 +66,7 @@ def test_calico_1000_top_cost_is_the_policy_chain(lab_factory, node_before_after
     # ... and the rule that dropped them is named, measured by the probe and counted by the rule: both.
     assert all(d["provenance"] == "both" and "#" in d["where"] for d in nf_drops), nf_drops
     assert doc["backends"]["transit"]["backend"] == "tp_btf"   # the cheapest tracepoint form this host has
+    assert doc["overhead"]["transit_untimed"] == 0             # no in-flight slot collision lost a packet
     assert root.provenance == "measured"
     assert doc["evaluation_order"][:2] == ["FORWARD", "cali-FORWARD"]
     manager.down(lab.spec.name)
