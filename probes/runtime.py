@@ -570,17 +570,15 @@ class ProbeSet:
 
     def kernel_ids(self) -> dict[str, list[int]]:
         """Ids of every BPF program and map this ProbeSet holds: the fds start() opened."""
-        out: dict[str, list[int]] = {"prog": [], "map": []}
-        for fd in sorted(_fds() - self._fds_before):
-            try:
-                text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-            except OSError:
-                continue
+        from cnitrace.probes.bpfsys import fd_ids
+
+        out: dict[str, set[int]] = {"prog": set(), "map": set()}
+        for fd in _fds() - self._fds_before:
+            ids = fd_ids(fd)          # a tp_btf link's fdinfo names its program too: sets dedupe
             for kind in out:
-                m = re.search(rf"^{kind}_id:\s*(\d+)", text, re.M)
-                if m:
-                    out[kind].append(int(m[1]))
-        return {k: sorted(set(v)) for k, v in out.items()}
+                if f"{kind}_id" in ids:
+                    out[kind].add(ids[f"{kind}_id"])
+        return {k: sorted(v) for k, v in out.items()}
 
     # -- lifetime
 

@@ -13,19 +13,21 @@ from typing import Any, Sequence
 from cnitrace.attribution import OvsKernel, ProxyDetour, TableTime, Transit
 
 
+def merged(figs: Sequence[Any]) -> Any:
+    """One histogram of several figures' (CPUs, interfaces or verdicts of one thing)."""
+    h = figs[0].hist
+    for f in figs[1:]:
+        h = h + f.hist
+    return h
+
+
 def transit_of(figures: Sequence[Any], entry: set[int]) -> Transit | None:
     """Merge the transit histograms of packets that *entered* on one of the `entry` interfaces."""
-    sel = entry
-    figs = [f for f in figures if f.stage == "transit" and f.key.get("ifindex_in") in sel]
+    figs = [f for f in figures if f.stage == "transit" and f.key.get("ifindex_in") in entry]
     if not figs:
         return None
-    count = sum(f.hist.count for f in figs)
-    total = sum(f.hist.sum for f in figs)
-    merged = figs[0].hist
-    for f in figs[1:]:
-        merged = merged + f.hist
-    return Transit(count, total / count if count else 0.0, merged.p50, merged.p99,
-                   figs[0].backend)
+    h = merged(figs)
+    return Transit(h.count, h.sum / h.count if h.count else 0.0, h.p50, h.p99, figs[0].backend)
 
 
 def drops_of(figures: Sequence[Any]) -> list[dict[str, Any]]:
@@ -64,9 +66,7 @@ def netfilter_hooks_of(figures: Sequence[Any]) -> dict[str, dict[str, Any]]:
             by.setdefault(f"{f.key.get('pf')} {f.key.get('hook')}", []).append(f)
     out = {}
     for name, figs in sorted(by.items()):
-        h = figs[0].hist
-        for f in figs[1:]:
-            h = h + f.hist
+        h = merged(figs)
         out[name] = {"calls": h.count, "mean_ns": h.mean, "p50_ns": h.p50, "p99_ns": h.p99,
                      "backend": figs[0].backend}
     return out
@@ -80,9 +80,7 @@ def netfilter_tables_of(figures: Sequence[Any], labels: set[str] = frozenset()) 
             out.setdefault(table_label(f.key, labels), []).append(f)
     tables = []
     for name, figs in out.items():
-        h = figs[0].hist
-        for f in figs[1:]:
-            h = h + f.hist
+        h = merged(figs)
         tables.append(TableTime(name, h.count, h.sum / h.count if h.count else 0.0,
                                 h.p50, h.p99, figs[0].backend))
     return tables

@@ -21,6 +21,7 @@ are reported beside it), attach < 3 s. Needs root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -84,21 +85,17 @@ def _tx_packets(r, path) -> int:
     return int(out[0]["stats64"]["tx"]["packets"])
 
 
-class RunTimeStats:
-    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): per-program run_time_ns while the fd is open;
-    the kernel turns stats off again when it closes (the sysctl is never touched)."""
+@contextlib.contextmanager
+def run_time_stats():
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): per-program run_time_ns while the fd is open; the
+    kernel turns stats off again when it closes (the sysctl is never touched)."""
+    from cnitrace.collectors.bpfprog.stats import enable_stats_fd
 
-    def __enter__(self) -> "RunTimeStats":
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        attr = (ctypes.c_uint8 * 128)()            # enable_stats.type = BPF_STATS_RUN_TIME (0)
-        self.fd = libc.syscall(321, 32, ctypes.byref(attr), ctypes.sizeof(attr))   # x86_64 bpf(), cmd 32
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.close(self.fd)
+    fd = enable_stats_fd()
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _run_stats(r, prog_ids) -> tuple[int, int]:
@@ -122,9 +119,8 @@ class Floor:
         self.b = loader.load("floor.bpf.c", package="tests.bench", autoload=False)
         for tp in self.HOOKS:
             self.b.attach_raw_tracepoint(tp=tp, fn_name=b"floor_prog")
-        fd = self.b.funcs[b"floor_prog"].fd
-        text = open(f"/proc/self/fdinfo/{fd}").read()
-        self.prog_id = int(text.split("prog_id:")[1].split()[0])
+        from cnitrace.probes.bpfsys import fd_ids
+        self.prog_id = fd_ids(self.b.funcs[b"floor_prog"].fd)["prog_id"]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,7 +139,7 @@ def _timed_run(r, path, ps, fn):
     """Run fn() with the probe set attached and run-time stats on: (fn's result, probe ns gross,
     probe ns net of the stats' own cost per run (Floor), forwarded skbs)."""
     ids = ps.prog_ids()
-    with Floor() as floor, RunTimeStats():
+    with Floor() as floor, run_time_stats():
         (t0, n0), (f0, c0), p0 = _run_stats(r, ids), _run_stats(r, [floor.prog_id]), _tx_packets(r, path)
         result = fn()
         (t1, n1), (f1, c1), fwd = _run_stats(r, ids), _run_stats(r, [floor.prog_id]), _tx_packets(r, path) - p0
