@@ -16,15 +16,15 @@ import time
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 from cnitrace.collectors.base import Availability, Delta, Parsed, Snapshot, delta
-from cnitrace.errors import CnitraceError, UsageError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import CnitraceError, UsageError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 FORMAT = "cnitrace-snapshot/1"
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    selection: Any = None              # cnitrace.selection.Selection or None (= whole node)
+    selection: Any = None              # cnitrace.core.selection.Selection or None (= whole node)
     runner: Runner = DEFAULT_RUNNER
     ovs_rundir: str | None = None      # a private OVS (the lab's); None = /run/openvswitch
 

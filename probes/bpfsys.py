@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from cnitrace.errors import ToolError
+from cnitrace.core.errors import ToolError
 
 # bpf(2) commands, program and attach types (uapi/linux/bpf.h)
 BPF_PROG_LOAD, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN = 5, 13, 15, 17

@@ -15,8 +15,8 @@ import re
 import warnings
 from typing import Iterable
 
-from cnitrace.errors import ToolError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 BTF_DIR = "/sys/kernel/btf"
 VMLINUX_BTF = f"{BTF_DIR}/vmlinux"

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.probes.runtime import Filter, ProbeSet
 from cnitrace.probes.specs import BACKENDS, SPECS
-from cnitrace.session import Session
+from cnitrace.core.session import Session
 
 MAX_DURATION = 3600.0
 

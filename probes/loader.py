@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from cnitrace.errors import ToolError
+from cnitrace.core.errors import ToolError
 
 DEFAULT_PACKAGE = "cnitrace.probes"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -23,12 +23,12 @@ import os
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
-from cnitrace.errors import ToolError, UsageError
+from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.probes.bpfsys import (BPF_TRACE_FENTRY, BPF_TRACE_FEXIT, ProgInfo, attach_tracing, fd_ids,
                                     load_tracing, prog_fd_by_id, prog_info)
 from cnitrace.probes.histogram import merge_cpus
 from cnitrace.probes.specs import COUNTERS, FENTRY, KPROBE, OFFSETS, PROGTIME
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 STAGE = "tc_bpf"
 MAX_PROGS = 16                     # CNIT_MAX_PROGS in progtime.bpf.c: one entry/exit pair per slot
@@ -38,14 +38,14 @@ CLASSIFY_FN = "tcf_classify"       # runs a clsact hook's filters (cls_bpf inclu
 # --- pure: naming and what to attach where -------------------------------------------------------
 
 def program_label(prog_id: int, name: str, type_name: str) -> str:
-    """The name a program has in the profile's bpf stage (as cnitrace.datapath_work.bpf_programs)."""
+    """The name a program has in the profile's bpf stage (as cnitrace.attribution.datapath.bpf_programs)."""
     return f"{name or prog_id} (id {prog_id}, {type_name})"
 
 
 def program_times(figures: Iterable[Any]) -> list[Any]:
     """tc_bpf figures -> attribution inputs: a program per fentry figure (named as its bpf_stats
     figure is, so the two meet), an interface's tc classify path per kprobe figure."""
-    from cnitrace.attribution import ProgramTime
+    from cnitrace.attribution.tree import ProgramTime
 
     out = []
     for f in figures:
@@ -178,12 +178,11 @@ class ProgTime:
     # -- setup
 
     def _usable(self, backend: str) -> tuple[bool, str]:
-        from cnitrace import ladder
-
+        from cnitrace.probes import ladder
         if self.force is not None and self.force != backend:
             return False, f"forced to {self.force}"
         if self._host is None:
-            from cnitrace.capability import Host
+            from cnitrace.core.capability import Host
             self._host = Host(self.runner)
         ok, why = ladder.rung_usable(STAGE, backend, self._host)
         if ok and backend == KPROBE:

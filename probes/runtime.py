@@ -24,17 +24,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cnitrace.errors import ToolError, UsageError
+from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.probes import btf as btfmod
 from cnitrace.probes.btf_enums import drop_reasons, not_a_drop, reason_name
 from cnitrace.probes.histogram import Histogram, merge_cpus
 from cnitrace.probes.specs import (BACKEND_CODES, COUNTERS, FENTRY, KPROBE, OFFSETS, RAW_TRACEPOINT, SPECS,
                                    TP_BTF, TRACEPOINT, ProbeSpec, decode_key, feeding_hook, tp_btf_function)
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 TRACEFS = Path("/sys/kernel/tracing")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@*?\[\]-]{1,15}$")
-# Host capability (cnitrace.host_checks) each backend needs.
+# Host capability (cnitrace.node.checks) each backend needs.
 BACKEND_CAPS = {FENTRY: "fentry", KPROBE: "kprobes", TRACEPOINT: "tracepoints", RAW_TRACEPOINT: "raw_tracepoints",
                 TP_BTF: "tp_btf"}
 MAX_IFINDEX_CONSTANTS = 8   # CNIT_IF0..CNIT_IF7 in stages.h
@@ -143,7 +143,7 @@ class Choice:
 def choose(spec: ProbeSpec, backend_usable: Callable[[str], tuple[bool, str]],
            point_exists: Callable[[str, str], bool], force: str | None = None) -> Choice:
     """Per hook, the first backend the host allows (the ladder's capability decision, see
-    cnitrace.ladder) whose attach point exists in this kernel.
+    cnitrace.probes.ladder) whose attach point exists in this kernel.
 
     A required hook with no backend makes the whole stage modelled (nothing attached); an
     optional one just falls away. `force` restricts every hook to one backend (e.g. kprobe in
@@ -300,15 +300,14 @@ class ProbeSet:
 
     def _cap(self, name: str) -> tuple[bool, str]:
         if self._host is None:
-            from cnitrace.capability import Host
+            from cnitrace.core.capability import Host
             self._host = Host(self.runner)
         c = self._host.check(name)
         return c.usable, c.reason
 
     def _backend_usable(self, stage: str) -> Callable[[str], tuple[bool, str]]:
         """The ladder's verdict for this stage: rungs it rejected are not usable (with its reason)."""
-        from cnitrace import ladder
-
+        from cnitrace.probes import ladder
         self._cap("root")   # creates the Host
         lc = ladder.choose(stage, self._host)
         rejected = {r.backend: r.why for r in lc.rejected}

@@ -1,6 +1,6 @@
 """Try every BPF attach type doctor reports on, in throwaway namespaces, and print JSON.
 
-Run as a child by cnitrace.host_checks:
+Run as a child by cnitrace.node.checks:
     unshare --mount --net --propagation private -- python -m cnitrace.probes.trial MNT_ID NET_ID
 Why a child in fresh namespaces: tracefs and securityfs can be mounted when the node has
 not mounted them, the veth pair lives in an anonymous network namespace, and every object —
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 SOURCE = "selftest.bpf.c"
 KPROBE_TARGET = "__netif_receive_skb"   # must match KFUNC_PROBE(...) in selftest.bpf.c

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.reports.document import validate
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cnitrace.node import checks
+
+checks.register_all()   # the capability registry, installed at start-up as the CLI does
 STRICT = os.environ.get("CNITRACE_STRICT_TIERS") == "1"
 ROOT_TIERS = ("host", "vm")
 _HOST = None
@@ -29,7 +32,7 @@ def tier_of(path: str | os.PathLike) -> str | None:
 def host():
     global _HOST
     if _HOST is None:
-        from cnitrace.capability import Host
+        from cnitrace.core.capability import Host
         _HOST = Host()
     return _HOST
 

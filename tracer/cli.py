@@ -14,7 +14,8 @@ import sys
 import click
 
 from cnitrace import __version__
-from cnitrace.errors import CnitraceError, ExitStatus, NotRootError
+from cnitrace.core.errors import CnitraceError, ExitStatus, NotRootError
+from cnitrace.node import checks
 
 
 class Ctx:
@@ -35,6 +36,7 @@ def require_root() -> None:
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Node-local kernel datapath tracer and policy-cost profiler for Kubernetes CNIs."""
+    checks.register_all()
     ctx.obj = Ctx(debug)
 
 
@@ -47,8 +49,8 @@ def doctor(as_json: bool) -> int:
 
     Exit 0 when profiling can run (at least counters only), 1 otherwise.
     """
-    from cnitrace.doctor import run_doctor
-    from cnitrace.reports.terminal import render_doctor
+    from cnitrace.node.doctor import run_doctor
+    from cnitrace.reports.doctor import render_doctor
 
     report = run_doctor()
     if as_json:
@@ -64,7 +66,7 @@ def doctor(as_json: bool) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def cleanup(as_json: bool) -> int:
     """Remove every object a cnitrace run or lab left behind (after a kill, say)."""
-    from cnitrace.state import StateFile, cleanup as do_cleanup
+    from cnitrace.core.state import StateFile, cleanup as do_cleanup
 
     require_root()
     result = do_cleanup(StateFile())
@@ -88,7 +90,7 @@ def cleanup(as_json: bool) -> int:
 def _write_outputs(doc: dict, json_out: str | None, html_out: str | None, render_html=None) -> None:
     """Write the JSON document and/or its HTML rendering (the profile's unless told otherwise)."""
     if render_html is None:
-        from cnitrace.reports.html import render_html
+        from cnitrace.reports.profile.html import render_html
     if json_out:
         with open(json_out, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
@@ -128,9 +130,9 @@ def profile(ifaces, netns, lab_name, duration, traffic, target, from_netns, port
     Ctrl-C ends the window early and still prints the report.
     """
     from cnitrace.probes.command import parse_force
-    from cnitrace.profile import ProfileConfig, run_profile
-    from cnitrace.progress import steps
-    from cnitrace.reports.profile_terminal import render_profile
+    from cnitrace.profile.run import ProfileConfig, run_profile
+    from cnitrace.core.progress import steps
+    from cnitrace.reports.profile.terminal import render_profile
 
     cfg = ProfileConfig(tuple(ifaces), tuple(netns), lab_name, duration, traffic, not no_calibrate,
                         target=target, from_netns=from_netns, ports=ports,
@@ -154,8 +156,8 @@ def demo(datapath: str, rules: int, backend: str, json_out: str | None, html_out
     """Bring up the built-in lab, profile it with crafted traffic, tear it down."""
     from cnitrace.lab import manager
     from cnitrace.lab.model import LabSpec
-    from cnitrace.profile import ProfileConfig, run_profile
-    from cnitrace.reports.profile_terminal import render_profile
+    from cnitrace.profile.run import ProfileConfig, run_profile
+    from cnitrace.reports.profile.terminal import render_profile
 
     require_root()
     spec = LabSpec(name="demo", datapath=datapath, rules=rules, backend=backend)
@@ -178,9 +180,9 @@ def demo(datapath: str, rules: int, backend: str, json_out: str | None, html_out
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, writable=True), help="Also write an HTML report.")
 def report(file: str, html_out: str | None) -> int:
     """Re-render a saved profile (JSON) in the terminal, and optionally as HTML."""
-    from cnitrace.reports.html import render_html
+    from cnitrace.reports.profile.html import render_html
     from cnitrace.reports.load import load_profile
-    from cnitrace.reports.profile_terminal import render_profile
+    from cnitrace.reports.profile.terminal import render_profile
 
     doc = load_profile(file)
     render_profile(doc)
@@ -197,7 +199,7 @@ def report(file: str, html_out: str | None) -> int:
 @click.option("--top", default=15, show_default=True, type=click.IntRange(1, 1000), help="Rows to show.")
 def diff(before: str, after: str, top: int) -> int:
     """Show what grew between two saved profile runs."""
-    from cnitrace.reports.diff import diff_docs
+    from cnitrace.reports.profile.diff import diff_docs
     from cnitrace.reports.document import fmt_ns
     from cnitrace.reports.load import load_profile
 
@@ -371,9 +373,9 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
              interval: float | None, only: tuple[str, ...], ovs_rundir: str | None, bpf_stats: str) -> int:
     """Print every available collector's counters, or their deltas (--since FILE, --interval S)."""
     from cnitrace.collectors import registry
-    from cnitrace.errors import UsageError
-    from cnitrace.selection import resolve
-    from cnitrace.session import Session
+    from cnitrace.core.errors import UsageError
+    from cnitrace.core.selection import resolve
+    from cnitrace.core.session import Session
 
     require_root()
     if since and interval:
@@ -386,7 +388,7 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
     if as_json:
         click.echo(json.dumps(result.document, indent=1, sort_keys=True))
     else:
-        from cnitrace.reports.terminal import render_snapshot
+        from cnitrace.reports.doctor import render_snapshot
         render_snapshot(result)
     return ExitStatus.OK
 
@@ -416,10 +418,10 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, quick, attribute, js
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from cnitrace import sweep as sweep_mod
-    from cnitrace.reports.sweep_html import render_sweep_html
-    from cnitrace.reports.sweep_terminal import render_sweep
-    from cnitrace.sweep_model import make_config, points
+    from cnitrace.sweep import run as sweep_mod
+    from cnitrace.reports.sweep.html import render_sweep_html
+    from cnitrace.reports.sweep.terminal import render_sweep
+    from cnitrace.sweep.model import make_config, points
 
     cfg = make_config(datapaths=datapaths, rules=rules, clients=clients, l7=l7, placement=placement,
                       repeat=repeat, quick=quick, attribute=attribute)

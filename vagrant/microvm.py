@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence, TextIO
 
-from cnitrace.errors import CnitraceError, ExitStatus, ToolError, UsageError
-from cnitrace.runner import Runner
-from cnitrace.session import Session
+from cnitrace.core.errors import CnitraceError, ExitStatus, ToolError, UsageError
+from cnitrace.core.runner import Runner
+from cnitrace.core.session import Session
 
 START_MARKER = "CNITRACE-MICROVM-START"
 MARKER = "CNITRACE-MICROVM-EXIT"

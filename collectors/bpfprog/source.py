@@ -14,8 +14,8 @@ from typing import Any
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.bpfprog import parse as p
-from cnitrace.errors import ToolError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 MAX_DUMP_ENTRIES = 65_536  # dumping a map is O(entries); bigger maps report entries=None
 

@@ -19,7 +19,7 @@ import platform
 from pathlib import Path
 from typing import Iterator
 
-from cnitrace.errors import CnitraceError
+from cnitrace.core.errors import CnitraceError
 
 SYSCTL = "kernel.bpf_stats_enabled"
 _SYSCTL_PATH = Path("/proc/sys/kernel/bpf_stats_enabled")

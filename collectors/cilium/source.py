@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.cilium import parse as p
-from cnitrace.errors import ToolError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 PIN_ROOTS = ("/sys/fs/bpf/tc/globals", "/sys/fs/bpf/cnit-*")
 AGENT_CLIS = ("cilium-dbg", "cilium")

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.conntrack import parse as p
-from cnitrace.errors import ToolError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 STAT = "/proc/net/stat/nf_conntrack"
 COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"

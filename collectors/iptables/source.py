@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.iptables.parse import Chain, Rule, Ruleset, parse
-from cnitrace.errors import ToolError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 BACKENDS = ("legacy", "nft")
 FAMILIES = ("ipv4", "ipv6")
@@ -43,7 +43,7 @@ class Source:
 def sources(backends: Sequence[str] = BACKENDS, families: Sequence[str] = FAMILIES) -> list[Source]:
     bad = [b for b in backends if b not in BACKENDS] + [f for f in families if f not in FAMILIES]
     if bad:
-        from cnitrace.errors import UsageError
+        from cnitrace.core.errors import UsageError
         raise UsageError(f"unknown iptables backend/family {bad[0]!r}; choose from {BACKENDS + FAMILIES}")
     return [Source(b, f) for b in backends for f in families]
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings, counter_delta
 from cnitrace.collectors.nftables.parse import NftCounter, NftRule, Record, parse
-from cnitrace.errors import ToolError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 ARGV = ["nft", "-j", "list", "ruleset"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.ovs import parse as p
-from cnitrace.errors import ToolError
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 DEFAULT_RUNDIR = "/run/openvswitch"
 OPENFLOW_VERSIONS = "OpenFlow10,OpenFlow11,OpenFlow12,OpenFlow13,OpenFlow14,OpenFlow15"
@@ -83,8 +83,8 @@ class OvsCollector:
         """OVS port name -> the namespace of its veth peer (the pod), via netlink."""
         if not self.resolve_peers or not names:
             return {}
-        from cnitrace.errors import UsageError
-        from cnitrace.selection import resolve
+        from cnitrace.core.errors import UsageError
+        from cnitrace.core.selection import resolve
 
         prefix = f"{self.target.netns}/" if self.target.netns else ""
         try:

@@ -13,9 +13,11 @@ import sys
 import time
 
 import tests.bench as pkg
+from cnitrace.node import checks
 
 
 def main(argv: list[str]) -> int:
+    checks.register_all()
     names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
     wanted = [n if n.startswith("bench_") else f"bench_{n}" for n in argv] or names
     unknown = sorted(set(wanted) - set(names))

@@ -16,8 +16,8 @@ import time
 import uuid
 
 from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
-from cnitrace.runner import DEFAULT_RUNNER
-from cnitrace.session import Session
+from cnitrace.core.runner import DEFAULT_RUNNER
+from cnitrace.core.session import Session
 
 RULES, CHAINS, REPEATS, ROUNDS = 10_000, 10, 3, 3
 TARGET_S, TARGET_RATIO = 0.3, 10.0

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import uuid
 
-from cnitrace.errors import CnitraceError
-from cnitrace.lab import datapath as registry
+from cnitrace.core.errors import CnitraceError
+from cnitrace.lab import datapaths as registry
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
 

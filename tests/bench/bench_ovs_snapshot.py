@@ -43,7 +43,7 @@ def main() -> int:
         return 1
     from cnitrace.collectors.ovs.parse import OfFlow, parse_dump_flows
     from cnitrace.collectors.ovs.source import OvsCollector
-    from cnitrace.session import Session
+    from cnitrace.core.session import Session
     from tests.host.test_collect_ovs import PrivateOvs, _run
 
     with Session() as s:

@@ -151,10 +151,10 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_probe_overhead: needs root")
         return 1
-    from cnitrace.capability import Host
+    from cnitrace.core.capability import Host
     from cnitrace.probes.runtime import ProbeSet
-    from cnitrace.runner import DEFAULT_RUNNER as r
-    from cnitrace.session import Session
+    from cnitrace.core.runner import DEFAULT_RUNNER as r
+    from cnitrace.core.session import Session
     from tests.host.probes_path import build, set_forward_rules
 
     with Session() as s:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
-from cnitrace import sweep
-from cnitrace.sweep_model import make_config
+from cnitrace.sweep import run as sweep
+from cnitrace.sweep.model import make_config
 
 TARGETS = {"default": 600.0, "quick": 120.0}
 

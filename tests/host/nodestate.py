@@ -12,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from cnitrace.state import StateFile
+from cnitrace.core.state import StateFile
 
 SYSCTLS = ("kernel.bpf_stats_enabled", "net.ipv4.ip_forward", "net.netfilter.nf_conntrack_max",
            "net.core.bpf_jit_enable")

@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from typing import Callable
 
-from cnitrace.runner import DEFAULT_RUNNER as R
+from cnitrace.core.runner import DEFAULT_RUNNER as R
 
 # Bounded sender: exactly COUNT datagrams, then exit (runs inside pod A's namespace). With a
 # 4th argument "new", every datagram leaves from a new socket (a new source port): a new flow

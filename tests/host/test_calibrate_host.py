@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnitrace.calibrate import measure
+from cnitrace.calibrate.rules import measure
 
 
 @pytest.mark.parametrize("method", ["transit", "pps"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from cnitrace.calibrate_ovs import TABLES, measure
+from cnitrace.calibrate.ovs import TABLES, measure
 
 
 def test_ovs_calibration_measures_ns_per_table(node_before_after):

@@ -15,9 +15,9 @@ from cnitrace.collectors.bpfprog.parse import BpfMap, BpfProg, ns_per_run
 from cnitrace.collectors.bpfprog.source import BpfProgCollector
 from cnitrace.collectors.bpfprog.stats import read_sysctl, stats_enabled
 from cnitrace.probes import loader
-from cnitrace.selection import resolve
-from cnitrace.session import Session
-from cnitrace.state import StateFile
+from cnitrace.core.selection import resolve
+from cnitrace.core.session import Session
+from cnitrace.core.state import StateFile
 
 
 def _ip(*argv: str) -> None:
@@ -129,7 +129,7 @@ def test_sigint_during_snapshot_restores_sysctl(netns, tc_prog, tmp_path):
 
 def test_sigkill_leaves_a_record_that_cleanup_restores(netns, tc_prog):
     """kill -9 cannot run the finally: the state-file record is what puts the sysctl back."""
-    from cnitrace.state import cleanup
+    from cnitrace.core.state import cleanup
 
     ns = netns()
     _veth_with_prog(ns, tc_prog)

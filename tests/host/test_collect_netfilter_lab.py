@@ -16,7 +16,7 @@ from cnitrace.collectors.nftables.parse import NftRule
 from cnitrace.collectors.nftables.source import NftablesCollector, records_delta
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.runner import Runner
+from cnitrace.core.runner import Runner
 
 # Crafted TCP SYNs, each from its own source port so every one is a NEW connection that walks the policy.
 SYNS = r"""

@@ -17,7 +17,7 @@ import pytest
 from cnitrace.collectors.base import delta
 from cnitrace.collectors.ovs.parse import Datapath, Megaflow, OfFlow, OfTable
 from cnitrace.collectors.ovs.source import OvsCollector, OvsTarget
-from cnitrace.session import Session
+from cnitrace.core.session import Session
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 

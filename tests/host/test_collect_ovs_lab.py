@@ -15,8 +15,8 @@ from cnitrace.collectors.ovs.parse import OfFlow
 from cnitrace.collectors.ovs.source import OvsCollector, OvsTarget
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.selection import resolve
-from cnitrace.session import Session
+from cnitrace.core.selection import resolve
+from cnitrace.core.session import Session
 from tests.host.test_lab_antrea import http_get, send_udp
 
 

@@ -76,7 +76,7 @@ def test_bad_since_file_is_one_line(tmp_path):
 
 def test_snapshot_of_a_private_ovs_since_saved(tmp_path):
     """`--ovs-rundir` reaches a private OVS; --since gives the exact per-flow delta."""
-    from cnitrace.session import Session
+    from cnitrace.core.session import Session
     from tests.host.test_collect_ovs import PrivateOvs, _wire, send_udp
 
     with Session() as s:

@@ -16,11 +16,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from cnitrace import detect
-from cnitrace.capability import Host
-from cnitrace.doctor import DOCTOR_SCHEMA, run_doctor
+from cnitrace.node import detect
+from cnitrace.core.capability import Host
+from cnitrace.node.doctor import DOCTOR_SCHEMA, run_doctor
 from cnitrace.probes.trial import RX, TX
-from cnitrace.runner import Runner
+from cnitrace.core.runner import Runner
 
 SELFTEST_PROGS = ("on_tracepoint", "on_raw_tracepoi", "on_kprobe", "on_tc", "on_xdp", "kfunc____netif_")
 CNITRACE = [sys.executable, "-m", "cnitrace"]

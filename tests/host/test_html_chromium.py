@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnitrace.reports.html import PALETTE, render_html
+from cnitrace.reports.profile.html import PALETTE, render_html
 from tests.unit.test_report_document import make_doc
 
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

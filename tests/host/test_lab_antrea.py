@@ -15,10 +15,10 @@ import urllib.request
 import pytest
 
 from cnitrace.collectors.ovs.parse import parse_dump_flows
-from cnitrace.lab import antrea_flows as af
+from cnitrace.lab.datapaths import antrea_flows as af
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.state import StateFile, process_start_time
+from cnitrace.core.state import StateFile, process_start_time
 
 SEND_UDP = """
 import sys
@@ -224,7 +224,7 @@ def kill9_midway(name: str, datapath: str, rules: int, midway) -> None:
     """Start `lab up` in a child, SIGKILL it once `midway(records)` holds, then clean up its owner."""
     import time
 
-    from cnitrace.state import cleanup
+    from cnitrace.core.state import cleanup
     proc = subprocess.Popen([sys.executable, "-c", UP, name, datapath, str(rules)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

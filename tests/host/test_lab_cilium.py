@@ -12,11 +12,11 @@ import subprocess
 
 import pytest
 
-from cnitrace.lab import cilium_maps as cm
+from cnitrace.lab.datapaths import cilium_maps as cm
 from cnitrace.lab import manager
-from cnitrace.lab.cilium import read_policy_entry
+from cnitrace.lab.datapaths.cilium import read_policy_entry
 from cnitrace.lab.model import LabSpec
-from cnitrace.runner import Runner
+from cnitrace.core.runner import Runner
 from tests.host.test_lab_antrea import access_log, http_get, l7_results, send_udp, udp_in
 
 

@@ -11,7 +11,7 @@ import pytest
 from cnitrace.lab import manager
 from cnitrace.lab.datapath import read_packets
 from cnitrace.lab.model import LabSpec
-from cnitrace.runner import Runner
+from cnitrace.core.runner import Runner
 
 R = Runner()
 

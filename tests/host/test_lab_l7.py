@@ -8,7 +8,7 @@ from cnitrace.lab import manager
 from cnitrace.lab.datapath import read_packets
 from cnitrace.lab.l7proxy import Proxy, access_log_lines
 from cnitrace.lab.model import LabSpec
-from cnitrace.runner import Runner
+from cnitrace.core.runner import Runner
 
 R = Runner()
 
@@ -46,7 +46,7 @@ def test_l7_proxy_enforces_get_slash(proxy, unique_name):
 
 
 def test_l7_is_refused_where_unsupported(unique_name):
-    from cnitrace.errors import UsageError
+    from cnitrace.core.errors import UsageError
 
     with pytest.raises(UsageError, match="--l7 is not supported by the kube-router"):
         manager.up(LabSpec(name=unique_name(), datapath="kube-router", l7=True))

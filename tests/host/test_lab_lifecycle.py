@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cnitrace.errors import ToolError
+from cnitrace.core.errors import ToolError
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.state import StateFile
+from cnitrace.core.state import StateFile
 
 CNITRACE = [sys.executable, "-m", "cnitrace"]
 

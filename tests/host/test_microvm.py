@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from cnitrace.runner import Runner
+from cnitrace.core.runner import Runner
 from cnitrace.vagrant import microvm as mv
 
 REPO = Path(__file__).resolve().parents[2]

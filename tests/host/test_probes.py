@@ -13,7 +13,7 @@ import random
 import pytest
 
 from cnitrace.probes.runtime import Filter, ProbeSet
-from cnitrace.session import Session
+from cnitrace.core.session import Session
 from tests.host.probes_path import IP_UDP, PAYLOAD, Path, build, send, set_forward_rules
 
 pytestmark = pytest.mark.requires("tracepoints", "btf", "bcc")

@@ -19,8 +19,8 @@ import time
 import pytest
 
 from cnitrace.probes.runtime import ProbeSet, netns_inode
-from cnitrace.runner import DEFAULT_RUNNER as R
-from cnitrace.session import Session
+from cnitrace.core.runner import DEFAULT_RUNNER as R
+from cnitrace.core.session import Session
 from tests.host.probes_path import build
 
 pytestmark = pytest.mark.requires("tracepoints", "btf", "bcc")

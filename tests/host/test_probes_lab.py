@@ -18,8 +18,8 @@ import pytest
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
 from cnitrace.probes.runtime import Filter, ProbeSet
-from cnitrace.runner import DEFAULT_RUNNER as R
-from cnitrace.session import Session
+from cnitrace.core.runner import DEFAULT_RUNNER as R
+from cnitrace.core.session import Session
 from tests.host.probes_path import IP_UDP, PAYLOAD, SENDER
 
 pytestmark = pytest.mark.requires("tracepoints", "btf", "bcc", "iptables")

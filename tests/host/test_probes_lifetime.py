@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from cnitrace.probes.runtime import ProbeSet
-from cnitrace.runner import DEFAULT_RUNNER as R
-from cnitrace.session import Session
-from cnitrace.state import StateFile
+from cnitrace.core.runner import DEFAULT_RUNNER as R
+from cnitrace.core.session import Session
+from cnitrace.core.state import StateFile
 
 pytestmark = pytest.mark.requires("tracepoints", "btf", "bcc")
 

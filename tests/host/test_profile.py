@@ -8,10 +8,10 @@ import time
 import pytest
 
 from cnitrace import cli
-from cnitrace.calibrate import measure
+from cnitrace.calibrate.rules import measure
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.profile import ProfileConfig, run_profile
+from cnitrace.profile.run import ProfileConfig, run_profile
 from cnitrace.reports.document import Node, validate
 
 
@@ -92,14 +92,14 @@ def _allowed_syn_transit_ns(lab, packets: int = 400) -> float:
     import sys
 
     from cnitrace.probes.runtime import ProbeSet
-    from cnitrace.runner import Runner
+    from cnitrace.core.runner import Runner
 
     r, topo = Runner(), lab.topo
     client = topo.clients[0]
     r.run(["iptables-legacy", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"],
           netns=client.netns)
     with ProbeSet(["transit"], ifaces=[(topo.node_netns, client.node_iface)]) as probes:
-        r.run([sys.executable, "-m", "cnitrace.traffic_send", client.ip, topo.server.ip, "30000",
+        r.run([sys.executable, "-m", "cnitrace.traffic.send", client.ip, topo.server.ip, "30000",
                f"tcp:{topo.allowed_port}:{packets}"], netns=client.netns, timeout=120)
         time.sleep(0.2)
         figs = [f for f in probes.snapshot() if f.key.get("ifindex_in") == client.node_ifindex]

@@ -15,9 +15,9 @@ import sys
 import pytest
 
 from cnitrace import cli
-from cnitrace.profile import ProfileConfig, run_profile
+from cnitrace.profile.run import ProfileConfig, run_profile
 from cnitrace.reports.document import Node, validate
-from cnitrace.traffic import wait_listening
+from cnitrace.traffic.generators import wait_listening
 from tests.host.probes_path import R, Path, build
 
 pytestmark = pytest.mark.requires("tracepoints", "btf", "bcc")

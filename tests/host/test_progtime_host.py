@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from cnitrace.capability import Host
+from cnitrace.core.capability import Host
 from cnitrace.collectors.bpfprog.source import BpfProgCollector
 from cnitrace.probes.progtime import ProgTime, fd_ids
-from cnitrace.profile import ProfileConfig, run_profile
+from cnitrace.profile.run import ProfileConfig, run_profile
 from cnitrace.reports.document import validate
-from cnitrace.selection import resolve
+from cnitrace.core.selection import resolve
 from tests.host.test_collect_bpf import _veth_with_prog
 
 pytestmark = pytest.mark.requires("tc_bpf", "bpf_stats", "bcc")

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnitrace import sweep
-from cnitrace.costmodel import fit_line, is_flat
+from cnitrace.sweep import run as sweep
+from cnitrace.calibrate.costmodel import fit_line, is_flat
 from cnitrace.lab import manager
-from cnitrace.reports.sweep_html import PALETTE, render_sweep_html
-from cnitrace.state import StateFile
-from cnitrace.sweep_model import make_config
+from cnitrace.reports.sweep.html import PALETTE, render_sweep_html
+from cnitrace.core.state import StateFile
+from cnitrace.sweep.model import make_config
 
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from cnitrace import traffic
+from cnitrace.traffic import generators as traffic
 from cnitrace.lab import manager
 from cnitrace.lab.datapath import read_packets
 from cnitrace.lab.model import LabSpec
-from cnitrace.runner import Runner
+from cnitrace.core.runner import Runner
 
 R = Runner()
 
@@ -77,7 +77,7 @@ def test_http_load_reaches_the_lab_server(lab):
 
 
 def test_generators_refuse_unbounded_runs(lab):
-    from cnitrace.errors import UsageError
+    from cnitrace.core.errors import UsageError
     with pytest.raises(UsageError):
         traffic.stream(lab.topo, 0)
     with pytest.raises(UsageError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnitrace.attribution import (Calib, ChainWork, OvsTableWork, ProgramTime, ProxyDetour, RuleHit, TableTime,
+from cnitrace.attribution.tree import (Calib, ChainWork, OvsTableWork, ProgramTime, ProxyDetour, RuleHit, TableTime,
                                   Transit, bpf_stage, build_tree, netfilter_stage, ovs_stage, proxy_stage)
 from cnitrace.reports.document import headline
 
@@ -97,7 +97,7 @@ def test_proxy_detour_dominates_when_large():
 
 
 def test_drops_join_probe_reason_with_the_dropping_rule():
-    from cnitrace.netfilter_work import merge_drops
+    from cnitrace.attribution.netfilter import merge_drops
 
     probe = [{"reason": "NETFILTER_DROP", "count": 25, "where": "nf_hook_slow+0x7d", "provenance": "measured"},
              {"reason": "NO_SOCKET", "count": 3, "where": "udp_rcv", "provenance": "measured"}]

@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from cnitrace.collectors.base import Snapshot, delta
 from cnitrace.collectors.bpfprog import parse as p
 from cnitrace.collectors.bpfprog.source import BpfProgCollector
-from cnitrace.runner import RecordedRunner
-from cnitrace.selection import Interface, Selection
+from cnitrace.core.runner import RecordedRunner
+from cnitrace.core.selection import Interface, Selection
 
 FIX = Path(__file__).parent.parent / "fixtures" / "bpf"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cnitrace.collectors.bpfprog import stats
-from cnitrace.state import StateFile
+from cnitrace.core.state import StateFile
 
 
 class FakeSession:

@@ -7,9 +7,9 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from cnitrace.calibrate import (Calibration, Sample, calibration_from_samples, fit_line,
+from cnitrace.calibrate.rules import (Calibration, Sample, calibration_from_samples, fit_line,
                                 nonmatching_rules, parse_iperf3_udp_pps)
-from cnitrace.errors import ToolError
+from cnitrace.core.errors import ToolError
 
 
 def test_fit_line_recovers_slope_and_intercept():

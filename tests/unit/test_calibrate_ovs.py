@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from cnitrace import calibrate_ovs as co
-from cnitrace.attribution import Calib, OvsTableWork, ovs_stage
+from cnitrace.calibrate import ovs as co
+from cnitrace.attribution.tree import Calib, OvsTableWork, ovs_stage
 from cnitrace.reports.document import ovs_calibration_text
-from cnitrace.runner import RecordedRunner
+from cnitrace.core.runner import RecordedRunner
 
 
 def test_pipeline_walks_every_table_then_outputs():
@@ -139,7 +139,7 @@ def test_calibration_text():
 
 
 def test_headline_leads_with_the_stage_when_its_tables_explain_little_of_it():
-    from cnitrace.attribution import build_tree
+    from cnitrace.attribution.tree import build_tree
     from cnitrace.reports.document import headline
 
     st = ovs_stage(TABLES, 50, Calib(25.0, 50.0, 10_000.0), measured_ns=50 * 120_000.0, upcalls=25,
@@ -153,8 +153,8 @@ def test_document_with_ovs_calibration_validates_and_renders(capsys):
     from rich.console import Console
 
     from cnitrace.reports.document import validate
-    from cnitrace.reports.html import render_html
-    from cnitrace.reports.profile_terminal import render_profile
+    from cnitrace.reports.profile.html import render_html
+    from cnitrace.reports.profile.terminal import render_profile
     from tests.unit.test_report_document import make_doc
 
     cal = co.calibration_from_samples(_samples(130.0, 11_000.0), "netdev", 2, "6.18", "cpu")

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from cnitrace.collectors.cilium import parse as p
 from cnitrace.collectors.cilium.source import CiliumCollector, find_pins
-from cnitrace.runner import RecordedRunner
+from cnitrace.core.runner import RecordedRunner
 
 FIX = Path(__file__).parent.parent / "fixtures" / "cilium"
 PATH = "/sys/fs/bpf/tc/globals/cilium_policy_02761"

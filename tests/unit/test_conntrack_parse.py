@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from cnitrace.collectors.conntrack import parse as p
 from cnitrace.collectors.conntrack.source import ConntrackCollector
-from cnitrace.runner import Completed, RecordedRunner
+from cnitrace.core.runner import Completed, RecordedRunner
 
 FIX = Path(__file__).parent.parent / "fixtures" / "conntrack"
 

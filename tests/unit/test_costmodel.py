@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cnitrace.costmodel import find_cliff, fit_models, is_flat
+from cnitrace.calibrate.costmodel import find_cliff, fit_models, is_flat
 
 RULES = [0, 100, 500, 1000, 2000]
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cnitrace import detect
-
+from cnitrace.node import detect
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "detect"
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from cnitrace import doctor, host_checks as hc
-from cnitrace.capability import Check, Host, Status, degraded, missing, ok
+from cnitrace.node import doctor
+
+from cnitrace.node import checks as hc
+from cnitrace.core.capability import Check, Host, Status, degraded, missing, ok
 from cnitrace.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "detect"
@@ -59,7 +61,7 @@ def test_json_validates_and_exit_0_when_counters_possible(replay, capsys):
     assert main(["doctor", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     jsonschema.validate(doc, doctor.DOCTOR_SCHEMA)
-    assert doc["schema"] == "cnitrace.doctor" and doc["schema_version"] == 1 and doc["can_profile"] is True
+    assert doc["schema"] == "cnitrace.node.doctor" and doc["schema_version"] == 1 and doc["can_profile"] is True
     stages = {s["stage"]: s["backend"] for s in doc["stages"]}
     assert stages == {"netfilter": "counters", "ovs_kernel": "counters", "tc_bpf": "counters",
                       "transit": "tracepoint", "drops": "tracepoint", "l7_detour": "tracepoint"}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cnitrace import host_checks as hc
-from cnitrace.capability import Status
+from cnitrace.node import checks as hc
+from cnitrace.core.capability import Status
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "detect"
 

@@ -10,8 +10,8 @@ import pytest
 from cnitrace.collectors.base import Availability, Collector, Snapshot, counter_delta, delta
 from cnitrace.collectors.iptables.parse import Rule
 from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of, sources
-from cnitrace.errors import UsageError
-from cnitrace.runner import Completed, RecordedRunner
+from cnitrace.core.errors import UsageError
+from cnitrace.core.runner import Completed, RecordedRunner
 
 FIX = Path(__file__).parent.parent / "fixtures" / "iptables"
 NS = ("ip", "netns", "exec", "cnit-lab-node")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cnitrace.lab import cilium_maps as cm
-from cnitrace.lab import datapath, topology
-from cnitrace.lab.cilium import Cilium, bpffs_mounted, map_size, policy_map_name, tc_batch
+from cnitrace.lab.datapaths import cilium_maps as cm
+from cnitrace.lab import datapaths as datapath, topology
+from cnitrace.lab.datapaths.cilium import Cilium, bpffs_mounted, map_size, policy_map_name, tc_batch
 from cnitrace.lab.model import LabSpec
 from cnitrace.lab.policy import port_rules
 from cnitrace.probes import loader
@@ -98,7 +98,7 @@ def test_ground_truth_names_the_policy_entry_and_drop_metric():
 
 
 def test_bpf_source_takes_options_only_as_guarded_cflags():
-    text = loader.source_text("cilium_policy.bpf.c", package="cnitrace.lab")
+    text = loader.source_text("cilium_policy.bpf.c", package="cnitrace.lab.datapaths")
     for opt in ("POLICY_MAP_SIZE", "IPCACHE_SIZE", "LXC_MAP_SIZE", "ALLOW_LOCALHOST"):
         assert f"#ifndef {opt}" in text
     for fn in ("cil_from_container", "cil_to_container"):
@@ -111,7 +111,7 @@ def test_bpf_source_takes_options_only_as_guarded_cflags():
 
 
 def test_l7_mark_and_nat_rule_for_the_proxy():
-    from cnitrace.lab.cilium import proxy_mark, render_l7_nat
+    from cnitrace.lab.datapaths.cilium import proxy_mark, render_l7_nat
     assert proxy_mark(15001) == 0x3A990200           # MARK_MAGIC_TO_PROXY | port << 16
     spec = LabSpec(name="u", datapath="cilium", rules=0, l7=True)
     topo = topology.plan(spec, datapath.get("cilium"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cnitrace.cli import main
-from cnitrace.errors import ToolError
+from cnitrace.core.errors import ToolError
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.runner import RecordedRunner
+from cnitrace.core.runner import RecordedRunner
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnitrace.lab.datapath import iptables_rule_packets, nft_rule_packets
-from cnitrace.lab.nft import parse_handles
+from cnitrace.lab.datapaths.nft import parse_handles
 
 FIX = Path(__file__).parent / "fixtures" / "lab"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.lab.l7proxy import render_config
 
 

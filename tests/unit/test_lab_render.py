@@ -7,8 +7,14 @@ import re
 import shlex
 from pathlib import Path
 
-from cnitrace.lab import calico, flannel, kube_router, nft
-from cnitrace.lab import datapath as registry
+from cnitrace.lab.datapaths import calico
+
+from cnitrace.lab.datapaths import flannel
+
+from cnitrace.lab.datapaths import kube_router
+
+from cnitrace.lab.datapaths import nft
+from cnitrace.lab import datapaths as registry
 from cnitrace.lab.model import LabSpec
 from cnitrace.lab.topology import plan
 

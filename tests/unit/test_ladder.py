@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cnitrace.capability import Check, Status
-from cnitrace.ladder import STAGES, choose, choose_all
+from cnitrace.core.capability import Check, Status
+from cnitrace.probes.ladder import STAGES, choose, choose_all
 
 OK, DEG, MISS = Status.OK, Status.DEGRADED, Status.MISSING
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cnitrace.errors import UsageError
-from cnitrace.runner import Runner
+from cnitrace.core.errors import UsageError
+from cnitrace.core.runner import Runner
 from cnitrace.vagrant import microvm as mv
 
 FIXTURES = Path(__file__).parent / "fixtures" / "microvm"

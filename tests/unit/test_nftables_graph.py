@@ -10,7 +10,7 @@ from cnitrace.collectors.base import Snapshot
 from cnitrace.collectors.nftables.graph import costs_by_table, nodes_of
 from cnitrace.collectors.nftables.parse import parse
 from cnitrace.collectors.nftables.source import NftablesCollector, records_delta
-from cnitrace.runner import Completed, RecordedRunner
+from cnitrace.core.runner import Completed, RecordedRunner
 
 
 def doc(chains: dict[str, list[list[dict]]], base: str = "input") -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cnitrace.cli import main
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.probes.command import ProbeConfig, parse_force, parse_iface, validate
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.probes.loader import cflag_list, source_text
 from cnitrace.probes.runtime import (Filter, choose, cflags_for, parse_links, ringbuf_supported,
                                      without_unreadable)
@@ -204,13 +204,13 @@ class ReplayedHost:
         self.status = status
 
     def check(self, name):
-        from cnitrace.capability import Check, Status
+        from cnitrace.core.capability import Check, Status
         st = self.status.get(name, Status.OK)
         return Check(name, st, f"{name} is {st.value}")
 
 
 def test_probe_set_takes_the_ladders_capability_verdict():
-    from cnitrace.capability import Status
+    from cnitrace.core.capability import Status
     from cnitrace.probes.runtime import ProbeSet
 
     ps = ProbeSet(["netfilter", "transit"], host=ReplayedHost(fentry=Status.MISSING, kprobes=Status.MISSING))

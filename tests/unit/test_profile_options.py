@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cnitrace import cli
-from cnitrace.errors import UsageError
-from cnitrace.profile import ProfileConfig
+from cnitrace.core.errors import UsageError
+from cnitrace.profile.run import ProfileConfig
 
 SEL = {"ifaces": ("cali*",)}
 

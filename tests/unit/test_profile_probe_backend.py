@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from cnitrace import cli
-from cnitrace.attribution import Calib, OvsKernel, OvsTableWork, ovs_stage, with_ovs_kernel
+from cnitrace.attribution.tree import Calib, OvsKernel, OvsTableWork, ovs_stage, with_ovs_kernel
 from cnitrace.collectors.base import Snapshot
 from cnitrace.collectors.ovs.parse import parse_dpctl_show
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.probes.histogram import from_samples
 from cnitrace.probes.runtime import Choice, Figure
-from cnitrace.profile import ProfileConfig, _probe_stages, backend_used, check_force
-from cnitrace.profile_ovs import kernel_datapath
-from cnitrace.window_figures import ovs_kernel_of
+from cnitrace.profile.run import ProfileConfig, _probe_stages, backend_used, check_force
+from cnitrace.profile.ovs import kernel_datapath
+from cnitrace.attribution.figures import ovs_kernel_of
 
 OVS_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ovs"
 MEASURING_HOST = {s: {"backend": b} for s, b in (("transit", "raw_tracepoint"), ("drops", "tracepoint"),
@@ -169,8 +169,8 @@ def test_terminal_shows_the_kernel_datapath_line():
 
     from rich.console import Console
 
-    from cnitrace.attribution import build_tree
-    from cnitrace.reports.profile_terminal import render_profile
+    from cnitrace.attribution.tree import build_tree
+    from cnitrace.reports.profile.terminal import render_profile
     from tests.unit.test_report_document import make_doc
 
     st = with_ovs_kernel(ovs_stage([], 100, Calib(0.0)), OvsKernel(100, 3600.0, 200, 2300.0, 2100.0, 7900.0,
@@ -192,7 +192,7 @@ def nf(map_: str, key: dict, samples: list[int], backend: str = "kprobe") -> Fig
 
 
 def test_measured_tables_take_the_counters_names():
-    from cnitrace.window_figures import table_label
+    from cnitrace.attribution.figures import table_label
 
     labels = {"filter (iptables-nft, ipv4)", "inet cnit (nft)"}
     assert table_label({"kind": "iptables", "table": "filter"}, set()) == "filter (iptables-legacy, ipv4)"
@@ -204,8 +204,8 @@ def test_measured_tables_take_the_counters_names():
 
 
 def test_measured_table_joins_its_chains_and_hooks_are_reported():
-    from cnitrace.attribution import ChainWork, netfilter_stage
-    from cnitrace.window_figures import netfilter_hooks_of, netfilter_tables_of
+    from cnitrace.attribution.tree import ChainWork, netfilter_stage
+    from cnitrace.attribution.figures import netfilter_hooks_of, netfilter_tables_of
 
     fwd = {"netns": 1, "kind": "iptables", "hook": "FORWARD", "table": "filter", "chain": ""}
     figures = [nf("nf_table_agg", {**fwd, "verdict": "ACCEPT"}, [4000] * 30),

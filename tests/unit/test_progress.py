@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from cnitrace.progress import LineSteps, LiveSteps, step_of, steps, window_seconds
+from cnitrace.core.progress import LineSteps, LiveSteps, step_of, steps, window_seconds
 
 MESSAGES = ["selection: cnpa0, cnpb0", "detect: calico", "calibration: ns per rule evaluation",
             "snapshots: every collector's counters before the window", "probes attached: transit, drops",

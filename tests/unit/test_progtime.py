@@ -15,12 +15,12 @@ import types
 import pytest
 from hypothesis import given, strategies as st
 
-from cnitrace.attribution import ProgramTime, bpf_stage
-from cnitrace.capability import Check, Status
+from cnitrace.attribution.tree import ProgramTime, bpf_stage
+from cnitrace.core.capability import Check, Status
 from cnitrace.collectors.bpfprog.parse import Attachment, BpfProg
-from cnitrace.datapath_work import bpf_programs
-from cnitrace.errors import UsageError
-from cnitrace.ladder import choose, rung_usable
+from cnitrace.attribution.datapath import bpf_programs
+from cnitrace.core.errors import UsageError
+from cnitrace.probes.ladder import choose, rung_usable
 from cnitrace.probes import bpfsys as bs
 from cnitrace.probes import progtime as pt
 from cnitrace.probes.histogram import from_samples

@@ -9,11 +9,11 @@ import re
 import pytest
 from rich.console import Console
 
-from cnitrace.attribution import Calib, Transit, build_tree, netfilter_stage
-from cnitrace.reports.diff import diff_docs
+from cnitrace.attribution.tree import Calib, Transit, build_tree, netfilter_stage
+from cnitrace.reports.profile.diff import diff_docs
 from cnitrace.reports.document import headline, validate
-from cnitrace.reports.html import render_html
-from cnitrace.reports.profile_terminal import render_profile
+from cnitrace.reports.profile.html import render_html
+from cnitrace.reports.profile.terminal import render_profile
 from tests.unit.test_attribution import calico_chains
 
 

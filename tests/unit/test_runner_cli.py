@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cnitrace import cli
-from cnitrace.errors import ExitStatus, ToolError, UsageError
-from cnitrace.runner import Completed, RecordedRunner, Runner
+from cnitrace.core.errors import ExitStatus, ToolError, UsageError
+from cnitrace.core.runner import Completed, RecordedRunner, Runner
 
 
 def test_runner_rejects_non_string_argv():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cnitrace.errors import UsageError
-from cnitrace.selection import Interface, Selection, match_globs, resolve_from, validate_glob, validate_netns
+from cnitrace.core.errors import UsageError
+from cnitrace.core.selection import Interface, Selection, match_globs, resolve_from, validate_glob, validate_netns
 
 HOST = [
     Interface("lo", "", 1),

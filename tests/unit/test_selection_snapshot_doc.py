@@ -10,8 +10,8 @@ import pytest
 from cnitrace.collectors import registry
 from cnitrace.collectors.ovs.parse import OfFlow
 from cnitrace.collectors.ovs.source import OPENFLOW_VERSIONS, OvsCollector, OvsTarget
-from cnitrace.errors import UsageError
-from cnitrace.runner import RecordedRunner
+from cnitrace.core.errors import UsageError
+from cnitrace.core.runner import RecordedRunner
 
 FIX = Path(__file__).parent.parent / "fixtures"
 

@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from cnitrace import state as st
-from cnitrace.runner import RecordedRunner
-from cnitrace.session import Interrupted, Session
+from cnitrace.core import state as st
+from cnitrace.core.runner import RecordedRunner
+from cnitrace.core.session import Interrupted, Session
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_sigterm_unwinds_through_cleanup(sf, log_remover):
 
 def test_path_remover_refuses_foreign_paths(tmp_path):
     rec = st.Record("i", "run:1", "path", "/etc/passwd", {}, 0.0)
-    import cnitrace.removers  # noqa: F401
+    import cnitrace.core.removers  # noqa: F401
     with pytest.raises(ValueError):
         st.REMOVERS["path"](rec, RecordedRunner({}))
 
@@ -132,7 +132,7 @@ def test_record_is_durable_before_the_object_exists(sf, log_remover, tmp_path):
     """A child that records and is then SIGKILLed leaves a record that cleanup can act on."""
     code = textwrap.dedent(f"""
         import os, signal
-        from cnitrace import state as st
+        from cnitrace.core import state as st
         st.REMOVERS['test-kind'] = lambda r, x: None
         st.StateFile(__import__('pathlib').Path({str(tmp_path)!r})).record('run:x', 'test-kind', 'orphan')
         os.kill(os.getpid(), signal.SIGKILL)

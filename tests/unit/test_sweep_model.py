@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cnitrace.errors import UsageError
-from cnitrace.sweep_model import (SPREAD_LIMIT, PointSpec, cliff_cause, cpu_share, curve, make_config,
+from cnitrace.core.errors import UsageError
+from cnitrace.sweep.model import (SPREAD_LIMIT, PointSpec, cliff_cause, cpu_share, curve, make_config,
                                   parse_list, parse_proc_stat_cpu, parse_vmrss_kib, points, policy_stages,
                                   summarize)
 

@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 
 from cnitrace.cli import main
-from cnitrace.reports.sweep_html import line_plot, plots, render_sweep_html
-from cnitrace.reports.sweep_terminal import render_sweep
-from cnitrace.sweep_model import SweepConfig, document
+from cnitrace.reports.sweep.html import line_plot, plots, render_sweep_html
+from cnitrace.reports.sweep.terminal import render_sweep
+from cnitrace.sweep.model import SweepConfig, document
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "sweep" / "default-sweep.json.txt"
 

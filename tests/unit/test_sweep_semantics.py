@@ -7,8 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from cnitrace.lab.model import CounterRef, GroundTruth, Pod, Topology
-from cnitrace.sweep import attribution_summary, check_semantics
-from cnitrace.traffic import TrafficResult
+from cnitrace.sweep.run import attribution_summary, check_semantics
+from cnitrace.traffic.generators import TrafficResult
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "sweep" / "default-sweep.json.txt"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from cnitrace.lab.model import Pod, Topology, filler_ranges
-from cnitrace.traffic import (parse_ab, parse_iperf3, parse_sockperf, probe_plan, redirect_ruleset,
+from cnitrace.traffic.generators import (parse_ab, parse_iperf3, parse_sockperf, probe_plan, redirect_ruleset,
                               sum_streams)
-from cnitrace.traffic_send import parse_specs
+from cnitrace.traffic.send import parse_specs
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "traffic"
 

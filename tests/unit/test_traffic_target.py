@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from cnitrace.collectors.iptables.parse import parse_ruleset
-from cnitrace.errors import UsageError
-from cnitrace.runner import Completed, Runner
-from cnitrace.traffic import (MAX_RULE_RANGES, Peer, parse_ports, parse_route_get, parse_target, rule_port_ranges,
+from cnitrace.core.errors import UsageError
+from cnitrace.core.runner import Completed, Runner
+from cnitrace.traffic.generators import (MAX_RULE_RANGES, Peer, parse_ports, parse_route_get, parse_target, rule_port_ranges,
                               target_plan, toward)
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ class ToolRunner(Runner):
 
     def run(self, argv, *, input=None, netns=None, timeout=60.0, check=True, env=None) -> Completed:
         self.calls.append((netns, tuple(argv), timeout))
-        tool = "sender" if "cnitrace.traffic_send" in argv else argv[0]
+        tool = "sender" if "cnitrace.traffic.send" in argv else argv[0]
         return Completed(tuple(argv), 0, self.answers[tool], "")
 
 

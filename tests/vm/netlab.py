@@ -14,7 +14,7 @@ import uuid
 
 from pyroute2 import netns as pr_netns
 
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 
 def unique(prefix: str = "cnit") -> str:

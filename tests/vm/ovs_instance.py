@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cnitrace.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 

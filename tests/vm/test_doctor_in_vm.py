@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from cnitrace.runner import DEFAULT_RUNNER
+from cnitrace.core.runner import DEFAULT_RUNNER
 
 
 def test_doctor_reports_kprobes_and_fentry_ok():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cnitrace.collectors.ovs.parse import parse_dpctl_dump_flows, parse_dpif_show
-from cnitrace.runner import DEFAULT_RUNNER
+from cnitrace.core.runner import DEFAULT_RUNNER
 from tests.vm.netlab import udp_exchange, unique
 from tests.vm.ovs_instance import OvsInstance
 

@@ -21,13 +21,13 @@ import pytest
 
 from cnitrace.collectors.bpfprog.source import BpfProgCollector
 from cnitrace.collectors.bpfprog.stats import stats_enabled
-from cnitrace.datapath_work import bpf_programs
+from cnitrace.attribution.datapath import bpf_programs
 from cnitrace.probes.progtime import ProgTime, fd_ids, program_label
-from cnitrace.profile import ProfileConfig, run_profile
+from cnitrace.profile.run import ProfileConfig, run_profile
 from cnitrace.reports.document import Node, validate
-from cnitrace.runner import DEFAULT_RUNNER as R
-from cnitrace.selection import resolve
-from cnitrace.session import Interrupted, Session
+from cnitrace.core.runner import DEFAULT_RUNNER as R
+from cnitrace.core.selection import resolve
+from cnitrace.core.session import Interrupted, Session
 from tests.host.test_collect_bpf import _send, _veth_with_prog
 
 pytestmark = pytest.mark.requires("fentry", "kprobes", "btf", "bcc", "bpf_stats")

@@ -16,7 +16,7 @@ import random
 import pytest
 
 from cnitrace.probes.runtime import Filter, ProbeSet
-from cnitrace.session import Session
+from cnitrace.core.session import Session
 from tests.host.probes_path import build, send, set_forward_rules
 
 pytestmark = pytest.mark.requires("kprobes", "fentry", "btf", "bcc")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from cnitrace.probes.runtime import ProbeSet
-from cnitrace.runner import DEFAULT_RUNNER as R
-from cnitrace.session import Session
+from cnitrace.core.runner import DEFAULT_RUNNER as R
+from cnitrace.core.session import Session
 from tests.host.probes_path import SENDER
 
 pytestmark = pytest.mark.requires("kprobes", "tracepoints", "btf", "bcc")

@@ -17,9 +17,9 @@ import pytest
 
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.profile import ProfileConfig, run_profile
+from cnitrace.profile.run import ProfileConfig, run_profile
 from cnitrace.reports.document import Node, validate
-from cnitrace.runner import DEFAULT_RUNNER as R
+from cnitrace.core.runner import DEFAULT_RUNNER as R
 from tests.conftest import host
 
 pytestmark = pytest.mark.requires("kprobes", "fentry", "btf", "bcc")

@@ -1,10 +1,10 @@
-"""The Datapath interface and its registry: how a CNI's policy datapath plugs into the lab.
+"""The Datapath interface: how a CNI's policy datapath plugs into the lab.
 
 How a datapath plugs in:
 
-1. Write a module in cnitrace.lab (tracer/lab/<name>.py) with a subclass of Datapath,
-   decorated with @register. Set `name`, the executables it needs (`tools`), the capability
-   checks it needs (`caps`, names from cnitrace.capability), whether pods are routed /32
+1. Write a module in cnitrace.lab.datapaths (tracer/lab/datapaths/<name>.py) with a subclass
+   of Datapath. Set `name`, the executables it needs (`tools`), the capability
+   checks it needs (`caps`, names from cnitrace.core.capability), whether pods are routed /32
    (`routed`) or bridged, and `supports_l7`.
 2. `node_iface_name(lab, index)` names the node-side veth the way the CNI does (cali<11hex>,
    veth<hash>, lxc<hash>); the lab manager plans the Topology with it (pure, see topology.py).
@@ -19,23 +19,19 @@ How a datapath plugs in:
 4. `ground_truth(topo, spec)` is pure: it says where an allowed and a denied NEW packet are
    counted and how many policy rules an allowed packet is matched against.
 5. Optionally `l7(session, topo, spec)` detours allowed HTTP through a real proxy (see l7proxy).
-6. Add the module name to BUILTIN_MODULES below (a missing module is skipped, so a datapath
-   being written elsewhere never breaks the others).
+6. Add the class to DATAPATHS in cnitrace.lab.datapaths (the one explicit registry).
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
 
 if TYPE_CHECKING:
-    from cnitrace.session import Session
-
-BUILTIN_MODULES = ("calico", "kube_router", "nft", "flannel", "antrea", "cilium")
+    from cnitrace.core.session import Session
 
 
 class Datapath:
@@ -44,7 +40,7 @@ class Datapath:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     tools: ClassVar[tuple[str, ...]] = ()      # executables that must be on PATH
-    caps: ClassVar[tuple[str, ...]] = ()       # cnitrace.capability check names
+    caps: ClassVar[tuple[str, ...]] = ()       # cnitrace.core.capability check names
     routed: ClassVar[bool] = True              # /32 pods + 169.254.1.1 gateway; False: /24 on a bridge
     bridge: ClassVar[str] = ""                 # node-side bridge name when bridged
     supports_l7: ClassVar[bool] = False
@@ -64,38 +60,6 @@ class Datapath:
         raise UsageError(f"--l7 is not supported by the {self.name} datapath")
 
 
-_REGISTRY: dict[str, Datapath] = {}
-
-
-def register(cls: type[Datapath]) -> type[Datapath]:
-    """Class decorator: make a datapath available to `lab up --datapath NAME`."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def _load() -> None:
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"cnitrace.lab.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cnitrace.lab.{mod}":
-                raise
-
-
-def names() -> list[str]:
-    _load()
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Datapath:
-    """The registered datapath called `name`, or a UsageError listing the known ones."""
-    _load()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"unknown datapath {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
 
 
 # --- bulk programming helpers shared by the netfilter datapaths (I/O, inside the node netns) ------
@@ -167,7 +131,7 @@ def nft_rule_packets(json_text: str, chain: str, *, handle: int | None = None, i
 
 def read_packets(runner, ref) -> int:
     """Current packet count at a CounterRef of kind iptables or nft (other kinds: their datapath)."""
-    from cnitrace.errors import ToolError
+    from cnitrace.core.errors import ToolError
 
     if ref.kind == "iptables":
         got = iptables_rule_packets(iptables_save(runner, ref.netns, ref.backend, ref.table), ref.chain, ref.index)

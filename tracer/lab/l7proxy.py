@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from cnitrace.errors import ToolError, UsageError
-from cnitrace.state import process_start_time, state_dir
+from cnitrace.core.errors import ToolError, UsageError
+from cnitrace.core.state import process_start_time, state_dir
 
 if TYPE_CHECKING:
     from cnitrace.lab.model import Topology
-    from cnitrace.session import Session
+    from cnitrace.core.session import Session
 
 KINDS = {"nginx": "nginx", "haproxy": "haproxy"}   # kind -> executable
 

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cnitrace.errors import ToolError, UsageError
-from cnitrace.lab import datapath as registry
+from cnitrace.core.errors import ToolError, UsageError
+from cnitrace.lab import datapaths as registry
 from cnitrace.lab import policy, topology
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
-from cnitrace.runner import DEFAULT_RUNNER, Runner
-from cnitrace.session import Session
-from cnitrace.state import StateFile, cleanup, pid_alive, process_start_time, state_dir
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.session import Session
+from cnitrace.core.state import StateFile, cleanup, pid_alive, process_start_time, state_dir
 
 BASE_TOOLS = ("ip", "sysctl")
 
@@ -75,7 +75,7 @@ def preflight(spec: LabSpec, runner: Runner = DEFAULT_RUNNER) -> registry.Datapa
         if runner.which(tool) is None:
             raise ToolError(f"{tool}: not installed (needed by the {dp.name} datapath; run `make setup`)")
     if dp.caps:
-        from cnitrace.capability import Host
+        from cnitrace.core.capability import Host
         host = Host(runner)
         for cap in dp.caps:
             c = host.check(cap)

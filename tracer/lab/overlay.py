@@ -15,11 +15,11 @@ import dataclasses
 import ipaddress
 from typing import TYPE_CHECKING
 
-from cnitrace.errors import ToolError
+from cnitrace.core.errors import ToolError
 
 if TYPE_CHECKING:
     from cnitrace.lab.manager import Lab
-    from cnitrace.runner import Runner
+    from cnitrace.core.runner import Runner
 
 UNDERLAY = ("192.168.255.1", "192.168.255.2")     # /30 on the underlay veth (node, node 2)
 TUNNEL = ("10.255.255.1", "10.255.255.2")         # /30 on the VXLAN devices
@@ -74,7 +74,7 @@ def attach(lab: "Lab", *, runner: "Runner") -> "Lab":
     """Move the lab's client pods behind a second node over VXLAN; returns the lab with the
     overlay described in topology.extra["overlay"]."""
     from cnitrace.lab import manager
-    from cnitrace.state import StateFile
+    from cnitrace.core.state import StateFile
 
     topo = lab.topo
     n2 = node2_netns(topo.lab)

@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import hashlib
 
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.lab.model import MAX_PODS, MAX_RULES, LabSpec, Topology
 
 

@@ -15,14 +15,14 @@ import json
 import re
 from typing import TYPE_CHECKING
 
-from cnitrace.errors import UsageError
+from cnitrace.core.errors import UsageError
 from cnitrace.lab.model import MAX_PODS, Pod, Topology, filler_ranges
 
 if TYPE_CHECKING:
     from cnitrace.lab.datapath import Datapath
     from cnitrace.lab.model import LabSpec
-    from cnitrace.runner import Runner
-    from cnitrace.session import Session
+    from cnitrace.core.runner import Runner
+    from cnitrace.core.session import Session
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
 ROUTED_SUBNET = "10.65.0.0/24"      # a Calico-style IPAM block; pods get /32s

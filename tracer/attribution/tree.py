@@ -1,0 +1,342 @@
+"""Attribution: pure arithmetic that turns counter deltas, stage timings and a per-node
+calibration into one tree — stage → table/chain/OVS table/program → top rules.
+
+Why both sources: probes *measure* time where the kernel lets them attach (transit
+through the node on every kernel; per-table netfilter time only with fentry/kprobes),
+while counters say *how much work* each chain did (rule evaluations per packet) on every
+kernel. Multiplying work by the calibrated cost of one evaluation *models* the time; where
+both exist the node is "both" and carries their agreement. No I/O here: table-driven tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+from cnitrace.reports.document import Node, compute_shares
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleHit:
+    position: int          # 1-based within its chain
+    text: str
+    packets: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainWork:
+    """One chain's share of the work, from the netfilter collectors' graph over a delta."""
+
+    table: str             # e.g. "ip filter" / "filter (legacy)"
+    chain: str
+    packets: int           # packets that entered the chain during the window
+    evaluations: int       # rule evaluations performed in this chain during the window
+    rules: tuple[RuleHit, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TableTime:
+    """Measured per-invocation time of one netfilter table or base chain (fentry/kprobe)."""
+
+    table: str
+    calls: int
+    mean_ns: float
+    p50_ns: float | None = None
+    p99_ns: float | None = None
+    backend: str = "fentry"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramTime:
+    """A BPF program's runs and run time (bpf_stats or fentry on the program): measured."""
+
+    name: str
+    runs: int
+    ns_per_run: float
+    source: str = "bpf_stats"      # "fentry": timed on the program; "kprobe": an interface's tc classify path
+    p50_ns: float | None = None    # per run, where a histogram measured it (fentry / kprobe)
+    p99_ns: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OvsTableWork:
+    table: str             # "10 (SpoofGuard)"
+    lookups: int
+    top_flows: tuple[RuleHit, ...] = ()
+    subtables: int = 1     # classifier subtables (distinct match shapes): cost of one lookup
+
+    @property
+    def weight(self) -> int:
+        return self.lookups * self.subtables
+
+
+@dataclasses.dataclass(frozen=True)
+class Transit:
+    """Measured receive → transmit time through the node side (tracepoints)."""
+
+    packets: int
+    mean_ns: float
+    p50_ns: float | None = None
+    p99_ns: float | None = None
+    backend: str = "tracepoint"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyDetour:
+    """Measured added time per request of the L7 proxy detour (socket probes or timed requests)."""
+
+    requests: int
+    added_ns_per_request: float
+    proxy: str = "proxy"
+    through_ns: float | None = None    # a request's whole time through the proxy (its share's base)
+    direct_ns: float | None = None     # the same request without the detour
+
+
+@dataclasses.dataclass(frozen=True)
+class Calib:
+    ns_per_rule_eval: float
+    ns_per_ovs_table: float | None = None     # per classifier subtable a first packet's table lookup visits
+    ovs_upcall_ns: float | None = None        # per upcall with no table walked (cnitrace.calibrate.ovs)
+
+
+def _per_packet(total_ns: float, packets: int) -> float | None:
+    return total_ns / packets if packets else None
+
+
+def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
+                    measured: Sequence[TableTime] = (), top_rules: int = 3) -> Node:
+    """The netfilter stage: per table, per chain, modelled from evaluations; measured per table if given."""
+    stage = Node("stage", "netfilter", packets=packets)
+    by_table: dict[str, list[ChainWork]] = {}
+    for c in chains:
+        by_table.setdefault(c.table, []).append(c)
+    meas = {t.table: t for t in measured}
+    for table, cs in sorted(by_table.items()):
+        tnode = Node("table", table, packets=max((c.packets for c in cs), default=0))
+        for c in sorted(cs, key=lambda c: -c.evaluations):
+            if c.packets == 0 and c.evaluations == 0:
+                continue
+            modelled = _per_packet(c.evaluations * cal.ns_per_rule_eval, packets)
+            cnode = Node("chain", c.chain, packets=c.packets, ns_per_packet=modelled, modelled_ns=modelled,
+                         evaluations_per_packet=(c.evaluations / c.packets) if c.packets else 0.0,
+                         provenance="modelled", detail={"table": table, "evaluations": c.evaluations})
+            for r in sorted(c.rules, key=lambda r: -r.packets)[:top_rules]:
+                if r.packets:
+                    cnode.children.append(Node("rule", f"{c.chain}#{r.position}", packets=r.packets,
+                                               provenance="modelled", detail={"rule": r.text}))
+            tnode.children.append(cnode)
+        modelled_t = sum(n.modelled_ns or 0.0 for n in tnode.children) if tnode.children else None
+        tnode.modelled_ns = modelled_t
+        tnode.evaluations_per_packet = (sum(c.evaluations for c in cs) / packets) if packets else None
+        tm = meas.pop(table, None)
+        if tm is not None:
+            # measured time per call × calls per packet of the selection's traffic
+            tnode.measured_ns = tm.mean_ns * tm.calls / packets if packets else None
+            tnode.p50_ns, tnode.p99_ns = tm.p50_ns, tm.p99_ns
+            tnode.provenance = "both" if modelled_t else "measured"
+            tnode.detail["backend"] = tm.backend
+            tnode.detail["calls"] = tm.calls
+        tnode.ns_per_packet = tnode.measured_ns if tnode.measured_ns is not None else modelled_t
+        stage.children.append(tnode)
+    for tm in meas.values():  # tables measured but with no rule counters (e.g. nft chains without counters)
+        ns = tm.mean_ns * tm.calls / packets if packets else None
+        stage.children.append(Node("table", tm.table, packets=tm.calls, ns_per_packet=ns, measured_ns=ns,
+                                   p50_ns=tm.p50_ns, p99_ns=tm.p99_ns, provenance="measured",
+                                   detail={"backend": tm.backend}))
+    _roll_up(stage)
+    return stage
+
+
+def bpf_stage(programs: Sequence[ProgramTime], packets: int, traced: Sequence[ProgramTime] = ()) -> Node:
+    """Programs by run time. `programs` come from bpf_stats; `traced` from the tc_bpf probe:
+    source "fentry" (a program, matched by name) or "kprobe" (an interface's tc classify path).
+
+    A program timed by fentry takes that figure (bpf_stats of a traced program include the
+    trampoline) with bpf_stats beside it and their ratio; classify times cover every filter of
+    a hook, so they go into the stage's detail rather than being added to the programs.
+    """
+    stage = Node("stage", "bpf", packets=packets)
+    fentry = {t.name: t for t in traced if t.source == "fentry"}
+    rows = [(fentry.pop(p.name, None), p) for p in programs] + [(f, None) for f in fentry.values()]
+    for f, st in sorted(rows, key=lambda r: -((r[0] or r[1]).runs * (r[0] or r[1]).ns_per_run)):
+        main = f or st
+        ns = _per_packet(main.runs * main.ns_per_run, packets)
+        detail: dict = {"source": main.source, "ns_per_run": main.ns_per_run}
+        if f is not None:
+            detail.update(p50_ns_per_run=f.p50_ns, p99_ns_per_run=f.p99_ns)
+            if st is not None:
+                detail["bpf_stats"] = {"runs": st.runs, "ns_per_run": st.ns_per_run,
+                                       "note": "includes the fentry trampoline while traced"}
+                detail["fentry_vs_bpf_stats"] = f.ns_per_run / st.ns_per_run if st.ns_per_run else None
+        stage.children.append(Node("program", main.name, packets=main.runs, ns_per_packet=ns, measured_ns=ns,
+                                   provenance="measured", detail=detail))
+    classify = [t for t in traced if t.source == "kprobe"]
+    if classify:
+        stage.detail["tc_classify"] = [
+            {"where": c.name, "calls": c.runs, "ns_per_call": c.ns_per_run, "p50_ns": c.p50_ns,
+             "p99_ns": c.p99_ns, "backend": "kprobe", "note": "every filter of the interface's tc hooks"}
+            for c in classify]
+    _roll_up(stage)
+    return stage
+
+
+def ovs_stage(tables: Sequence[OvsTableWork], packets: int, cal: Calib, measured_ns: float | None = None,
+              upcalls: int | None = None, first_fraction: float = 1.0) -> Node:
+    """OVS tables by lookups × classifier subtables (tuple-space search visits every subtable of a
+    table on each lookup).
+
+    With a calibration (`cal.ns_per_ovs_table`, per subtable visited, measured on this node) each
+    table carries a modelled time = first-packet lookups × subtables × that cost. A table's lookup
+    counter also counts cache hits credited to it (they cost no table walk), so its first-packet
+    lookups are estimated as lookups × `first_fraction` (upcalls / datapath lookups; exact when
+    every packet is a first packet). Without a calibration, a measured total
+    (`measured_ns`: ovs-vswitchd's CPU time in the window) is split over tables by the same weight.
+    With both, the stage is "both": measured CPU next to the model of it — the tables plus
+    `upcalls` × the calibrated per-upcall cost — and their agreement; the tables stay modelled (no
+    probe times one OpenFlow table), with the CPU split kept in their detail for comparison.
+    """
+    stage = Node("stage", "ovs", packets=packets)
+    total_weight = sum(t.weight for t in tables)
+    for t in tables:
+        split = (_per_packet(measured_ns * t.weight / total_weight, packets)
+                 if measured_ns is not None and total_weight else None)
+        calibrated = (_per_packet(t.weight * first_fraction * cal.ns_per_ovs_table, packets)
+                      if cal.ns_per_ovs_table else None)
+        ns = calibrated if calibrated is not None else split
+        detail: dict = {"lookups": t.lookups, "subtables": t.subtables,
+                        "split": "calibrated" if calibrated is not None else "by lookups × subtables"}
+        if calibrated is not None:
+            detail["first_packet_lookups"] = round(t.lookups * first_fraction, 1)
+            if split is not None:
+                detail["cpu_split_ns"] = split
+        node = Node("ovs_table", t.table, packets=t.lookups, ns_per_packet=ns, modelled_ns=ns, provenance="modelled",
+                    evaluations_per_packet=(t.weight / packets) if packets else None, detail=detail)
+        for f in sorted(t.top_flows, key=lambda f: -f.packets)[:3]:
+            if f.packets:
+                node.children.append(Node("flow", f.text, packets=f.packets, provenance="modelled"))
+        stage.children.append(node)
+    _roll_up(stage)
+    model = None
+    if cal.ns_per_ovs_table and cal.ovs_upcall_ns is not None and upcalls is not None:
+        tables_ns = total_weight * first_fraction * cal.ns_per_ovs_table
+        base_ns = upcalls * cal.ovs_upcall_ns
+        model = _per_packet(tables_ns + base_ns, packets)
+        stage.detail["model"] = {"tables_ns": _per_packet(tables_ns, packets), "upcalls": upcalls,
+                                 "upcall_base_ns": _per_packet(base_ns, packets),
+                                 "ns_per_subtable": cal.ns_per_ovs_table, "ns_per_upcall": cal.ovs_upcall_ns,
+                                 "covers": "upcalls x calibrated cost per upcall + first-packet table lookups x "
+                                           "subtables x ns per subtable; not datapath-cache hits, poll-loop "
+                                           "wake-ups (one per sparse packet on the userspace datapath) or "
+                                           "userspace conntrack"}
+    if measured_ns is not None:
+        stage.measured_ns = stage.ns_per_packet = _per_packet(measured_ns, packets)
+        stage.modelled_ns = model       # the split is not a model: no agreement without a calibration
+        stage.provenance = "both" if model is not None else "measured"
+        if model:   # kept in detail too: later additions to the stage (kernel datapath) change its totals
+            stage.detail["model"]["agreement"] = stage.measured_ns / model if stage.measured_ns else None
+    elif model is not None:
+        stage.modelled_ns = stage.ns_per_packet = model
+        stage.provenance = "modelled"
+    return stage
+
+
+@dataclasses.dataclass(frozen=True)
+class OvsKernel:
+    """Measured OVS kernel datapath figures of packets that entered on the selection's entry ports
+    (kprobes on the openvswitch module; upcalls from the openvswitch:ovs_dp_upcall tracepoint)."""
+
+    visits: int                         # packets that entered the datapath (ovs_vport_receive calls)
+    visit_mean_ns: float                # one visit: key extraction, flow lookup, then actions or an upcall
+    process_calls: int                  # ovs_dp_process_packet calls: a recirculation (ct) adds one, nested
+    process_mean_ns: float
+    process_p50_ns: float | None = None
+    process_p99_ns: float | None = None
+    visit_p50_ns: float | None = None
+    visit_p99_ns: float | None = None
+    upcalls: int = 0                    # misses sent up to ovs-vswitchd (first packets)
+    backend: str = "kprobe"
+    visit_fn: str = "receive"           # "process" when ovs_vport_receive was not probed
+
+    @property
+    def upcall_rate(self) -> float:
+        return self.upcalls / self.visits if self.visits else 0.0
+
+
+def with_ovs_kernel(stage: Node, k: OvsKernel, packets: int) -> Node:
+    """Add the measured kernel datapath to the OVS stage. Until now the stage holds ovs-vswitchd's
+    share (userspace: upcall handling, i.e. first packets); every packet's kernel visit comes on top,
+    so the stage becomes their sum, with the split and the upcall figures in `detail`. The model
+    has no kernel part: the measured visit stands on both sides, so measured and modelled keep
+    covering the same work (ovs-vswitchd's own agreement stays in detail["model"])."""
+    kernel = _per_packet(k.visit_mean_ns * k.visits, packets)
+    userspace = stage.ns_per_packet
+    stage.detail["kernel_datapath"] = {
+        "backend": k.backend, "ns_per_packet": kernel, "visits": k.visits, "visit_fn": k.visit_fn,
+        "visit_mean_ns": k.visit_mean_ns, "visit_p50_ns": k.visit_p50_ns, "visit_p99_ns": k.visit_p99_ns,
+        "process": {"calls": k.process_calls, "mean_ns": k.process_mean_ns, "p50_ns": k.process_p50_ns,
+                    "p99_ns": k.process_p99_ns}}
+    stage.detail["userspace_ns_per_packet"] = userspace
+    stage.detail["upcalls"] = k.upcalls
+    stage.detail["upcall_rate"] = round(k.upcall_rate, 4)
+    if kernel is None:
+        return stage
+    stage.ns_per_packet = kernel + (userspace or 0.0)
+    stage.measured_ns = kernel + (stage.measured_ns or 0.0)
+    if stage.modelled_ns is not None:
+        stage.modelled_ns += kernel
+    stage.p50_ns, stage.p99_ns = k.visit_p50_ns, k.visit_p99_ns
+    stage.provenance = "measured" if stage.modelled_ns is None else "both"
+    return stage
+
+
+def proxy_stage(detour: ProxyDetour) -> Node:
+    return Node("stage", "l7_proxy", packets=detour.requests, ns_per_packet=detour.added_ns_per_request,
+                measured_ns=detour.added_ns_per_request, provenance="measured",
+                detail={"unit": "per request", "proxy": detour.proxy, "through_ns": detour.through_ns,
+                        "direct_ns": detour.direct_ns},
+                children=[Node("proxy", detour.proxy, packets=detour.requests,
+                               ns_per_packet=detour.added_ns_per_request,
+                               measured_ns=detour.added_ns_per_request, provenance="measured")])
+
+
+def _roll_up(stage: Node) -> None:
+    vals = [c.ns_per_packet for c in stage.children if c.ns_per_packet is not None]
+    stage.ns_per_packet = sum(vals) if vals else None
+    provs = {c.provenance for c in stage.children if c.ns_per_packet is not None}
+    stage.provenance = "both" if len(provs) > 1 or "both" in provs else (provs.pop() if provs else "modelled")
+    measured = [c.measured_ns for c in stage.children if c.measured_ns is not None]
+    modelled = [c.modelled_ns for c in stage.children if c.modelled_ns is not None]
+    stage.measured_ns = sum(measured) if measured else None
+    stage.modelled_ns = sum(modelled) if modelled else None
+
+
+def build_tree(stages: Iterable[Node], transit: Transit | None, packets: int) -> Node:
+    """The root: the packet's measured time through the node when a transit probe ran, with the
+    time not explained by any stage shown as "rest of the stack"; otherwise the sum of stages."""
+    stages = [s for s in stages if s.children or s.ns_per_packet is not None]
+    root = Node("root", "node datapath", packets=packets, children=list(stages))
+    attributed = sum(s.ns_per_packet or 0.0 for s in stages if s.name != "l7_proxy")
+    if transit is not None and transit.packets:
+        root.ns_per_packet = root.measured_ns = transit.mean_ns
+        root.p50_ns, root.p99_ns = transit.p50_ns, transit.p99_ns
+        root.provenance = "measured"
+        root.detail["transit_backend"] = transit.backend
+        rest = max(transit.mean_ns - attributed, 0.0)
+        root.children.append(Node("stage", "rest of stack", packets=transit.packets, ns_per_packet=rest,
+                                  measured_ns=rest, provenance="measured",
+                                  detail={"note": "measured transit minus attributed stages"}))
+        if attributed > transit.mean_ns * 1.25:
+            root.detail["warning"] = "attributed stage time exceeds measured transit by more than 25 %"
+    else:
+        root.ns_per_packet = attributed or None
+        root.provenance = "modelled"
+    proxy = next((s for s in stages if s.name == "l7_proxy"), None)
+    if proxy is not None and root.ns_per_packet is not None:
+        root.ns_per_packet += proxy.ns_per_packet or 0.0
+    compute_shares(root)
+    if proxy is not None and proxy.detail.get("through_ns"):
+        # The detour is per request, not per packet: its share is of the request's whole time.
+        proxy.share = min((proxy.ns_per_packet or 0.0) / proxy.detail["through_ns"], 1.0)
+        for c in proxy.children:
+            c.share = proxy.share
+    return root

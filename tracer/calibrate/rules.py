@@ -1,0 +1,275 @@
+"""Per-node calibration: how many nanoseconds one iptables rule evaluation costs here.
+
+Counters tell how many rule evaluations each packet made (collectors); this measured
+constant turns evaluations into time where no probe can time the chain itself. It is
+measured by a short micro-benchmark on the node: UDP forwarded through a throwaway "node"
+namespace holding 0 and then N non-matching rules; the slope of time-per-packet against
+rule count is the cost of one evaluation.
+
+Two methods. "transit" (preferred) times each packet's receive → transmit through the
+node namespace with the transit tracepoint probe: the forwarding runs in softirq, so other
+processes competing for the CPU do not inflate it — which matters on a busy node. "pps"
+(fallback where tracepoints are unusable) takes 1/throughput of a 64-byte iperf3 flood,
+since on a veth path the sender's CPU does all the forwarding work; it is inflated by CPU
+contention. Results are cached per kernel, CPU model and backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from cnitrace.core.errors import ToolError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.session import Session
+from cnitrace.traffic.generators import wait_listening
+
+CACHE = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "calibration.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    evaluations: int          # rule evaluations each packet made
+    ns_per_packet: float
+
+    @classmethod
+    def from_pps(cls, evaluations: int, pps: float) -> "Sample":
+        return cls(evaluations, 1e9 / pps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    ns_per_rule_eval: float
+    ns_per_packet_base: float
+    r2: float
+    backend: str
+    samples: tuple[Sample, ...]
+    kernel: str
+    cpu: str
+    measured_at: float
+    provenance: str = "measured"   # "measured" now, or "cached" from an earlier run on this kernel+CPU
+    method: str = "pps"            # "transit" (tracepoint-timed) or "pps" (1/throughput)
+    style: str = "plain"           # rule shape calibrated (see nonmatching_rules)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["samples"] = [dataclasses.asdict(s) for s in self.samples]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Calibration":
+        return cls(**{**d, "samples": tuple(Sample(**s) for s in d["samples"])})
+
+
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """Least-squares slope, intercept and R² of y against x (pure)."""
+    n = len(points)
+    if n < 2 or len({x for x, _ in points}) < 2:
+        raise ValueError("need samples at two or more distinct x values")
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    slope = sxy / sxx
+    icpt = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for _, y in points)
+    ss_res = sum((y - (icpt + slope * x)) ** 2 for x, y in points)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return slope, icpt, r2
+
+
+def calibration_from_samples(samples: Sequence[Sample], backend: str, kernel: str, cpu: str,
+                             method: str = "pps", style: str = "plain") -> Calibration:
+    slope, icpt, r2 = fit_line([(s.evaluations, s.ns_per_packet) for s in samples])
+    return Calibration(slope, icpt, r2, backend, tuple(samples), kernel, cpu, time.time(), method=method,
+                       style=style)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+STYLES = ("plain", "calico", "kube-router")
+
+
+def style_for(cni: str | None) -> str:
+    """Calibrate with rules shaped like the CNI's: match modules (ipset, multiport, mark) cost
+    differently, so ns per evaluation is only transferable between rules of the same shape."""
+    return cni if cni in STYLES else "plain"
+
+
+def nonmatching_rules(n: int, style: str = "plain") -> tuple[str, str, int]:
+    """(ipset-restore body, iptables-restore body, rule evaluations per packet) for n policy
+    rules that the calibration traffic (UDP to port 5201 from 10.250.1.0/24) never matches.
+
+    plain: `-p udp --dport a:b -j DROP`, one evaluation each. calico / kube-router: the
+    CNI's MARK-then-RETURN pair per policy rule, with the ipset lookups they make (the sets
+    contain the client, as on a real node, so the lookup succeeds and the port check fails).
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown calibration style {style!r}")
+    sets = ""
+    lines = ["*filter", ":FORWARD ACCEPT [0:0]", ":cnit-cal - [0:0]", "-A FORWARD -j cnit-cal"]
+    for i in range(n):
+        lo = 10000 + 2 * (i % 25000)
+        if style == "plain":
+            lines.append(f"-A cnit-cal -p udp -m udp --dport {lo}:{lo + 1} -j DROP")
+            continue
+        if style == "calico":
+            match = f"-p udp -m set --match-set cnitcal-src src -m multiport --dports {lo}:{lo + 1}"
+        else:
+            match = (f"-p udp -m set --match-set cnitcal-src src -m set --match-set cnitcal-dst dst "
+                     f"-m multiport --dports {lo}:{lo + 1}")
+        lines.append(f'-A cnit-cal {match} -m comment --comment "cnit {i}" -j MARK --set-xmark 0x10000/0x10000')
+        lines.append(f'-A cnit-cal -m comment --comment "cnit {i} return" -m mark --mark 0x10000/0x10000 -j RETURN')
+    if style != "plain":
+        sets = ("create cnitcal-src hash:net family inet -exist\nadd cnitcal-src 10.250.1.0/24 -exist\n"
+                "create cnitcal-dst hash:net family inet -exist\nadd cnitcal-dst 10.250.2.0/24 -exist\n")
+    lines.append("COMMIT")
+    return sets, "\n".join(lines) + "\n", n * (1 if style == "plain" else 2)
+
+
+class _Bench:
+    """Three namespaces client → node → server; the node forwards and holds the rules."""
+
+    def __init__(self, session: Session, runner: Runner):
+        self.s, self.r = session, runner
+        tag = uuid.uuid4().hex[:6]
+        self.ns = {k: f"cnit-cal{tag}-{k}" for k in ("c", "n", "s")}
+
+    def build(self) -> None:
+        r, ns = self.r, self.ns
+        for name in ns.values():
+            self.s.track("netns", name)
+            r.run(["ip", "netns", "add", name])
+        r.run(["ip", "-n", ns["c"], "link", "add", "eth0", "type", "veth", "peer", "name", "c0", "netns", ns["n"]])
+        r.run(["ip", "-n", ns["s"], "link", "add", "eth0", "type", "veth", "peer", "name", "s0", "netns", ns["n"]])
+        plan = [(ns["c"], "eth0", "10.250.1.2/24", "10.250.1.1"), (ns["s"], "eth0", "10.250.2.2/24", "10.250.2.1")]
+        for netns, dev, addr, gw in plan:
+            r.run(["ip", "-n", netns, "addr", "add", addr, "dev", dev])
+            r.run(["ip", "-n", netns, "link", "set", dev, "up"])
+            r.run(["ip", "-n", netns, "link", "set", "lo", "up"])
+            r.run(["ip", "-n", netns, "route", "add", "default", "via", gw])
+        r.run(["ip", "-n", ns["n"], "addr", "add", "10.250.1.1/24", "dev", "c0"])
+        r.run(["ip", "-n", ns["n"], "addr", "add", "10.250.2.1/24", "dev", "s0"])
+        for dev in ("c0", "s0", "lo"):
+            r.run(["ip", "-n", ns["n"], "link", "set", dev, "up"])
+        r.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=ns["n"])
+
+    def load_rules(self, n: int, backend: str, style: str) -> int:
+        """Replace the node's rules with n policy rules; returns evaluations per packet."""
+        sets, rules, evals = nonmatching_rules(n, style)
+        if sets:
+            self.r.run(["ipset", "restore"], input=sets, netns=self.ns["n"])
+        tool = "iptables-legacy-restore" if backend == "legacy" else "iptables-nft-restore"
+        self.r.run([tool], input=rules, netns=self.ns["n"])
+        return evals
+
+    def pps(self, seconds: int) -> float:
+        """Receiver-side packets per second of a bounded 64-byte UDP flood (iperf3 takes whole seconds)."""
+        srv = self.r.spawn(["iperf3", "-s", "-1", "-p", "5201"], netns=self.ns["s"])
+        try:
+            wait_listening(self.r, self.ns["s"], [5201])
+            out = self.r.run(["iperf3", "-c", "10.250.2.2", "-p", "5201", "-u", "-l", "64", "-b", "0",
+                              "--connect-timeout", "3000", "-t", str(seconds), "-J"],
+                             netns=self.ns["c"], timeout=seconds + 15)
+        finally:
+            try:
+                srv.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - a stuck server is killed, never left behind
+                srv.kill()
+                srv.wait()
+        return parse_iperf3_udp_pps(out.stdout)
+
+    def send_udp(self, count: int) -> None:
+        """`count` UDP datagrams client → server (port 5201, nobody listening: forwarded, then refused)."""
+        code = ("import socket\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"for i in range({int(count)}):\n"
+                "    s.sendto(b'cnitrace-calibration', ('10.250.2.2', 5201))\n")
+        self.r.run([sys.executable, "-c", code], netns=self.ns["c"], timeout=30)
+
+
+def parse_iperf3_udp_pps(text: str) -> float:
+    """Delivered packets per second from `iperf3 -u -J` output (pure)."""
+    try:
+        doc = json.loads(text)
+        s = doc["end"]["sum"]
+        delivered = s["packets"] - s.get("lost_packets", 0)
+        secs = s["seconds"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ToolError(f"iperf3: unexpected JSON output ({exc})") from None
+    if secs <= 0 or delivered <= 0:
+        raise ToolError("iperf3: no packets were delivered during calibration")
+    return delivered / secs
+
+
+def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str = "legacy",
+            runner: Runner = DEFAULT_RUNNER, method: str | None = None, packets: int = 2000,
+            style: str = "plain") -> Calibration:
+    """Measure ns per rule evaluation by alternating 0 and `rules` rules, `repeats` times each."""
+    if method is None:
+        from cnitrace.core.capability import Host
+        method = "transit" if Host(runner).usable("tracepoints") else "pps"
+    samples: list[Sample] = []
+    with Session(runner=runner) as s:
+        b = _Bench(s, runner)
+        b.build()
+        if method == "transit":
+            from cnitrace.probes.runtime import ProbeSet
+            probes = ProbeSet(["transit"], ifaces=[(b.ns["n"], "c0")], session=s, runner=runner)
+            s.on_exit(probes.close)
+            probes.start()
+        for _ in range(repeats):
+            for n in (0, rules):
+                evals = b.load_rules(n, backend, style)
+                if method == "transit":
+                    probes.reset()
+                    b.send_udp(packets)
+                    time.sleep(0.1)
+                    figs = [f for f in probes.snapshot() if f.stage == "transit"]
+                    count = sum(f.hist.count for f in figs)
+                    if count < packets // 2:
+                        raise ToolError(f"calibration: only {count} of {packets} packets were timed")
+                    samples.append(Sample(evals, sum(f.hist.sum for f in figs) / count))
+                else:
+                    samples.append(Sample.from_pps(evals, b.pps(seconds)))
+    return calibration_from_samples(samples, backend, platform.release(), cpu_model(), method, style)
+
+
+T = TypeVar("T")
+
+
+def cached(cache: Path, key: str, load: Callable[[dict], T], measure_now: Callable[[], T]) -> T:
+    """Entry `key` of a JSON cache file, marked provenance "cached"; else measure_now(), stored
+    under `key` (an unreadable cache is measured over, never an error)."""
+    try:
+        entries = json.loads(cache.read_text())
+        if key in entries:
+            return dataclasses.replace(load(entries[key]), provenance="cached")
+    except (OSError, ValueError, TypeError, KeyError):
+        entries = {}
+    cal = measure_now()
+    entries[key] = cal.to_json()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(entries, indent=1))
+    return cal
+
+
+def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, style: str = "plain", **kw) -> Calibration:
+    """The cached calibration for this kernel+CPU+backend+rule shape, or a fresh measurement (then cached)."""
+    key = f"{platform.release()}|{cpu_model()}|{backend}|{style}|{kw.get('method') or 'auto'}"
+    return cached(cache, key, Calibration.from_json, lambda: measure(backend=backend, style=style, **kw))
