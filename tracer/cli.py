@@ -16,6 +16,33 @@ import click
 from cnitrace import __version__
 from cnitrace.core.errors import CnitraceError, ExitStatus, NotRootError
 from cnitrace.node import checks
+from cnitrace.collectors import registry
+from cnitrace.core.errors import UsageError
+from cnitrace.core.progress import steps
+from cnitrace.core.selection import resolve
+from cnitrace.core.session import Session
+from cnitrace.core.state import StateFile
+from cnitrace.core.state import cleanup as do_cleanup
+from cnitrace.lab import manager
+from cnitrace.lab.model import LabSpec
+from cnitrace.node.doctor import run_doctor
+from cnitrace.probes import command
+from cnitrace.probes.command import parse_force
+from cnitrace.probes.runtime import Filter
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.run import run_profile
+from cnitrace.reports.doctor import render_doctor
+from cnitrace.reports.doctor import render_snapshot
+from cnitrace.reports.document import fmt_ns
+from cnitrace.reports.load import load_profile
+from cnitrace.reports.profile.diff import diff_docs
+from cnitrace.reports.profile.html import render_html as render_profile_html
+from cnitrace.reports.profile.terminal import render_profile
+from cnitrace.reports.sweep.html import render_sweep_html
+from cnitrace.reports.sweep.terminal import render_sweep
+from cnitrace.sweep import run as sweep_mod
+from cnitrace.sweep.model import make_config
+from cnitrace.sweep.model import points
 
 
 class Ctx:
@@ -49,8 +76,6 @@ def doctor(as_json: bool) -> int:
 
     Exit 0 when profiling can run (at least counters only), 1 otherwise.
     """
-    from cnitrace.node.doctor import run_doctor
-    from cnitrace.reports.doctor import render_doctor
 
     report = run_doctor()
     if as_json:
@@ -66,7 +91,6 @@ def doctor(as_json: bool) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def cleanup(as_json: bool) -> int:
     """Remove every object a cnitrace run or lab left behind (after a kill, say)."""
-    from cnitrace.core.state import StateFile, cleanup as do_cleanup
 
     require_root()
     result = do_cleanup(StateFile())
@@ -90,7 +114,7 @@ def cleanup(as_json: bool) -> int:
 def _write_outputs(doc: dict, json_out: str | None, html_out: str | None, render_html=None) -> None:
     """Write the JSON document and/or its HTML rendering (the profile's unless told otherwise)."""
     if render_html is None:
-        from cnitrace.reports.profile.html import render_html
+        render_html = render_profile_html
     if json_out:
         with open(json_out, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
@@ -129,10 +153,6 @@ def profile(ifaces, netns, lab_name, duration, traffic, target, from_netns, port
 
     Ctrl-C ends the window early and still prints the report.
     """
-    from cnitrace.probes.command import parse_force
-    from cnitrace.profile.run import ProfileConfig, run_profile
-    from cnitrace.core.progress import steps
-    from cnitrace.reports.profile.terminal import render_profile
 
     cfg = ProfileConfig(tuple(ifaces), tuple(netns), lab_name, duration, traffic, not no_calibrate,
                         target=target, from_netns=from_netns, ports=ports,
@@ -154,10 +174,6 @@ def profile(ifaces, netns, lab_name, duration, traffic, target, from_netns, port
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
 def demo(datapath: str, rules: int, backend: str, json_out: str | None, html_out: str | None) -> int:
     """Bring up the built-in lab, profile it with crafted traffic, tear it down."""
-    from cnitrace.lab import manager
-    from cnitrace.lab.model import LabSpec
-    from cnitrace.profile.run import ProfileConfig, run_profile
-    from cnitrace.reports.profile.terminal import render_profile
 
     require_root()
     spec = LabSpec(name="demo", datapath=datapath, rules=rules, backend=backend)
@@ -180,15 +196,12 @@ def demo(datapath: str, rules: int, backend: str, json_out: str | None, html_out
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, writable=True), help="Also write an HTML report.")
 def report(file: str, html_out: str | None) -> int:
     """Re-render a saved profile (JSON) in the terminal, and optionally as HTML."""
-    from cnitrace.reports.profile.html import render_html
-    from cnitrace.reports.load import load_profile
-    from cnitrace.reports.profile.terminal import render_profile
 
     doc = load_profile(file)
     render_profile(doc)
     if html_out:
         with open(html_out, "w", encoding="utf-8") as f:
-            f.write(render_html(doc))
+            f.write(render_profile_html(doc))
         click.echo(f"wrote {html_out}")
     return ExitStatus.OK
 
@@ -199,9 +212,6 @@ def report(file: str, html_out: str | None) -> int:
 @click.option("--top", default=15, show_default=True, type=click.IntRange(1, 1000), help="Rows to show.")
 def diff(before: str, after: str, top: int) -> int:
     """Show what grew between two saved profile runs."""
-    from cnitrace.reports.profile.diff import diff_docs
-    from cnitrace.reports.document import fmt_ns
-    from cnitrace.reports.load import load_profile
 
     changes = diff_docs(load_profile(before), load_profile(after))
     click.echo(f"{'node':58} {'before':>10} {'after':>10} {'change':>12}")
@@ -232,8 +242,6 @@ def lab() -> None:
 def lab_up(datapath: str, rules: int, pods: int, l7: bool, l7_proxy: str, backend: str,
            match_position: int | None, name: str, as_json: bool) -> int:
     """Build a lab; it stays up until `cnitrace lab down`."""
-    from cnitrace.lab import manager
-    from cnitrace.lab.model import LabSpec
 
     spec = LabSpec(name=name, datapath=datapath, rules=rules, pods=pods, l7=l7, backend=backend,
                    match_position=match_position, l7_proxy=l7_proxy)
@@ -253,7 +261,6 @@ def lab_up(datapath: str, rules: int, pods: int, l7: bool, l7_proxy: str, backen
 @click.option("--name", default="lab", show_default=True, help="Lab name.")
 def lab_down(name: str) -> int:
     """Remove a lab and everything it created."""
-    from cnitrace.lab import manager
 
     require_root()
     n = manager.down(name)
@@ -266,7 +273,6 @@ def lab_down(name: str) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the full description as JSON.")
 def lab_status(name: str, as_json: bool) -> int:
     """Show a lab's topology, ground truth and health. Exit 1 if it is broken."""
-    from cnitrace.lab import manager
 
     st = manager.status(name)
     if as_json:
@@ -285,7 +291,6 @@ def lab_status(name: str, as_json: bool) -> int:
 @lab.command("list")
 def lab_list() -> int:
     """List the labs on this node."""
-    from cnitrace.lab import manager
 
     labs = manager.names()
     for n in labs:
@@ -321,8 +326,6 @@ def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, durati
     Each figure says which backend measured it (fentry, kprobe, tracepoint) or that it is
     modelled (counters only). Ctrl-C ends early; the probes are always detached.
     """
-    from cnitrace.probes import command
-    from cnitrace.probes.runtime import Filter
 
     require_root()
     mark_value, mark_mask = None, 0xFFFFFFFF
@@ -372,10 +375,6 @@ def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, durati
 def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, since: str | None,
              interval: float | None, only: tuple[str, ...], ovs_rundir: str | None, bpf_stats: str) -> int:
     """Print every available collector's counters, or their deltas (--since FILE, --interval S)."""
-    from cnitrace.collectors import registry
-    from cnitrace.core.errors import UsageError
-    from cnitrace.core.selection import resolve
-    from cnitrace.core.session import Session
 
     require_root()
     if since and interval:
@@ -388,7 +387,6 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
     if as_json:
         click.echo(json.dumps(result.document, indent=1, sort_keys=True))
     else:
-        from cnitrace.reports.doctor import render_snapshot
         render_snapshot(result)
     return ExitStatus.OK
 
@@ -418,10 +416,6 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, quick, attribute, js
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from cnitrace.sweep import run as sweep_mod
-    from cnitrace.reports.sweep.html import render_sweep_html
-    from cnitrace.reports.sweep.terminal import render_sweep
-    from cnitrace.sweep.model import make_config, points
 
     cfg = make_config(datapaths=datapaths, rules=rules, clients=clients, l7=l7, placement=placement,
                       repeat=repeat, quick=quick, attribute=attribute)

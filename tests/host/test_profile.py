@@ -11,7 +11,8 @@ from cnitrace import cli
 from cnitrace.calibrate.rules import measure
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.profile.run import ProfileConfig, run_profile
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.run import run_profile
 from cnitrace.reports.document import Node, validate
 
 

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from cnitrace import cli
-from cnitrace.profile.run import ProfileConfig, run_profile
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.run import run_profile
 from cnitrace.reports.document import Node, validate
 from cnitrace.traffic.generators import wait_listening
 from tests.host.probes_path import R, Path, build

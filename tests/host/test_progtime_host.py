@@ -12,7 +12,8 @@ import pytest
 from cnitrace.core.capability import Host
 from cnitrace.collectors.bpfprog.source import BpfProgCollector
 from cnitrace.probes.progtime import ProgTime, fd_ids
-from cnitrace.profile.run import ProfileConfig, run_profile
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.run import run_profile
 from cnitrace.reports.document import validate
 from cnitrace.core.selection import resolve
 from tests.host.test_collect_bpf import _veth_with_prog

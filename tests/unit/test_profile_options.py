@@ -7,7 +7,7 @@ import pytest
 
 from cnitrace import cli
 from cnitrace.core.errors import UsageError
-from cnitrace.profile.run import ProfileConfig
+from cnitrace.profile.config import ProfileConfig
 
 SEL = {"ifaces": ("cali*",)}
 

@@ -15,7 +15,8 @@ from cnitrace.collectors.ovs.parse import parse_dpctl_show
 from cnitrace.core.errors import UsageError
 from cnitrace.probes.histogram import from_samples
 from cnitrace.probes.runtime import Choice, Figure
-from cnitrace.profile.run import ProfileConfig, _probe_stages, backend_used, check_force
+from cnitrace.profile.config import ProfileConfig, check_force
+from cnitrace.profile.window import _probe_stages, backend_used
 from cnitrace.profile.ovs import kernel_datapath
 from cnitrace.attribution.figures import ovs_kernel_of
 

@@ -23,7 +23,8 @@ from cnitrace.collectors.bpfprog.source import BpfProgCollector
 from cnitrace.collectors.bpfprog.stats import stats_enabled
 from cnitrace.attribution.datapath import bpf_programs
 from cnitrace.probes.progtime import ProgTime, fd_ids, program_label
-from cnitrace.profile.run import ProfileConfig, run_profile
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.run import run_profile
 from cnitrace.reports.document import Node, validate
 from cnitrace.core.runner import DEFAULT_RUNNER as R
 from cnitrace.core.selection import resolve

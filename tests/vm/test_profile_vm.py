@@ -17,7 +17,8 @@ import pytest
 
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from cnitrace.profile.run import ProfileConfig, run_profile
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.run import run_profile
 from cnitrace.reports.document import Node, validate
 from cnitrace.core.runner import DEFAULT_RUNNER as R
 from tests.conftest import host

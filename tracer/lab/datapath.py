@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from cnitrace.core.errors import UsageError
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
+from cnitrace.core.errors import ToolError
 
 if TYPE_CHECKING:
     from cnitrace.core.session import Session
@@ -131,7 +132,6 @@ def nft_rule_packets(json_text: str, chain: str, *, handle: int | None = None, i
 
 def read_packets(runner, ref) -> int:
     """Current packet count at a CounterRef of kind iptables or nft (other kinds: their datapath)."""
-    from cnitrace.core.errors import ToolError
 
     if ref.kind == "iptables":
         got = iptables_rule_packets(iptables_save(runner, ref.netns, ref.backend, ref.table), ref.chain, ref.index)

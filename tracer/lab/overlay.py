@@ -16,6 +16,8 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from cnitrace.core.errors import ToolError
+from cnitrace.core.state import StateFile
+from cnitrace.lab import manager
 
 if TYPE_CHECKING:
     from cnitrace.lab.manager import Lab
@@ -73,8 +75,6 @@ def plan(lab: "Lab") -> dict[str, list[str]]:
 def attach(lab: "Lab", *, runner: "Runner") -> "Lab":
     """Move the lab's client pods behind a second node over VXLAN; returns the lab with the
     overlay described in topology.extra["overlay"]."""
-    from cnitrace.lab import manager
-    from cnitrace.core.state import StateFile
 
     topo = lab.topo
     n2 = node2_netns(topo.lab)

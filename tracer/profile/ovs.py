@@ -16,14 +16,21 @@ from typing import TYPE_CHECKING, Any, Callable
 from cnitrace.attribution.tree import Calib, ovs_stage
 from cnitrace.attribution.datapath import busy_ns, datapath_cache, ovs_work
 from cnitrace.core.runner import Runner
+from cnitrace.attribution.datapath import cpu_ns
+from cnitrace.attribution.datapath import pids_of
+from cnitrace.calibrate import ovs as calibrate_ovs
+from cnitrace.collectors.ovs.parse import Datapath
+from cnitrace.collectors.ovs.source import OvsTarget
+from cnitrace.core.errors import ToolError
+from cnitrace.core.state import StateFile
 
 if TYPE_CHECKING:
-    from cnitrace.profile.run import Counters, Target
+    from cnitrace.profile.target import Target
+    from cnitrace.profile.window import Counters
 
 
 def ovs_target(target: Target) -> Any:
     """The OVS instance behind the selection: the lab's private one, or the node's if it runs."""
-    from cnitrace.collectors.ovs.source import OvsTarget
 
     extra = target.lab.topo.extra if target.lab else {}
     if "ovs_rundir" in extra:
@@ -39,8 +46,6 @@ def vswitchd_pid(ovs: Any) -> int | None:
         return int(open(os.path.join(ovs.rundir, "ovs-vswitchd.pid")).read().strip())
     except (OSError, ValueError):
         pass
-    from cnitrace.attribution.datapath import pids_of
-    from cnitrace.core.state import StateFile
 
     pids = pids_of([r for r in StateFile().live() if r.data.get("netns") == ovs.netns], "/ovs-vswitchd")
     return pids[0] if pids else None
@@ -48,7 +53,6 @@ def vswitchd_pid(ovs: Any) -> int | None:
 
 def idle_cpu(ovs: Any, seconds: float) -> tuple[int, float] | None:
     """ovs-vswitchd's CPU use while no traffic is sent: its background rate, to subtract."""
-    from cnitrace.attribution.datapath import cpu_ns
 
     pid = vswitchd_pid(ovs)
     a = cpu_ns(pid) if pid else None
@@ -71,7 +75,6 @@ OVS_USERSPACE_BACKEND = {
 def ovs_cpu_reading(ovs: Any) -> tuple[int, float] | None:
     """(ovs-vswitchd CPU ns, monotonic time) now: read at the window's edges, so that neither probe
     attachment nor the dumps cnitrace itself asks ovs-vswitchd for are billed to the traffic."""
-    from cnitrace.attribution.datapath import cpu_ns
 
     pid = vswitchd_pid(ovs) if ovs is not None else None
     cpu = cpu_ns(pid) if pid else None
@@ -122,8 +125,6 @@ def ovs_node_of(before: Counters, after: Counters, window: float, ovs_idle: tupl
 def ovs_calibration(target: Target, runner: Runner, say: Callable[[str], None], warnings: list[str]) -> Any:
     """This node's ns per OVS table (cached, or measured now) when the selection has an OVS
     instance; a failed micro-benchmark is a warning, never a failed profile."""
-    from cnitrace.calibrate import ovs as calibrate_ovs
-    from cnitrace.core.errors import ToolError
 
     ovs = ovs_target(target)
     if ovs is None:
@@ -140,7 +141,6 @@ def ovs_calibration(target: Target, runner: Runner, say: Callable[[str], None], 
 
 def kernel_datapath(ovs_snap: Any) -> bool:
     """Whether the OVS instance forwards in the kernel (a `system@` datapath in dpctl/show)."""
-    from cnitrace.collectors.ovs.parse import Datapath
 
     return ovs_snap is not None and any(isinstance(r, Datapath) and r.name.startswith("system@")
                                         for r in ovs_snap.records)

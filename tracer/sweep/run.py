@@ -224,7 +224,8 @@ def attribution_summary(profile_doc: Mapping[str, Any]) -> dict[str, Any]:
 def attribute(lab) -> dict[str, Any]:
     """`cnitrace profile --lab NAME --traffic probe` of the point's lab: the per-stage attribution
     of crafted NEW packets (probes where the kernel allows, counters × calibration otherwise)."""
-    from cnitrace.profile.run import ProfileConfig, run_profile
+    from cnitrace.profile.config import ProfileConfig
+    from cnitrace.profile.run import run_profile
 
     try:
         return attribution_summary(run_profile(ProfileConfig(lab=lab.spec.name, duration=1.0, traffic="probe")))

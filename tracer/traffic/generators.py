@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.selection import NETNS_DIR
 
 if TYPE_CHECKING:
     from cnitrace.lab.model import Pod, Topology
@@ -574,7 +575,6 @@ def http(topo: "Topology", seconds: float, *, concurrency: int = 100, client: "P
 
 def resolve_peer(target: str, netns: str | None = None) -> Peer:
     """The user's --target resolved to an IPv4 address, and the client namespace checked."""
-    from cnitrace.core.selection import NETNS_DIR
 
     host, port, path = parse_target(target)
     if netns is not None and not os.path.exists(os.path.join(NETNS_DIR, netns)):

@@ -24,6 +24,7 @@ from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
 from cnitrace.lab.policy import port_rules
 from cnitrace.lab.topology import plumb_routed, read_links, short_hash
 from cnitrace.core.runner import Runner
+from cnitrace.probes import loader
 
 if TYPE_CHECKING:
     from cnitrace.core.session import Session
@@ -123,7 +124,6 @@ class Cilium(Datapath):
         return f"lxc{short_hash(lab, 'endpoint', index, n=12)}"
 
     def build(self, session: "Session", topo: Topology, spec: LabSpec) -> Topology:
-        from cnitrace.probes import loader
 
         r = session.runner
         plumb_routed(r, topo)

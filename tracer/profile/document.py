@@ -1,0 +1,132 @@
+"""The profile's attribution and document: counters and probe figures of one window into the
+stage tree (pure functions in cnitrace.attribution), then the versioned JSON document
+(the contract, reports/profile.schema.json).
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+from typing import Any
+
+from cnitrace import __version__
+from cnitrace.attribution.datapath import bpf_programs
+from cnitrace.attribution.figures import (conntrack_of, drops_of, maps_of, netfilter_hooks_of, netfilter_tables_of,
+                                          ovs_kernel_of, proxy_detour_of, transit_of)
+from cnitrace.attribution.netfilter import (drop_rules, evaluation_order, iptables_nft_tables, iptables_work,
+                                            merge_drops, nft_work)
+from cnitrace.attribution.tree import Calib, bpf_stage, build_tree, netfilter_stage, proxy_stage, with_ovs_kernel
+from cnitrace.calibrate.rules import cpu_model
+from cnitrace.collectors.iptables.graph import ruleset_delta
+from cnitrace.collectors.iptables.source import ruleset_of
+from cnitrace.collectors.nftables.source import records_delta
+from cnitrace.probes.progtime import program_times
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.ovs import OVS_USERSPACE_BACKEND, ovs_node_of
+from cnitrace.profile.target import Target
+from cnitrace.profile.window import Counters, Window, proxy_connections
+from cnitrace.reports.document import SCHEMA_VERSION, Node, headline, validate
+
+
+def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str], list[str], list]:
+
+    work, warnings, order, drops = [], [], [], []
+    for ns in after.iptables:
+        delta, w1 = ruleset_delta(ruleset_of(before.iptables[ns]), ruleset_of(after.iptables[ns]))
+        iw, w2 = iptables_work(delta)
+        recs, w3 = records_delta(before.nft[ns], after.nft[ns])
+        nw, w4 = nft_work(recs, skip=iptables_nft_tables(delta))
+        work += iw + nw
+        order += [c for c in evaluation_order(delta, iw) if c not in order]
+        drops += drop_rules(delta)
+        warnings += [*after.iptables[ns].warnings, *w1, *w2, *w3, *w4]
+    return work, order, warnings, drops
+
+
+def packets_of(cfg: ProfileConfig, win: Window, target: Target, transit: Any, work: list) -> int:
+    """The window's packet count, from the most exact source there is: crafted (sent), timed
+    (transit), entry interfaces' rx counters, else the busiest chain's packets."""
+    sent = getattr(win.traffic, "packets_sent", None) if win.traffic else None
+    entered = sum(max(win.after.rx_packets.get(k, 0) - v, 0) for k, v in win.before.rx_packets.items())
+    if cfg.traffic == "probe" and sent:
+        return sent
+    if transit is not None:
+        return transit.packets
+    if entered:
+        return entered
+    return max((w.packets for w in work), default=0)
+
+
+def entry_of(target: Target) -> set[int]:
+    return target.entry if target.entry is not None else {i["ifindex"] for i in target.interfaces}
+
+
+def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal: Any) -> dict[str, Any]:
+    """Window -> the stage tree and the figures beside it (drops, evaluation order, warnings)."""
+    work, order, warnings, rule_drops = netfilter_inputs(win.before, win.after)
+    figures = win.figures
+    entry = entry_of(target)
+    transit = transit_of(figures, entry)
+    packets = packets_of(cfg, win, target, transit, work)
+    calib = Calib(cal.ns_per_rule_eval) if cal else Calib(0.0)
+    stages: list[Node] = [netfilter_stage(work, packets, calib,
+                                          measured=netfilter_tables_of(figures, {w.table for w in work}))]
+    nf_hooks = netfilter_hooks_of(figures)
+    if nf_hooks:
+        stages[0].detail["hooks"] = nf_hooks
+    programs = bpf_programs(win.before.bpf, win.after.bpf) if win.before.bpf and win.after.bpf else []
+    traced = program_times(figures)
+    if programs or traced:
+        stages.append(bpf_stage(programs, packets, traced))
+    if win.before.ovs is not None and win.after.ovs is not None:
+        ovs_node = ovs_node_of(win.before, win.after, win.seconds, win.ovs_idle, packets, calib, ovs_cal, win.ovs_cpu)
+        kernel = ovs_kernel_of(figures, entry)
+        stages.append(with_ovs_kernel(ovs_node, kernel, packets) if kernel else ovs_node)
+        win.backends["ovs_userspace"] = OVS_USERSPACE_BACKEND
+    detour = proxy_detour_of(win.through, win.direct, target.lab.spec.l7_proxy) if target.lab else None
+    if detour is not None:
+        node = proxy_stage(detour)
+        node.detail.update({"through_proxy_mean_ms": win.through.metrics.get("mean_ms"),
+                            "direct_mean_ms": win.direct.metrics.get("mean_ms"),
+                            "proxy_connections_seen": proxy_connections(figures, target),
+                            "method": "ab -c 1 through the proxy vs direct from the node namespace"})
+        stages.append(node)
+    return {"root": build_tree(stages, transit, packets), "order": order, "warnings": warnings,
+            "drops": merge_drops(drops_of(figures), rule_drops)}
+
+
+def calibration_json(cal: Any, ovs_cal: Any) -> dict[str, Any] | None:
+    if not cal:
+        return None
+    return {"ns_per_rule_eval": cal.ns_per_rule_eval, "provenance": cal.provenance, "r2": cal.r2,
+            "backend": cal.backend, "method": cal.method, "style": cal.style,
+            "ovs": ovs_cal.summary() if ovs_cal else None}
+
+
+def build_document(cfg: ProfileConfig, target: Target, cnis: list[dict[str, Any]], started_at: float, win: Window,
+                   result: dict[str, Any], cal: Any, ovs_cal: Any, warnings: list[str]) -> dict[str, Any]:
+    """The versioned profile document, validated against its own schema."""
+    root = result["root"]
+    sent = getattr(win.traffic, "packets_sent", None) if win.traffic else None
+    doc = {
+        "schema_version": SCHEMA_VERSION, "kind": "profile", "tool": {"name": "cnitrace", "version": __version__},
+        "host": {"kernel": platform.release(), "cpu": cpu_model(), "hostname": socket.gethostname()},
+        "cni": cnis,
+        "lab": ({"spec": target.lab.spec.to_json(), "ground_truth": target.lab.truth.to_json()}
+                if target.lab else None),
+        "selection": {"interfaces": target.interfaces, "netns": [n for n in target.rule_netns if n]},
+        "started_at": started_at, "duration_s": round(win.seconds, 3),
+        "traffic": {"kind": cfg.traffic, "packets_sent": sent,
+                    "result": win.traffic.to_json() if win.traffic else None},
+        "backends": win.backends,
+        "calibration": calibration_json(cal, ovs_cal),
+        "tree": root.to_json(), "headline": headline(root),
+        "drops": result["drops"], "conntrack": conntrack_of(win.before.conntrack, win.after.conntrack),
+        "maps": maps_of(win.after.bpf),
+        "evaluation_order": result["order"], "overhead": win.overhead, "lost_events": int(win.lost),
+        "warnings": [w for w in warnings if w][:50] + (["interrupted"] if win.interrupted else []),
+    }
+    errors = validate(doc)
+    if errors:  # our own contract: a bug, said plainly rather than writing a bad document
+        raise RuntimeError(f"profile document does not match its schema: {errors[0]}")
+    return doc

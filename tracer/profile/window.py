@@ -1,0 +1,324 @@
+"""The profiling window: snapshots of every collector before and after, probes attached in
+between, and the traffic (or a wait). Everything attached belongs to one Session, so Ctrl-C
+ends the window early and still leaves the node as it was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Sequence
+
+from cnitrace.attribution.datapath import cpu_ns
+from cnitrace.collectors.bpfprog.source import BpfProgCollector
+from cnitrace.collectors.bpfprog.stats import StatsUnavailable, stats_enabled
+from cnitrace.collectors.conntrack.source import ConntrackCollector
+from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
+from cnitrace.collectors.nftables.source import NftablesCollector
+from cnitrace.collectors.ovs.source import OvsCollector
+from cnitrace.core.errors import CnitraceError
+from cnitrace.core.runner import Runner
+from cnitrace.core.selection import Interface, Selection
+from cnitrace.core.session import Interrupted, Session
+from cnitrace.probes.ladder import STAGES, choose_all
+from cnitrace.probes.progtime import ProgTime
+from cnitrace.probes.runtime import ProbeSet, netns_inode
+from cnitrace.probes.specs import COUNTERS, SPECS
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.ovs import idle_cpu, kernel_datapath, ovs_cpu_reading, ovs_target, vswitchd_pid
+from cnitrace.profile.target import Target
+from cnitrace.traffic import generators as traffic
+
+
+BACKEND_NAMES = {"fentry": "fentry", "kprobe": "kprobe", "tracepoint": "tracepoint",
+                 "raw_tracepoint": "raw_tracepoint", "tp_btf": "tp_btf", "counters": "counters", None: "none"}
+
+
+MEASURING = ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint")
+
+
+@dataclasses.dataclass
+class Counters:
+    iptables: dict[str | None, Any]
+    nft: dict[str | None, Any]
+    bpf: Any = None
+    ovs: Any = None
+    conntrack: Any = None
+    ovs_cpu_ns: int | None = None
+    rx_packets: dict[int, int] = dataclasses.field(default_factory=dict)   # entry ifindex -> rx packets
+
+
+def rx_packets(target: Target, runner: Runner) -> dict[int, int]:
+    """Received-packet counters of the entry interfaces: how many packets entered the node side."""
+
+    out: dict[int, int] = {}
+    entry = target.entry if target.entry is not None else {i["ifindex"] for i in target.interfaces}
+    for i in target.interfaces:
+        if i["ifindex"] not in entry:
+            continue
+        done = runner.run(["ip", "-s", "-j", "link", "show", "dev", i["name"]], netns=i["netns"], check=False)
+        try:
+            out[i["ifindex"]] = int(json.loads(done.stdout)[0]["stats64"]["rx"]["packets"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+    return out
+
+
+def _selection_of(target: Target) -> Any:
+
+    ifs = tuple(Interface(i["name"], i["netns"] or "", int(i["ifindex"] or 0)) for i in target.interfaces)
+    return Selection(ifs, tuple(sorted({i.netns for i in ifs})))
+
+
+def snapshot_counters(target: Target, runner: Runner, ovs: Any = None, maps: bool = False) -> Counters:
+    """Every collector once. Map dumps (O(entries)) only when asked: pressure is a gauge read after."""
+
+    ipt = {ns: IptablesCollector(runner, netns=ns, families=("ipv4",)).snapshot() for ns in target.rule_netns}
+    nft = {ns: NftablesCollector(runner, netns=ns).snapshot() for ns in target.rule_netns}
+    bpf = BpfProgCollector(_selection_of(target), runner, maps=maps).snapshot()
+    ct = ConntrackCollector([n or "" for n in target.rule_netns], runner).snapshot()
+    ovs_snap, cpu = None, None
+    if ovs is not None:
+        ovs_snap = OvsCollector(ovs, runner, megaflows=False).snapshot()
+        pid = vswitchd_pid(ovs)
+        cpu = cpu_ns(pid) if pid else None
+    return Counters(ipt, nft, bpf, ovs_snap, ct, cpu, rx_packets(target, runner))
+
+
+def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any]:
+    """One-at-a-time GET / latency through the proxy (from the client pod) and direct (from the
+    node's own namespace: node-originated traffic is not forwarded, so neither the policy nor the
+    redirect applies). Concurrency 1, so queueing under load does not masquerade as detour time."""
+    topo = target.lab.topo
+    node = dataclasses.replace(topo.clients[0], name="node", netns=topo.node_netns, ip=topo.node_ip)
+    through = traffic.http(topo, seconds, concurrency=1, runner=runner)
+    direct = traffic.http(topo, seconds, concurrency=1, client=node, runner=runner)
+    return through, direct
+
+
+def proxy_connections(figures: Sequence[Any], target: Target) -> int:
+    """Connections accepted in the node namespace (where the lab's proxy listens), seen by the socket probe."""
+
+    node_ns = netns_inode(target.lab.topo.node_netns)
+    return sum(f.hist.count for f in figures if f.stage == "l7_detour" and f.map == "l7_life"
+               and f.key.get("role") == "server" and f.key.get("netns") == node_ns)
+
+
+def start_progtime(before: Counters, backends: dict[str, dict[str, Any]], session: Session, host: Any,
+                   runner: Runner, warnings: list[str], say: Callable[[str], None]) -> Any:
+    """tc_bpf for the window: fentry on the selected tc/XDP programs (or the tc classify kprobe)
+    where the host allows; the backends entry then says, per program, what was attached or why
+    bpf_stats stay its only figure. A failure to attach is a warning, never a failed profile."""
+
+    entry = backends.get("tc_bpf")
+    atts = [a for a in (before.bpf.meta.get("attachments", []) if before.bpf is not None else [])
+            if a.get("kind") in ("tc", "xdp")]
+    if not entry or entry.get("backend") not in ("fentry", "kprobe", "counters") or not atts:
+        return None
+    if entry["backend"] != "counters":
+        say("probes: tc_bpf (fentry on the selected tc/XDP programs)")
+    pt = ProgTime(atts, session=session, host=host, runner=runner)
+    try:
+        plan = pt.start()
+        backend, reason = plan.backend, plan.reason
+    except CnitraceError as exc:
+        pt, backend, reason = None, "counters", f"attaching failed ({exc.message}): bpf_stats only"
+        warnings.append(f"tc_bpf: {reason}")
+    rung = next(r for r in STAGES["tc_bpf"].rungs if r.backend == backend)
+    entry.update(backend=backend, reason=reason,
+                 signals={"measured": list(rung.measured), "modelled": list(rung.modelled)})
+    return pt
+
+
+@contextlib.contextmanager
+def _bpf_stats(session: Session) -> Any:
+    """bpf_stats on for the window only (BPF_ENABLE_STATS fd, else the sysctl, restored)."""
+
+    try:
+        cm = stats_enabled(session)
+        mode = cm.__enter__()
+    except StatsUnavailable as exc:
+        yield f"unavailable: {exc.message}"
+        return
+    try:
+        yield mode
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def backends_forecast(host: Any) -> dict[str, dict[str, Any]]:
+
+    out = {}
+    for c in choose_all(host):
+        out[c.stage] = {"backend": BACKEND_NAMES.get(c.backend, "none"), "reason": c.reason,
+                        "signals": {"measured": list(c.measured), "modelled": list(c.modelled)}}
+    return out
+
+
+def _probe_stages(backends: dict[str, dict[str, Any]], force: dict[str, str] | None = None,
+                  kernel_ovs: bool = False) -> list[str]:
+    """Stages to attach: those the ladder can measure here, and pinned ones (a pinned backend the
+    host cannot give fails with one line when the probes start); counters pins attach nothing. The
+    OVS kernel stage only when the selection's bridge uses the kernel datapath: netdev bridges
+    (the userspace datapath) never enter it, and their time is ovs-vswitchd's CPU instead."""
+
+    force = force or {}
+    return [s for s in ("transit", "drops", "netfilter", "ovs_kernel")
+            if s in SPECS and force.get(s) != COUNTERS and (s != "ovs_kernel" or kernel_ovs)
+            and (s in force or backends.get(s, {}).get("backend") in MEASURING)]
+
+
+def backend_used(choice: Any, forced: str | None, ladder: dict[str, Any] | None) -> dict[str, Any]:
+    """The backends section entry for a stage whose probes ran: what each hook actually used and
+    why (the ladder's entry is a forecast; the hooks' backends are what measured)."""
+
+    signals = dict((ladder or {}).get("signals") or {"measured": [], "modelled": []})
+    if choice.backend == COUNTERS:     # nothing attached after all: every figure is modelled
+        signals = {"measured": [], "modelled": [*signals.get("measured", []), *signals.get("modelled", [])]}
+    return {"backend": BACKEND_NAMES.get(choice.backend, "none"),
+            "reason": (f"pinned with --probe-backend {choice.stage}={forced}; " if forced else "") + choice.reason,
+            "hooks": dict(choice.hooks), "signals": signals}
+
+
+def rule_ranges_of(counters: Counters | None) -> list[tuple[str, int, int]]:
+    """Destination-port ranges the rule namespaces' iptables rules match (both backends' dumps)."""
+    if counters is None:
+        return []
+
+    return traffic.rule_port_ranges([r.spec for snap in counters.iptables.values() for r in ruleset_of(snap).rules])
+
+
+def run_traffic(kind: str, target: Target, duration: float, runner: Runner, *, before: Counters | None = None,
+                ports: str | None = None) -> Any:
+    if kind == "none":
+        return None
+    if target.peer is not None:     # toward the user's target, covering the rules' port ranges
+        return traffic.toward(kind, target.peer, max(1, int(duration)), rule_ranges=rule_ranges_of(before),
+                              ports=traffic.parse_ports(ports) if ports else (), runner=runner)
+    topo = target.lab.topo
+    if kind == "probe":
+        return traffic.crafted_probes(topo, runner=runner)
+    if kind == "stream":
+        return traffic.stream(topo, max(1, int(duration)), runner=runner)
+    if kind == "rr":
+        return traffic.rr(topo, max(1, int(duration)), runner=runner)
+    return traffic.http(topo, max(1, int(duration)), runner=runner)
+
+
+
+@dataclasses.dataclass
+class Window:
+    """What one window saw: counters before and after, probe figures, traffic and what it cost."""
+
+    before: Counters
+    after: Counters
+    figures: list[Any]
+    backends: dict[str, dict[str, Any]]
+    seconds: float
+    traffic: Any = None                       # the traffic generator's result, if any
+    through: Any = None                       # L7: requests through the proxy / direct (concurrency 1)
+    direct: Any = None
+    ovs_idle: tuple[int, float] | None = None
+    ovs_cpu: tuple[Any, Any] = (None, None)   # ovs-vswitchd CPU readings at the window's start and end
+    lost: int = 0
+    interrupted: bool = False
+    overhead: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def _pin_counters(backends: dict[str, dict[str, Any]], force: dict[str, str]) -> None:
+    for stage, backend in force.items():
+        if backend == "counters" and stage in backends:
+            backends[stage] = {"backend": "counters", "signals": {"measured": [], "modelled": []},
+                               "reason": f"pinned with --probe-backend {stage}=counters: nothing attached"}
+
+
+def _start_probes(stages: list[str], target: Target, force: dict[str, str], session: Session, host: Any,
+                  runner: Runner) -> ProbeSet:
+    probes = ProbeSet(stages, ifaces=[(i["netns"], i["name"]) for i in target.interfaces],
+                      force={s: b for s, b in force.items() if s in stages},
+                      session=session, host=host, runner=runner)
+    session.on_exit(probes.close)
+    probes.start()
+    return probes
+
+
+def _start_l7_probes(target: Target, session: Session, host: Any, runner: Runner) -> ProbeSet:
+    topo = target.lab.topo
+    probes = ProbeSet(["l7_detour"], netns=[topo.clients[0].netns, topo.node_netns],
+                      session=session, host=host, runner=runner)
+    session.on_exit(probes.close)
+    probes.start()
+    return probes
+
+
+def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str, Any]], host: Any,
+               runner: Runner, say: Callable[[str], None]) -> Window:
+    """Snapshot, attach, load (or wait), snapshot; `backends` is updated with what actually ran."""
+    warnings: list[str] = []
+    overhead: dict[str, Any] = {}
+    figures: list[Any] = []
+    interrupted, traffic_result, through, direct, lost = False, None, None, None, 0
+    ovs = ovs_target(target)
+    ovs_idle: tuple[int, float] | None = None
+    with Session(runner=runner) as session, _bpf_stats(session) as stats_mode:
+        if ovs is not None:
+            ovs_idle = idle_cpu(ovs, 0.5)
+        say("snapshots: every collector's counters before the window")
+        t0 = time.monotonic()
+        before = snapshot_counters(target, runner, ovs)
+        overhead["snapshot_s"] = round(time.monotonic() - t0, 4)
+        overhead["bpf_stats"] = stats_mode
+        force = dict(cfg.force)
+        kernel_ovs = kernel_datapath(before.ovs)
+        stages = _probe_stages(backends, force, kernel_ovs)
+        if "ovs_kernel" in force and not kernel_ovs:
+            warnings.append("--probe-backend ovs_kernel ignored: the selection has no OVS kernel datapath")
+        _pin_counters(backends, force)
+        probes = l7_probes = None
+        if stages:
+            say(f"probes: {', '.join(stages)}")
+            probes = _start_probes(stages, target, force, session, host, runner)
+            overhead["attach_s"] = round(probes.attach_seconds or 0.0, 3)
+        if target.lab is not None and target.lab.spec.l7 and backends.get("l7_detour", {}).get("backend") in MEASURING:
+            say("probes: l7_detour (client and proxy sockets)")
+            l7_probes = _start_l7_probes(target, session, host, runner)
+        progtime = start_progtime(before, backends, session, host, runner, warnings, say)
+        if probes is not None or l7_probes is not None:
+            say(f"probes attached: {', '.join([*stages, *(['l7_detour'] if l7_probes else [])])}")
+        ovs_w0 = ovs_cpu_reading(ovs)
+        t_window = time.monotonic()
+        load = "" if cfg.traffic == "none" else f", {cfg.traffic} traffic" + (
+            f" toward {cfg.target} from {cfg.from_netns or 'the host namespace'}" if cfg.target else "")
+        say(f"window: {cfg.duration:g} s{load} (Ctrl-C ends it early and still reports)")
+        try:
+            traffic_result = run_traffic(cfg.traffic, target, cfg.duration, runner, before=before, ports=cfg.ports)
+            if traffic_result is not None and not traffic_result.ok:
+                warnings.append(f"traffic: {traffic_result.metrics['error']}")
+            if cfg.traffic == "http" and target.lab is not None and target.lab.spec.l7:
+                say("L7 detour: request latency through the proxy vs direct (concurrency 1)")
+                through, direct = latency_pair(target, 1, runner)
+            remaining = cfg.duration - (time.monotonic() - t_window)
+            if cfg.traffic == "none" and remaining > 0:
+                time.sleep(remaining)
+        except (Interrupted, KeyboardInterrupt):
+            interrupted = True
+            warnings.append("interrupted: the window ended early; figures cover what was seen until then")
+        seconds = time.monotonic() - t_window
+        ovs_w1 = ovs_cpu_reading(ovs)
+        say("snapshots: every collector's counters after the window")
+        after = snapshot_counters(target, runner, ovs, maps=True)
+        if l7_probes is not None:
+            figures += l7_probes.snapshot()
+        if progtime is not None:
+            figures += progtime.snapshot()
+        if probes is not None:
+            figures += probes.snapshot()
+            lost = probes.lost()
+            overhead["transit_untimed"] = probes.untimed()
+            for stage, ch in probes.choices.items():
+                backends[stage] = backend_used(ch, force.get(stage), backends.get(stage))
+    return Window(before, after, figures, backends, seconds, traffic_result, through, direct, ovs_idle,
+                  (ovs_w0, ovs_w1), int(lost), interrupted, overhead, warnings)
