@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from cnitrace.core.runner import Runner
-from cnitrace.core.state import PREFIX, Record, kill_process, remover
+from cnitrace.core.records import PREFIX, Record, Remover, kill_process
 
 # Paths cnitrace may delete: only its own, named with the prefix.
 _SAFE_ROOTS = (Path("/sys/fs/bpf"), Path("/run/cnitrace"), Path("/run"), Path("/tmp"), Path("/var/tmp"))
@@ -17,7 +17,6 @@ def _netns_exists(name: str, runner: Runner) -> bool:
     return any(line.split()[0] == name for line in out.splitlines() if line.strip())
 
 
-@remover("netns")
 def remove_netns(rec: Record, runner: Runner) -> None:
     if not _netns_exists(rec.name, runner):
         return
@@ -28,12 +27,10 @@ def remove_netns(rec: Record, runner: Runner) -> None:
     runner.run(["ip", "netns", "del", rec.name])
 
 
-@remover("process")
 def remove_process(rec: Record, runner: Runner) -> None:
     kill_process(int(rec.data["pid"]), rec.data.get("start_time"))
 
 
-@remover("path")
 def remove_path(rec: Record, runner: Runner) -> None:
     p = Path(rec.name)
     if not p.name.startswith(PREFIX) or not any(root in p.parents for root in _SAFE_ROOTS):
@@ -44,7 +41,6 @@ def remove_path(rec: Record, runner: Runner) -> None:
         p.unlink(missing_ok=True)
 
 
-@remover("sysctl")
 def restore_sysctl(rec: Record, runner: Runner) -> None:
     """Put a sysctl back to the value it had before cnitrace changed it."""
     path = Path("/proc/sys") / rec.name.replace(".", "/")
@@ -56,14 +52,12 @@ def restore_sysctl(rec: Record, runner: Runner) -> None:
     path.write_text(str(rec.data["original"]) + "\n")
 
 
-@remover("link")
 def remove_link(rec: Record, runner: Runner) -> None:
     out = runner.run(["ip", "-o", "link", "show", "dev", rec.name], check=False)
     if out.ok:
         runner.run(["ip", "link", "del", "dev", rec.name])
 
 
-@remover("ovs-bridge")
 def remove_ovs_bridge(rec: Record, runner: Runner) -> None:
     argv = ["ovs-vsctl"]
     if rec.data.get("db"):
@@ -71,7 +65,6 @@ def remove_ovs_bridge(rec: Record, runner: Runner) -> None:
     runner.run([*argv, "--if-exists", "del-br", rec.name], check=False)
 
 
-@remover("bpffs")
 def unmount_bpffs(rec: Record, runner: Runner) -> None:
     """Unmount a bpffs cnitrace mounted (the host had none), but only once it holds no pins."""
     p = Path(rec.name)
@@ -81,3 +74,15 @@ def unmount_bpffs(rec: Record, runner: Runner) -> None:
     preloaded = {"maps.debug", "progs.debug"}      # the kernel's own iterators, in every bpffs
     if mounted and not any(c.name not in preloaded for c in p.iterdir()):
         runner.run(["umount", str(p)])
+
+
+# kind -> how to remove it: the one registry the state file consults.
+REMOVERS: dict[str, Remover] = {
+    "netns": remove_netns,
+    "process": remove_process,
+    "path": remove_path,
+    "sysctl": restore_sysctl,
+    "link": remove_link,
+    "ovs-bridge": remove_ovs_bridge,
+    "bpffs": unmount_bpffs,
+}

@@ -13,44 +13,18 @@ import dataclasses
 import fcntl
 import json
 import os
-import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
+from cnitrace.core.records import PREFIX, Record, Remover, kill_process, pid_alive, process_start_time  # noqa: F401 (re-exported)
+from cnitrace.core.removers import REMOVERS
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
-
-PREFIX = "cnit"
 
 
 def state_dir() -> Path:
     return Path(os.environ.get("CNITRACE_STATE_DIR", "/run/cnitrace"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    id: str
-    owner: str      # "lab:<name>" for objects that outlive the process, "run:<pid>" otherwise
-    kind: str       # a key of REMOVERS
-    name: str
-    data: dict[str, Any]
-    created: float
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-Remover = Callable[[Record, Runner], None]
-REMOVERS: dict[str, Remover] = {}
-
-
-def remover(kind: str) -> Callable[[Remover], Remover]:
-    def deco(fn: Remover) -> Remover:
-        REMOVERS[kind] = fn
-        return fn
-    return deco
-
 
 class StateFile:
     def __init__(self, directory: Path | None = None):
@@ -76,8 +50,6 @@ class StateFile:
 
     def record(self, owner: str, kind: str, name: str, **data: Any) -> Record:
         """Record an object about to be created. Call this *before* creating it."""
-        import cnitrace.core.removers  # noqa: F401  (registers the removers)
-
         if kind not in REMOVERS:
             raise ValueError(f"no remover for kind {kind!r}")
         rec = Record(uuid.uuid4().hex[:12], owner, kind, name, data, time.time())
@@ -135,8 +107,6 @@ class CleanupResult:
 
 def cleanup(state: StateFile, owner: str | None = None, runner: Runner = DEFAULT_RUNNER) -> CleanupResult:
     """Remove every live record (of `owner`, or all), newest first; never raises."""
-    import cnitrace.core.removers  # noqa: F401  (registers the removers)
-
     removed, failed = [], []
     for rec in reversed(state.live(owner)):
         fn = REMOVERS.get(rec.kind)
@@ -151,39 +121,3 @@ def cleanup(state: StateFile, owner: str | None = None, runner: Runner = DEFAULT
         removed.append(rec)
     state.compact()
     return CleanupResult(removed, failed)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), to guard against pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None  # a zombie is as good as gone
-    return fields[19]
-
-
-def kill_process(pid: int, start_time: str | None, grace: float = 2.0) -> None:
-    if start_time is not None and process_start_time(pid) != start_time:
-        return  # gone, or the pid was reused by someone else
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if process_start_time(pid) != start_time:
-            return
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
