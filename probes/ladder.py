@@ -14,8 +14,7 @@ from typing import Any, Protocol
 
 from cnitrace.core.capability import Check, Status
 
-FENTRY, KPROBE, TRACEPOINT, COUNTERS = "fentry", "kprobe", "tracepoint", "counters"
-BACKENDS = (FENTRY, KPROBE, TRACEPOINT, COUNTERS)
+from cnitrace.probes.specs import COUNTERS, FENTRY, KPROBE, TRACEPOINT  # one backend vocabulary (specs.BACKENDS)
 
 
 class Capabilities(Protocol):

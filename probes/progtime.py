@@ -60,7 +60,7 @@ def program_times(figures: Iterable[Any]) -> list[Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Target:
+class ProgramTarget:
     """A selected program where it runs: kind 'tc' (hook ingress/egress) or 'xdp' (hook = mode)."""
 
     prog_id: int
@@ -75,14 +75,14 @@ class Target:
         return f"{self.netns}/{self.iface}" if self.netns else self.iface
 
 
-def targets_from(attachments: Iterable[Any]) -> list[Target]:
+def targets_from(attachments: Iterable[Any]) -> list[ProgramTarget]:
     """The bpfprog collector's attachments (objects or their to_json dicts) -> tc/XDP targets."""
-    out: dict[tuple, Target] = {}
+    out: dict[tuple, ProgramTarget] = {}
     for a in attachments:
         d = a if isinstance(a, Mapping) else dataclasses.asdict(a)
         if d.get("kind") not in ("tc", "xdp"):
             continue
-        t = Target(int(d["prog_id"]), str(d.get("prog_name") or ""), str(d["kind"]), str(d.get("hook", "")),
+        t = ProgramTarget(int(d["prog_id"]), str(d.get("prog_name") or ""), str(d["kind"]), str(d.get("hook", "")),
                    str(d["target"]), str(d.get("netns") or ""))
         out.setdefault((t.prog_id, t.kind, t.hook, t.iface, t.netns), t)
     return list(out.values())
@@ -107,7 +107,7 @@ class Plan:
         return "modelled" if self.backend == COUNTERS else "measured"
 
 
-def plan(targets: Sequence[Target], *, fentry: tuple[bool, str], kprobe: tuple[bool, str],
+def plan(targets: Sequence[ProgramTarget], *, fentry: tuple[bool, str], kprobe: tuple[bool, str],
          no_btf: Mapping[int, str], max_progs: int = MAX_PROGS) -> Plan:
     """fentry for every program the host and its BTF allow (up to `max_progs`); the tc path of
     the others' interfaces by kprobe where usable; bpf_stats only for the rest.

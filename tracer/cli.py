@@ -19,17 +19,17 @@ from cnitrace.node import checks
 from cnitrace.collectors import registry
 from cnitrace.core.errors import UsageError
 from cnitrace.core.progress import steps
-from cnitrace.core.selection import resolve
+from cnitrace.core.selection import resolve, validate_glob, validate_netns
 from cnitrace.core.session import Session
 from cnitrace.core.state import StateFile
 from cnitrace.core.state import cleanup as do_cleanup
 from cnitrace.lab import manager
-from cnitrace.lab.model import LabSpec
+from cnitrace.lab.model import MAX_RULES, LabSpec
 from cnitrace.node.doctor import run_doctor
 from cnitrace.probes import command
 from cnitrace.probes.command import parse_force
 from cnitrace.probes.runtime import Filter
-from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.config import TRAFFIC, ProfileConfig
 from cnitrace.profile.run import run_profile
 from cnitrace.reports.doctor import render_doctor
 from cnitrace.reports.doctor import render_snapshot
@@ -134,7 +134,7 @@ def _say(msg: str) -> None:
 @click.option("--netns", "netns", multiple=True, metavar="NAME", help="Watch every interface of a namespace.")
 @click.option("--lab", "lab_name", default=None, metavar="NAME", help="Profile a cnitrace lab (and allow --traffic).")
 @click.option("--duration", default=5.0, show_default=True, type=float, help="Window length in seconds.")
-@click.option("--traffic", type=click.Choice(["none", "probe", "stream", "rr", "http"]), default="none",
+@click.option("--traffic", type=click.Choice(TRAFFIC), default="none",
               show_default=True, help="Traffic to send during the window, inside the lab or toward --target.")
 @click.option("--target", metavar="HOST[:PORT]|URL",
               help="Send --traffic here (you run the server: iperf3 -s, sockperf server, an HTTP server).")
@@ -231,7 +231,7 @@ def lab() -> None:
 
 @lab.command("up")
 @click.option("--datapath", "-d", required=True, help="calico, kube-router, nft, flannel, antrea, cilium.")
-@click.option("--rules", "-n", default=0, show_default=True, type=int, help="Port-range rules (0..10000).")
+@click.option("--rules", "-n", default=0, show_default=True, type=int, help=f"Port-range rules (0..{MAX_RULES}).")
 @click.option("--pods", default=1, show_default=True, type=int, help="Client pods (1..250).")
 @click.option("--l7", is_flag=True, help="Detour allowed HTTP through a real L7 proxy (GET / only).")
 @click.option("--l7-proxy", default="nginx", show_default=True, help="nginx or haproxy.")
@@ -374,11 +374,18 @@ def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, durati
               help="How BPF run stats are enabled for --interval.")
 def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, since: str | None,
              interval: float | None, only: tuple[str, ...], ovs_rundir: str | None, bpf_stats: str) -> int:
-    """Print every available collector's counters, or their deltas (--since FILE, --interval S)."""
+    """Print every available collector's counters, or their deltas (--since FILE, --interval S).
 
-    require_root()
+    Per-namespace state (iptables, nftables, conntrack, BPF attachments) is read inside every
+    namespace the selection involves; with neither --iface nor --netns, the host namespace's.
+    """
+    for i in ifaces:        # bad input is refused before any kernel work
+        validate_glob(i)
+    for n in netns:
+        validate_netns(n)
     if since and interval:
         raise UsageError("--since and --interval are exclusive")
+    require_root()
     selection = resolve(ifaces, netns) if (ifaces or netns) else None
     ctx = registry.Context(selection=selection, ovs_rundir=ovs_rundir)
     req = registry.Request(collectors=only, interval_s=interval, since=since, bpf_stats=bpf_stats)

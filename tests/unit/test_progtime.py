@@ -102,8 +102,8 @@ def test_targets_from_attachments():
     assert [(t.prog_id, t.kind, t.where) for t in ts] == [(11, "tc", "ns1/lxc1"), (12, "xdp", "eth0")]
 
 
-T = [pt.Target(11, "from", "tc", "ingress", "lxc1", "ns"), pt.Target(12, "to", "tc", "egress", "lxc1", "ns"),
-     pt.Target(13, "xdp", "xdp", "driver", "eth0")]
+T = [pt.ProgramTarget(11, "from", "tc", "ingress", "lxc1", "ns"), pt.ProgramTarget(12, "to", "tc", "egress", "lxc1", "ns"),
+     pt.ProgramTarget(13, "xdp", "xdp", "driver", "eth0")]
 YES, NO_FENTRY, NO_KPROBE = (True, "ok"), (False, "fentry missing"), (False, "kprobes missing")
 
 
@@ -133,7 +133,7 @@ def test_plan_kprobe_only_and_nothing_usable():
 
 
 def test_plan_caps_fentry_slots():
-    many = [pt.Target(i, f"p{i}", "tc", "ingress", f"lxc{i}") for i in range(1, 20)]
+    many = [pt.ProgramTarget(i, f"p{i}", "tc", "ingress", f"lxc{i}") for i in range(1, 20)]
     p = pt.plan(many, fentry=YES, kprobe=NO_KPROBE, no_btf={})
     assert len(p.fentry) == pt.MAX_PROGS == 16
     assert [s for s, _ in p.stats_only] == [17, 18, 19]

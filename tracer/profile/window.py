@@ -32,8 +32,6 @@ from cnitrace.profile.target import Target
 from cnitrace.traffic import generators as traffic
 
 
-BACKEND_NAMES = {"fentry": "fentry", "kprobe": "kprobe", "tracepoint": "tracepoint",
-                 "raw_tracepoint": "raw_tracepoint", "tp_btf": "tp_btf", "counters": "counters", None: "none"}
 
 
 MEASURING = ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint")
@@ -152,7 +150,7 @@ def backends_forecast(host: Any) -> dict[str, dict[str, Any]]:
 
     out = {}
     for c in choose_all(host):
-        out[c.stage] = {"backend": BACKEND_NAMES.get(c.backend, "none"), "reason": c.reason,
+        out[c.stage] = {"backend": c.backend or "none", "reason": c.reason,
                         "signals": {"measured": list(c.measured), "modelled": list(c.modelled)}}
     return out
 
@@ -177,7 +175,7 @@ def backend_used(choice: Any, forced: str | None, ladder: dict[str, Any] | None)
     signals = dict((ladder or {}).get("signals") or {"measured": [], "modelled": []})
     if choice.backend == COUNTERS:     # nothing attached after all: every figure is modelled
         signals = {"measured": [], "modelled": [*signals.get("measured", []), *signals.get("modelled", [])]}
-    return {"backend": BACKEND_NAMES.get(choice.backend, "none"),
+    return {"backend": choice.backend or "none",
             "reason": (f"pinned with --probe-backend {choice.stage}={forced}; " if forced else "") + choice.reason,
             "hooks": dict(choice.hooks), "signals": signals}
 
