@@ -16,12 +16,14 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from cnitrace.lab import l7proxy
-from cnitrace.lab.datapath import Datapath, iptables_restore, program_iptables
+from cnitrace.lab.datapath import iptables_restore
+from cnitrace.lab.datapaths.mark_return import MarkReturnDatapath, allowed_refs
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
-from cnitrace.lab.policy import PortRule, allow_index, port_rules, tag
-from cnitrace.lab.topology import built, plumb_routed, short_hash
+from cnitrace.lab.policy import PortRule, port_rules, tag
+from cnitrace.lab.topology import plumb_routed, short_hash
 
 if TYPE_CHECKING:
+    from cnitrace.core.runner import Runner
     from cnitrace.core.session import Session
 
 NAMESPACE = "default"
@@ -161,7 +163,7 @@ def _rule_comment(chain: str, position: int, what: str) -> str:
     return f"cali:{tag(chain, position, what)}"
 
 
-class Calico(Datapath):
+class Calico(MarkReturnDatapath):
     name = "calico"
     description = "Calico iptables dataplane: cali-* chains, per-endpoint dispatch, MARK-and-RETURN policy rules"
     tools = ("ipset", "iptables-legacy-restore", "iptables-nft-restore")
@@ -172,22 +174,15 @@ class Calico(Datapath):
     def node_iface_name(self, lab: str, index: int) -> str:
         return "cali" + short_hash("calico", lab, NAMESPACE, f"p{index}", n=11)
 
-    def build(self, session: "Session", topo: Topology, spec: LabSpec) -> Topology:
-        r = session.runner
-        plumb_routed(r, topo, node_mac=CALI_MAC)
-        seconds = program_iptables(r, topo.node_netns, spec.backend, render_ipsets(topo), render_filter(topo, spec))
-        return built(r, topo, seconds)
+    def plumb(self, runner: "Runner", topo: Topology) -> None:
+        plumb_routed(runner, topo, node_mac=CALI_MAC)
+
+    def render(self, topo: Topology, spec: LabSpec) -> tuple[str, str]:
+        return render_ipsets(topo), render_filter(topo, spec)
 
     def ground_truth(self, topo: Topology, spec: LabSpec) -> GroundTruth:
-        rules = port_rules(topo, spec)
         chain = policy_chain(topo.lab)
-        allowed, evals = {}, {}
-        for proto in ("tcp", "udp"):
-            pos = allow_index(rules, proto)
-            allowed[proto] = CounterRef(kind="iptables", netns=topo.node_netns, backend=spec.backend,
-                                        table="filter", chain=chain, index=2 * pos + 1,
-                                        comment=_rule_comment(chain, pos, "mark"))
-            evals[proto] = 2 * pos + 2
+        allowed, evals = allowed_refs(topo, spec, chain, lambda pos: _rule_comment(chain, pos, "mark"))
         if spec.l7:
             # Allowed TCP is DNATed to the proxy before any filter chain: the nat rule counts each
             # new connection once, and the L7 policy is evaluated in the proxy, not in iptables.

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cnitrace.lab.datapath import Datapath, program_iptables
+from cnitrace.lab.datapaths.mark_return import MarkReturnDatapath, allowed_refs
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
-from cnitrace.lab.policy import PortRule, allow_index, port_rules, upper_tag
-from cnitrace.lab.topology import built, plumb_bridge, short_hash
+from cnitrace.lab.policy import PortRule, port_rules, upper_tag
+from cnitrace.lab.topology import plumb_bridge, short_hash
 
 if TYPE_CHECKING:
-    from cnitrace.core.session import Session
+    from cnitrace.core.runner import Runner
 
 NAMESPACE = "default"
 POLICY = "allow-client-to-server"
@@ -100,7 +100,7 @@ def render_filter(topo: Topology, spec: LabSpec) -> str:
     return "\n".join(out) + "\n"
 
 
-class KubeRouter(Datapath):
+class KubeRouter(MarkReturnDatapath):
     name = "kube-router"
     description = "kube-router netpol: KUBE-ROUTER-FORWARD → KUBE-POD-FW → KUBE-NWPLCY with ipsets, on kube-bridge"
     tools = ("ipset", "iptables-legacy-restore", "iptables-nft-restore")
@@ -111,21 +111,14 @@ class KubeRouter(Datapath):
     def node_iface_name(self, lab: str, index: int) -> str:
         return "veth" + short_hash("kube-router", lab, f"p{index}", n=8)
 
-    def build(self, session: "Session", topo: Topology, spec: LabSpec) -> Topology:
-        r = session.runner
-        plumb_bridge(r, topo)
-        seconds = program_iptables(r, topo.node_netns, spec.backend, render_ipsets(topo), render_filter(topo, spec))
-        return built(r, topo, seconds)
+    def plumb(self, runner: "Runner", topo: Topology) -> None:
+        plumb_bridge(runner, topo)
+
+    def render(self, topo: Topology, spec: LabSpec) -> tuple[str, str]:
+        return render_ipsets(topo), render_filter(topo, spec)
 
     def ground_truth(self, topo: Topology, spec: LabSpec) -> GroundTruth:
-        rules = port_rules(topo, spec)
-        chain = policy_chain(topo.lab)
-        allowed, evals = {}, {}
-        for proto in ("tcp", "udp"):
-            pos = allow_index(rules, proto)
-            allowed[proto] = CounterRef(kind="iptables", netns=topo.node_netns, backend=spec.backend,
-                                        table="filter", chain=chain, index=2 * pos + 1)
-            evals[proto] = 2 * pos + 2
+        allowed, evals = allowed_refs(topo, spec, policy_chain(topo.lab))
         denied = CounterRef(kind="iptables", netns=topo.node_netns, backend=spec.backend, table="filter",
                             chain=pod_fw_chain(topo.lab, topo.server.name), index=POD_FW_REJECT)
         return GroundTruth(allowed=allowed, denied=denied, evaluations=evals,
