@@ -45,18 +45,20 @@ def test_transit_measured_and_grows_with_rules(path, force):
         # the ladder takes BTF-typed tracepoints here (no fentry, no kprobes); raw or classic ones when forced
         assert choices["transit"].backend == (force or "tp_btf")
         assert choices["transit"].signal == "measured"
-        set_forward_rules(path, 0)
-        n0, mean0 = transit_mean(ps, path, port, count)
-        set_forward_rules(path, 1000)
-        n1, mean1 = transit_mean(ps, path, port, count)
+        means, counts = {}, {}
+        for n in (0, 1000, 3000):
+            set_forward_rules(path, n)
+            counts[n], means[n] = transit_mean(ps, path, port, count)
         untimed = ps.untimed()
     # Every datagram of the selected flow was timed, and nothing else was; no slot collision.
-    assert n0 == count and n1 == count and untimed == 0
-    per_rule = (mean1 - mean0) / 1000
-    print(f"transit mean ({force or 'tp_btf'}): N=0 {mean0:.0f} ns, N=1000 {mean1:.0f} ns, "
-          f"{per_rule:.1f} ns/rule")
-    assert mean1 > 3 * mean0
-    assert 3 < per_rule < 500   # DESIGN.md calibration: ~27 ns per legacy rule per packet
+    assert all(c == count for c in counts.values()) and untimed == 0
+    grow1, grow3 = means[1000] - means[0], means[3000] - means[0]
+    print(f"transit mean ({force or 'tp_btf'}): " + ", ".join(f"N={n} {m:.0f} ns" for n, m in means.items())
+          + f"; {grow1 / 1000:.1f} and {grow3 / 3000:.1f} ns/rule")
+    # Relations that hold on any CPU (per-rule cost differs 10x between machines of this kind):
+    # time grows with the rules, and linearly: 3x the rules adds about 3x the time.
+    assert means[0] < means[1000] < means[3000]
+    assert 2.0 < grow3 / grow1 < 4.5
 
 
 @pytest.mark.parametrize("force", [None, "raw_tracepoint", "tracepoint"])
