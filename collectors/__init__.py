@@ -1,0 +1,4 @@
+"""One collector per source (iptables, nftables, OVS, BPF programs, Cilium maps, conntrack), each
+a pure `parse` (text → frozen dataclasses) plus an acquisition `source` through the runner seam;
+registry builds them for `snapshot` and the profile alike. A library: imports core only.
+"""

@@ -1,0 +1,1 @@
+"""cilium collector: Cilium's pinned policy and ipcache maps (`bpftool map dump`)."""

@@ -1,0 +1,1 @@
+"""conntrack collector: conntrack table fill and per-CPU statistics (`conntrack -S`, /proc)."""
