@@ -1,5 +1,5 @@
 """The generated rulesets reproduce the structure real CNI nodes program (checked against real
-iptables-save output in tests/unit/fixtures/lab, provenance in each file's first line)."""
+iptables-save output in tests/fixtures/lab, provenance in each file's first line)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from cnitrace.lab import datapaths as registry
 from cnitrace.lab.model import LabSpec
 from cnitrace.lab.topology import plan
 
-FIX = Path(__file__).parent / "fixtures" / "lab"
+FIX = Path(__file__).parents[1] / "fixtures" / "lab"
 
 
 def rules_of(text: str, chain: str) -> list[str]:

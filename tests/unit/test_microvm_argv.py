@@ -18,7 +18,7 @@ from cnitrace.core.errors import UsageError
 from cnitrace.core.runner import Runner
 from cnitrace.vagrant import microvm as mv
 
-FIXTURES = Path(__file__).parent / "fixtures" / "microvm"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "microvm"
 RUN = Runner()
 
 

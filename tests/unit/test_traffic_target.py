@@ -59,7 +59,7 @@ def test_parse_ports_refuses(text):
 
 
 def _specs(name: str) -> list[str]:
-    rs, _ = parse_ruleset(fixture(f"unit/fixtures/lab/{name}"))
+    rs, _ = parse_ruleset(fixture(f"fixtures/lab/{name}"))
     return [r.spec for r in rs.rules]
 
 

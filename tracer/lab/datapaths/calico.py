@@ -1,7 +1,7 @@
 """Calico's iptables dataplane in miniature (legacy or nft backend).
 
 The chain structure follows what Felix programs on a real node (see the provenance of
-tests/unit/fixtures/calico-*.txt): FORWARD → cali-FORWARD → cali-from-wl-dispatch /
+tests/fixtures/lab/calico-*.txt): FORWARD → cali-FORWARD → cali-from-wl-dispatch /
 cali-to-wl-dispatch (one goto per cali<11hex> interface) → cali-fw-<iface> / cali-tw-<iface>
 → policy chain cali-pi-_<hash> for the server's ingress policy and profile chains
 cali-pri-/cali-pro-kns.<ns>. Each policy rule is a MARK 0x10000 rule followed by a

@@ -1,7 +1,7 @@
 """kube-router's network-policy dataplane in miniature (iptables legacy or nft backend, ipsets).
 
 Structure as kube-router's netpol controller programs it (see the provenance of
-tests/unit/fixtures/kube-router-*.txt): FORWARD → KUBE-ROUTER-FORWARD → KUBE-POD-FW-<hash>
+tests/fixtures/lab/kube-router-*.txt): FORWARD → KUBE-ROUTER-FORWARD → KUBE-POD-FW-<hash>
 per selected pod → KUBE-NWPLCY-<hash> per policy, whose rules match KUBE-SRC-/KUBE-DST- ipsets
 and MARK 0x10000 then RETURN; an unmarked packet is REJECTed in KUBE-POD-FW; a compliant one is
 marked 0x20000 and ACCEPTed in KUBE-ROUTER-FORWARD. Pods sit on the kube-bridge with /24
