@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
-import uuid
 
 import pytest
 
 from tests.host.nodestate import node_state
+from tests.support.netns import Namespaces, unique
 
 
 @pytest.fixture
 def netns():
     """Factory: netns() -> name of a new empty namespace `cnit-t<hex>`, with lo up; removed after."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"cnit-t{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return name
-
-    yield make
-    for name in reversed(made):
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            subprocess.run(["kill", "-9", pid], check=False)
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with Namespaces("cnit-t") as make:
+        yield make
 
 
 @pytest.fixture
 def unique_name():
     """A fresh cnit-prefixed short name (for labs, bridges, pins) so parallel runs never collide."""
-    return lambda: f"cnit{uuid.uuid4().hex[:4]}"
+    return lambda: unique("cnit", 4)
 
 
 def settled_node_state(timeout: float = 10.0) -> dict:

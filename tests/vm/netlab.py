@@ -10,35 +10,19 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-import uuid
 
 from pyroute2 import netns as pr_netns
 
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from tests.support import netns as support
+from tests.support.netns import unique
 
 
-def unique(prefix: str = "cnit") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:6]}"
-
-
-class Namespaces:
-    """Creates netns on demand; `close()` removes them (and the veths that live inside)."""
+class Namespaces(support.Namespaces):
+    """The shared namespace maker (tests.support.netns), with the vm tier's prefix."""
 
     def __init__(self, runner: Runner = DEFAULT_RUNNER):
-        self.runner = runner
-        self.made: list[str] = []
-
-    def new(self) -> str:
-        name = unique("cnit-v")
-        self.made.append(name)
-        self.runner.run(["ip", "netns", "add", name])
-        self.runner.run(["ip", "-n", name, "link", "set", "lo", "up"])
-        return name
-
-    def close(self) -> None:
-        for name in reversed(self.made):
-            self.runner.run(["ip", "netns", "del", name], check=False)
-        self.made.clear()
+        super().__init__("cnit-v", runner)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Helpers every test tier shares: throwaway network namespaces and unique cnit-prefixed names."""
