@@ -2,31 +2,60 @@
 
 The registry is the one place that knows how to construct each collector from a Context
 (selection, runner, OVS instance), so the CLI, the profiler and the tests agree on what
-"all collectors" means. A snapshot set serialises to a versioned JSON document that
-`--since FILE` reads back: records become generic (key, counters) pairs, which is all
-the delta needs, so a saved snapshot stays comparable across cnitrace versions.
+"all collectors" means: `build()` for the snapshot job, `snapshot()` for the profiler.
+Per-namespace state is read inside every namespace of the selection (the host alone when
+there is none): iptables and nftables once per namespace (records keyed by namespace, see
+collectors/netns.py), conntrack per namespace, BPF attachments on the selected interfaces in
+their namespaces. A snapshot set serialises to a versioned JSON document that `--since FILE`
+reads back: records become generic (key, counters) pairs, which is all the delta needs, so a
+saved snapshot stays comparable across cnitrace versions (format 1, from before netfilter keys
+carried the namespace, is read as the host's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
+import os
 import time
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 from cnitrace.collectors.base import Availability, Delta, Parsed, Snapshot, delta
+from cnitrace.collectors.bpfprog.source import BpfProgCollector
+from cnitrace.collectors.bpfprog.stats import stats_enabled
+from cnitrace.collectors.cilium.source import CiliumCollector
+from cnitrace.collectors.conntrack.source import ConntrackCollector
+from cnitrace.collectors.iptables.source import IptablesCollector
+from cnitrace.collectors.netns import InNetns, PerNetns, split
+from cnitrace.collectors.nftables.source import NftablesCollector
+from cnitrace.collectors.ovs.source import OvsCollector, OvsTarget
 from cnitrace.core.errors import CnitraceError, UsageError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.selection import HOST, Selection, namespaces_of
 
-FORMAT = "cnitrace-snapshot/1"
+FORMAT = "cnitrace-snapshot/2"
+_READS = ("cnitrace-snapshot/1", FORMAT)
+_NETNS_KEYED = ("iptables", "nftables")   # collectors whose keys gained the namespace in format 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the profiler trims from a full snapshot (the CLI takes the defaults)."""
+
+    families: tuple[str, ...] = ("ipv4", "ipv6")   # iptables address families
+    maps: bool = True                              # bpf: dump the attached programs' maps (O(entries))
+    megaflows: bool = True                         # ovs: dump the datapath's megaflows
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    selection: Any = None              # cnitrace.core.selection.Selection or None (= whole node)
+    selection: Selection | None = None  # None = the whole node as seen from the host namespace
     runner: Runner = DEFAULT_RUNNER
     ovs_rundir: str | None = None      # a private OVS (the lab's); None = /run/openvswitch
+    ovs: Any = None                    # a cnitrace.collectors.ovs.source.OvsTarget; wins over ovs_rundir
+    options: Options = Options()
 
 
 class Unavailable:
@@ -46,44 +75,38 @@ class Unavailable:
 
 
 def _netns_list(ctx: Context) -> list[str]:
-    sel = ctx.selection
-    return list(sel.netns) if sel is not None and not sel.empty else [""]
+    return list(namespaces_of(ctx.selection))
 
 
 def _iptables(ctx: Context) -> Any:
-    from cnitrace.collectors.iptables.source import IptablesCollector
-    return IptablesCollector(ctx.runner)
+    return PerNetns(lambda ns: IptablesCollector(ctx.runner, netns=ns, families=ctx.options.families),
+                    _netns_list(ctx))
 
 
 def _nftables(ctx: Context) -> Any:
-    from cnitrace.collectors.nftables.source import NftablesCollector
-    return NftablesCollector(ctx.runner)
+    return PerNetns(lambda ns: NftablesCollector(ctx.runner, netns=ns), _netns_list(ctx))
 
 
 def _ovs(ctx: Context) -> Any:
-    from cnitrace.collectors.ovs.source import OvsCollector, OvsTarget
-    target = OvsTarget(rundir=ctx.ovs_rundir) if ctx.ovs_rundir else OvsTarget()
-    if ctx.ovs_rundir:
-        import glob
-        import os
-        ctls = sorted(glob.glob(os.path.join(ctx.ovs_rundir, "*vswitchd*.ctl")))
-        if ctls:
-            target = OvsTarget(rundir=ctx.ovs_rundir, ctl=ctls[0])
-    return OvsCollector(target, ctx.runner)
+    target = ctx.ovs
+    if target is None:
+        target = OvsTarget(rundir=ctx.ovs_rundir) if ctx.ovs_rundir else OvsTarget()
+        if ctx.ovs_rundir:
+            ctls = sorted(glob.glob(os.path.join(ctx.ovs_rundir, "*vswitchd*.ctl")))
+            if ctls:
+                target = OvsTarget(rundir=ctx.ovs_rundir, ctl=ctls[0])
+    return OvsCollector(target, ctx.runner, megaflows=ctx.options.megaflows)
 
 
 def _bpf(ctx: Context) -> Any:
-    from cnitrace.collectors.bpfprog.source import BpfProgCollector
-    return BpfProgCollector(ctx.selection, ctx.runner)
+    return BpfProgCollector(ctx.selection, ctx.runner, maps=ctx.options.maps)
 
 
 def _cilium(ctx: Context) -> Any:
-    from cnitrace.collectors.cilium.source import CiliumCollector
     return CiliumCollector(ctx.runner)
 
 
 def _conntrack(ctx: Context) -> Any:
-    from cnitrace.collectors.conntrack.source import ConntrackCollector
     return ConntrackCollector(_netns_list(ctx), ctx.runner)
 
 
@@ -108,6 +131,29 @@ def build(names: Sequence[str] | None = None, ctx: Context | None = None) -> lis
         except (ImportError, AttributeError) as exc:
             out.append(Unavailable(n, f"collector not available in this build ({exc})"))
     return out
+
+
+def build_for(selection: Selection | None, ctx: Context | None = None,
+              names: Sequence[str] | None = None) -> dict[str, Any]:
+    """build() for `selection` (None = the host namespace), by name."""
+    ctx = dataclasses.replace(ctx or Context(), selection=selection)
+    return {c.name: c for c in build(names, ctx)}
+
+
+def snapshot(selection: Selection | None, ctx: Context | None = None,
+             names: Sequence[str] | None = None) -> dict[str, Snapshot]:
+    """Every named collector (all when None) snapshotted once for `selection`; the profiler's call.
+
+    No availability filtering: a collector that fails raises (the caller decides). iptables and
+    nftables snapshots hold InNetns records; per_netns() splits them into {namespace: Snapshot}
+    of plain records (HOST '' for the host namespace).
+    """
+    return {name: c.snapshot() for name, c in build_for(selection, ctx, names).items()}
+
+
+def per_netns(snap: Snapshot) -> dict[str, Snapshot]:
+    """{namespace: Snapshot} of plain records from an iptables/nftables snapshot (see netns.split)."""
+    return split(snap)
 
 
 # --- snapshot sets and their JSON document ----------------------------------------------------
@@ -161,11 +207,13 @@ def _jsonable(v: Any) -> Any:
 
 
 def record_to_json(rec: Any) -> dict[str, Any]:
-    data = _jsonable(rec) if dataclasses.is_dataclass(rec) or hasattr(rec, "_asdict") else {}
-    return {"kind": type(rec).__name__ if not isinstance(rec, GenericRecord) else rec.kind,
+    """{kind, key, counters, data}; a record read in a namespace is its own kind with 'netns' in data."""
+    inner, extra = (rec.record, {"netns": rec.netns}) if isinstance(rec, InNetns) else (rec, {})
+    data = _jsonable(inner) if dataclasses.is_dataclass(inner) or hasattr(inner, "_asdict") else {}
+    return {"kind": type(inner).__name__ if not isinstance(rec, GenericRecord) else rec.kind,
             "key": _jsonable(getattr(rec, "key", None)),
             "counters": dict(getattr(rec, "counters", {}) or {}),
-            "data": data if not isinstance(rec, GenericRecord) else dict(rec.data)}
+            "data": {**extra, **data} if not isinstance(rec, GenericRecord) else dict(rec.data)}
 
 
 def to_document(entries: Sequence[Entry], selection: Any = None) -> dict[str, Any]:
@@ -185,16 +233,25 @@ def _key(v: Any) -> Hashable:
     return tuple(_key(x) for x in v) if isinstance(v, list) else v
 
 
+def _upgrade(key: Hashable, host: bool) -> Hashable:
+    if not host:
+        return key
+    return (HOST, *key) if isinstance(key, tuple) else (HOST, key)
+
+
 def from_document(doc: Any) -> dict[str, Snapshot]:
     """Snapshots (of GenericRecords) from a saved document; malformed parts raise UsageError."""
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in _READS:
         raise UsageError(f"not a cnitrace snapshot (expected format {FORMAT!r})")
+    old = doc["format"] != FORMAT
     out: dict[str, Snapshot] = {}
     try:
         for name, item in doc["collectors"].items():
             if not item.get("available") or "records" not in item:
                 continue
-            recs = tuple(GenericRecord(_key(r["key"]), {k: int(v) for k, v in r["counters"].items()},
+            host = old and name in _NETNS_KEYED   # format 1 read the host's rules only
+            recs = tuple(GenericRecord(_upgrade(_key(r["key"]), host),
+                                       {k: int(v) for k, v in r["counters"].items()},
                                        str(r.get("kind", "")), r.get("data") or {})
                          for r in item["records"])
             out[name] = Snapshot(name, recs, taken_at=float(item["taken_at"]),
@@ -275,7 +332,6 @@ def _maybe_stats(enabled: bool, session: Any, mode: str) -> Iterator[str | None]
     if not enabled:
         yield None
         return
-    from cnitrace.collectors.bpfprog.stats import stats_enabled
     with stats_enabled(session, mode) as how:
         yield how
 

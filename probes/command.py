@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from cnitrace.core import selection
 from cnitrace.core.errors import UsageError
+from cnitrace.core.session import Session
 from cnitrace.probes.runtime import Filter, ProbeSet
 from cnitrace.probes.specs import BACKENDS, SPECS
-from cnitrace.core.session import Session
 
 MAX_DURATION = 3600.0
 
@@ -35,11 +36,12 @@ class ProbeConfig:
 
 
 def parse_iface(text: str) -> tuple[str | None, str]:
-    """'NETNS/GLOB' or 'GLOB' (host namespace)."""
-    ns, sep, name = text.rpartition("/")
-    if sep and not ns:
-        raise UsageError(f"bad --iface {text!r}: use NETNS/NAME or NAME")
-    return (ns or None), name
+    """'NETNS/GLOB' or 'GLOB' (host namespace), validated by cnitrace.core.selection.
+
+    ProbeSet spells the host namespace None, so selection.HOST is converted here, at its edge.
+    """
+    ns, name = selection.parse_iface(text)
+    return (None if ns == selection.HOST else ns), name
 
 
 def parse_force(text: str, option: str = "--force") -> tuple[str, str]:
@@ -56,6 +58,13 @@ def validate(cfg: ProbeConfig) -> None:
         raise UsageError("no stage chosen")
     if not 0 < cfg.duration <= MAX_DURATION:
         raise UsageError(f"--duration must be in (0, {MAX_DURATION:g}] seconds")
+    for ns, name in cfg.ifaces:
+        selection.validate_ifname(name)
+        if ns is not None:
+            selection.validate_netns(ns, "--iface")
+    for ns in cfg.netns:
+        if ns is not None:
+            selection.validate_netns(ns)
 
 
 def run(cfg: ProbeConfig, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:

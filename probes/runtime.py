@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cnitrace.core.errors import ToolError, UsageError
+from cnitrace.core.selection import validate_ifname
 from cnitrace.probes import btf as btfmod
 from cnitrace.probes.btf_enums import drop_reasons, not_a_drop, reason_name
 from cnitrace.probes.histogram import Histogram, merge_cpus
@@ -33,7 +34,6 @@ from cnitrace.probes.specs import (BACKEND_CODES, COUNTERS, FENTRY, KPROBE, OFFS
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 
 TRACEFS = Path("/sys/kernel/tracing")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:@*?\[\]-]{1,15}$")
 # Host capability (cnitrace.node.checks) each backend needs.
 BACKEND_CAPS = {FENTRY: "fentry", KPROBE: "kprobes", TRACEPOINT: "tracepoints", RAW_TRACEPOINT: "raw_tracepoints",
                 TP_BTF: "tp_btf"}
@@ -272,8 +272,7 @@ class ProbeSet:
         if unknown:
             raise UsageError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(SPECS)}")
         for _, name in ifaces:
-            if not _IFNAME.match(name):
-                raise UsageError(f"bad interface name or glob: {name!r}")
+            validate_ifname(name)
         self.stages = list(stages)
         self.runner = runner
         self.events = events

@@ -32,7 +32,7 @@ from cnitrace.probes.runtime import Filter
 from cnitrace.profile.config import TRAFFIC, ProfileConfig
 from cnitrace.profile.run import run_profile
 from cnitrace.reports.doctor import render_doctor
-from cnitrace.reports.doctor import render_snapshot
+from cnitrace.reports.snapshot import render_snapshot
 from cnitrace.reports.document import fmt_ns
 from cnitrace.reports.load import load_profile
 from cnitrace.reports.profile.diff import diff_docs

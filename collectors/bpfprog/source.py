@@ -1,8 +1,10 @@
 """Acquisition for the BPF-program collector: what is attached where, and its run counters.
 
 With a selection, only programs on the selected interfaces (tc via `tc -j filter show` and
-`bpftool net`, XDP via `bpftool net`) are reported, each read in its own namespace; without
-one, everything attached in the host namespace and to cgroups. Run counters come from
+`bpftool net`, XDP via `bpftool net`) are reported, each read in its own namespace
+(`ip netns exec NAME ...` argv through the Runner), plus everything attached in a selected
+namespace that has no selected interface; without one, everything attached in the host
+namespace and to cgroups. Run counters come from
 `bpftool -j prog show`; they only move while stats are enabled (see stats.py), which the
 caller arranges around the interval it measures.
 """
@@ -57,14 +59,20 @@ class BpfProgCollector:
                 w.add("bpftool cgroup tree failed; cgroup programs not listed")
             return found, warnings
         for ns in sel.netns:
-            for iface in sel.in_netns(ns):
+            ifaces = sel.in_netns(ns)
+            if not ifaces:   # a namespace selected without interfaces: whatever is attached in it
+                done = self.runner.run(["bpftool", "-j", "net", "show"], netns=ns, check=False)
+                if done.ok:
+                    take(p.parse_net_show(done.stdout, ns))
+                else:
+                    w.add(f"{ns or 'host'}: bpftool net show failed; its attachments not listed")
+            for iface in ifaces:
                 for hook in ("ingress", "egress"):
                     done = self.runner.run(["tc", "-j", "filter", "show", "dev", iface.name, hook],
-                                           netns=ns or None, check=False)
+                                           netns=ns, check=False)
                     if done.ok and done.stdout.strip():
                         take(p.parse_tc_filters(done.stdout, iface.name, hook, ns))
-                done = self.runner.run(["bpftool", "-j", "net", "show", "dev", iface.name],
-                                       netns=ns or None, check=False)
+                done = self.runner.run(["bpftool", "-j", "net", "show", "dev", iface.name], netns=ns, check=False)
                 if done.ok:
                     take(p.parse_net_show(done.stdout, ns))
         return found, warnings

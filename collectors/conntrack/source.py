@@ -1,8 +1,9 @@
 """Acquisition for the conntrack collector: procfs and `conntrack -S`, per network namespace.
 
 Conntrack tables and statistics are per namespace, so each selected namespace is read
-from inside it (`ip netns exec NS cat ...` through the Runner); the host namespace ('')
-is read the same way for one code path.
+from inside it (`ip netns exec NS cat ...` argv through the Runner); the host namespace
+(selection.HOST, '') is read the same way for one code path. Records carry their namespace
+in their key, so two namespaces never merge.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.conntrack import parse as p
 from cnitrace.core.errors import ToolError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.selection import HOST
 
 STAT = "/proc/net/stat/nf_conntrack"
 COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
@@ -24,8 +26,8 @@ class ConntrackCollector:
 
     name = "conntrack"
 
-    def __init__(self, netns: Sequence[str] = ("",), runner: Runner = DEFAULT_RUNNER):
-        self.netns = tuple(netns) or ("",)
+    def __init__(self, netns: Sequence[str | None] = (HOST,), runner: Runner = DEFAULT_RUNNER):
+        self.netns = tuple(dict.fromkeys(n or HOST for n in netns)) or (HOST,)
         self.runner = runner
 
     def available(self, host: Any = None) -> Availability:
@@ -40,7 +42,7 @@ class ConntrackCollector:
         return p.parse_conntrack_S(text)
 
     def _read(self, path: str, ns: str) -> str | None:
-        done = self.runner.run(["cat", path], netns=ns or None, check=False)
+        done = self.runner.run(["cat", path], netns=ns, check=False)
         return done.stdout if done.ok else None
 
     def snapshot(self) -> Snapshot:
@@ -66,7 +68,7 @@ class ConntrackCollector:
                 records.append(p.TableUsage(ns, count, cmax))
             if have_tool:
                 try:
-                    s = p.parse_conntrack_S(self.runner.run(["conntrack", "-S"], netns=ns or None).stdout, ns)
+                    s = p.parse_conntrack_S(self.runner.run(["conntrack", "-S"], netns=ns).stdout, ns)
                 except ToolError as exc:
                     w.add(f"{label}: {exc.message}")
                 else:

@@ -3,7 +3,9 @@
 Why `save -c` and not python-iptables: one subprocess dumps every table with counters in
 a few milliseconds per thousand rules and reads both backends; python-iptables walks rules
 one libiptc call at a time and sees only the legacy backend (see the benchmark).
-An optional netns runs the tools inside it (`ip netns exec`), e.g. a lab's node namespace.
+An optional netns runs the tools inside it (`ip netns exec NAME ...` argv through the Runner),
+e.g. a lab's node namespace; one collector reads one namespace, and the registry puts one per
+selected namespace behind the name "iptables" (collectors/netns.py).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any, Sequence
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.iptables.parse import Chain, Rule, Ruleset, parse
-from cnitrace.core.errors import ToolError
+from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.selection import HOST
 
 BACKENDS = ("legacy", "nft")
 FAMILIES = ("ipv4", "ipv6")
@@ -43,7 +46,6 @@ class Source:
 def sources(backends: Sequence[str] = BACKENDS, families: Sequence[str] = FAMILIES) -> list[Source]:
     bad = [b for b in backends if b not in BACKENDS] + [f for f in families if f not in FAMILIES]
     if bad:
-        from cnitrace.core.errors import UsageError
         raise UsageError(f"unknown iptables backend/family {bad[0]!r}; choose from {BACKENDS + FAMILIES}")
     return [Source(b, f) for b in backends for f in families]
 
@@ -53,10 +55,10 @@ class IptablesCollector:
 
     name = "iptables"
 
-    def __init__(self, runner: Runner = DEFAULT_RUNNER, netns: str | None = None,
+    def __init__(self, runner: Runner = DEFAULT_RUNNER, netns: str | None = HOST,
                  backends: Sequence[str] = BACKENDS, families: Sequence[str] = FAMILIES):
         self.runner = runner
-        self.netns = netns
+        self.netns = netns or HOST     # None is accepted for the host
         self.sources = sources(backends, families)
 
     def available(self, host: Any = None) -> Availability:

@@ -1,4 +1,8 @@
-"""Acquisition: one `nft -j list ruleset` through the Runner seam, optionally inside a netns."""
+"""Acquisition: one `nft -j list ruleset` through the Runner seam, optionally inside a netns.
+
+One collector reads one namespace (`ip netns exec NAME nft ...` argv); the registry puts one
+per selected namespace behind the name "nftables" (collectors/netns.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings, c
 from cnitrace.collectors.nftables.parse import NftCounter, NftRule, Record, parse
 from cnitrace.core.errors import ToolError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.selection import HOST
 
 ARGV = ["nft", "-j", "list", "ruleset"]
 
@@ -18,9 +23,9 @@ class NftablesCollector:
 
     name = "nftables"
 
-    def __init__(self, runner: Runner = DEFAULT_RUNNER, netns: str | None = None):
+    def __init__(self, runner: Runner = DEFAULT_RUNNER, netns: str | None = HOST):
         self.runner = runner
-        self.netns = netns
+        self.netns = netns or HOST     # None is accepted for the host
 
     def available(self, host: Any = None) -> Availability:
         if not self.runner.which("nft"):

@@ -13,8 +13,9 @@ from typing import Any
 
 from cnitrace.collectors.base import Availability, Parsed, Snapshot, Warnings
 from cnitrace.collectors.ovs import parse as p
-from cnitrace.core.errors import ToolError
+from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.selection import HOST, resolve
 
 DEFAULT_RUNDIR = "/run/openvswitch"
 OPENFLOW_VERSIONS = "OpenFlow10,OpenFlow11,OpenFlow12,OpenFlow13,OpenFlow14,OpenFlow15"
@@ -27,7 +28,7 @@ class OvsTarget:
     rundir: str = DEFAULT_RUNDIR
     db: str | None = None     # OVSDB remote, default unix:<rundir>/db.sock
     ctl: str | None = None    # ovs-vswitchd unixctl socket, default: <rundir>/ovs-vswitchd.<pid>.ctl
-    netns: str = ""           # the namespace the bridge's ports live in ('' = host; the lab's node netns)
+    netns: str = HOST         # the namespace the bridge's ports live in (HOST '' = host; the lab's node netns)
 
     @property
     def db_remote(self) -> str:
@@ -83,9 +84,6 @@ class OvsCollector:
         """OVS port name -> the namespace of its veth peer (the pod), via netlink."""
         if not self.resolve_peers or not names:
             return {}
-        from cnitrace.core.errors import UsageError
-        from cnitrace.core.selection import resolve
-
         prefix = f"{self.target.netns}/" if self.target.netns else ""
         try:
             sel = resolve([prefix + "*"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from cnitrace.lab.datapath import iptables_rule_packets, nft_rule_packets
 from cnitrace.lab.datapaths.nft import parse_handles
 
-FIX = Path(__file__).parent / "fixtures" / "lab"
+FIX = Path(__file__).parents[1] / "fixtures" / "lab"
 
 
 def body(name: str) -> str:

@@ -5,6 +5,13 @@ other end lives in the pod's namespace; collectors need both ends and the namesp
 (conntrack is per namespace, tc programs may sit on either end). Resolution uses pyroute2
 netlink dumps; matching and validation are pure functions so they are tested without root.
 A glob that matches nothing is a usage error that lists what does exist.
+
+This module is the one validator of interface names, globs and namespace names (the CLI, the
+probes and the collectors all call it), and the one spelling of the host namespace: `HOST`,
+the empty string, in every Interface and Selection (it sorts first, is a plain JSON string and
+is falsy, so the Runner runs host commands without `ip netns exec`). Callers whose own
+vocabulary is `None` (the probes' ProbeSet) convert at their edge; Interface and Selection
+accept `None` on construction and store `HOST`.
 """
 
 from __future__ import annotations
@@ -18,19 +25,40 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from cnitrace.core.errors import UsageError
 
-_GLOB = re.compile(r"^[A-Za-z0-9_.:@*?\[\]!-]{1,64}$")
-_NETNS = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+HOST = ""                 # the namespace cnitrace runs in
+IFNAMSIZ = 16             # include/uapi/linux/if.h: names are at most IFNAMSIZ - 1 bytes
+MAX_IFNAME = IFNAMSIZ - 1
+# A glob may be longer than a name because a bracket class stands for one character
+# ('cali[0-9a-f][0-9a-f]*'); 64 bounds the option and leaves room for that. A glob whose
+# shortest match is longer than MAX_IFNAME can match nothing and is refused.
+MAX_GLOB = 64
+MAX_NETNS = 255           # a file name under /run/netns
+_NAME_CHARS = r"A-Za-z0-9_.:@\-"
+_NAME = re.compile(f"[{_NAME_CHARS}]+")
+_GLOB = re.compile(rf"[{_NAME_CHARS}*?\[\]!]+")
+_NETNS = re.compile(r"[A-Za-z0-9_.-]+")
+_GLOB_CHARS = frozenset("*?[")
 NETNS_DIR = "/run/netns"
+_IFACE_HELP = ("use [NETNS/]NAME with names of letters, digits and '_.-:@' "
+               f"(at most {MAX_IFNAME}) or globs with '*?[]!'")
+
+
+def _host(ns: str | None) -> str:
+    return HOST if ns is None else ns
 
 
 @dataclasses.dataclass(frozen=True)
 class Interface:
     name: str
-    netns: str            # '' = the namespace cnitrace runs in (the host)
+    netns: str            # HOST ('') = the namespace cnitrace runs in; None is stored as HOST
     ifindex: int
     kind: str = ""        # 'veth', 'bridge', 'vxlan', ... ('' = physical/unknown)
     peer: str | None = None
-    peer_netns: str | None = None
+    peer_netns: str | None = None   # the peer's namespace (HOST included); None = no known peer
+
+    def __post_init__(self) -> None:
+        if self.netns is None:
+            object.__setattr__(self, "netns", HOST)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -39,37 +67,119 @@ class Interface:
 @dataclasses.dataclass(frozen=True)
 class Selection:
     interfaces: tuple[Interface, ...] = ()
-    netns: tuple[str, ...] = ()   # every namespace involved, '' first when the host is
+    netns: tuple[str, ...] = ()   # every namespace involved, HOST ('') first when the host is
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interfaces", tuple(self.interfaces))
+        object.__setattr__(self, "netns", tuple(_host(n) for n in self.netns))
 
     @property
     def empty(self) -> bool:
         return not self.interfaces and not self.netns
 
-    def in_netns(self, ns: str) -> tuple[Interface, ...]:
+    def in_netns(self, ns: str | None) -> tuple[Interface, ...]:
+        ns = _host(ns)
         return tuple(i for i in self.interfaces if i.netns == ns)
+
+    def namespaces(self) -> tuple[str, ...]:
+        """Where per-namespace state (rules, conntrack) is read: the selected namespaces, or the
+        host alone when nothing is selected (the whole node as cnitrace sees it)."""
+        return self.netns if not self.empty else (HOST,)
 
     def to_json(self) -> dict[str, Any]:
         return {"interfaces": [i.to_json() for i in self.interfaces], "netns": list(self.netns)}
 
 
-def split_glob(glob: str) -> tuple[str | None, str]:
-    """'NETNS/GLOB' -> (netns, glob); a plain glob is looked up in the host namespace (None)."""
-    ns, sep, pat = (glob or "").rpartition("/")
-    return (ns if sep else None), pat
+def namespaces_of(selection: "Selection | None") -> tuple[str, ...]:
+    """Selection.namespaces(), with no selection meaning the host namespace."""
+    return selection.namespaces() if selection is not None else (HOST,)
+
+
+# --- the one validator ---------------------------------------------------------------------------
+
+def _shortest_match(glob: str) -> int:
+    """How many characters the shortest name matching `glob` has ('*' none, '?' and '[...]' one)."""
+    n, i = 0, 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "[":
+            end = glob.find("]", i + 2 if glob[i + 1:i + 2] in ("!", "]") else i + 1)
+            if end > 0:
+                i = end
+        if c != "*":
+            n += 1
+        i += 1
+    return n
+
+
+def ifname_problem(name: str) -> str | None:
+    """Why `name` is not an interface name or glob (None when it is one)."""
+    if not name:
+        return "empty"
+    if not _GLOB.fullmatch(name):
+        return "bad characters"
+    if name in (".", ".."):
+        return "not a name"
+    if not (_GLOB_CHARS & set(name)):
+        if len(name) > MAX_IFNAME:
+            return f"{len(name)} characters, the kernel allows {MAX_IFNAME}"
+        return None
+    if len(name) > MAX_GLOB:
+        return f"a glob of {len(name)} characters, at most {MAX_GLOB}"
+    if _shortest_match(name) > MAX_IFNAME:
+        return f"the glob matches only names longer than {MAX_IFNAME} characters"
+    return None
+
+
+def netns_problem(name: str) -> str | None:
+    """Why `name` is not a `ip netns` name (None when it is one)."""
+    if not name:
+        return "empty"
+    if not _NETNS.fullmatch(name) or name in (".", ".."):
+        return "bad characters"
+    if len(name) > MAX_NETNS:
+        return f"longer than {MAX_NETNS} characters"
+    return None
+
+
+def validate_ifname(name: str, option: str = "--iface") -> str:
+    """An interface name (at most 15 characters) or glob, without a namespace; else UsageError."""
+    why = ifname_problem(name if isinstance(name, str) else "")
+    if why:
+        raise UsageError(f"invalid {option} {name!r}: bad interface name or glob ({why}); {_IFACE_HELP}")
+    return name
+
+
+def validate_netns(name: str, option: str = "--netns") -> str:
+    if netns_problem(name if isinstance(name, str) else ""):
+        raise UsageError(f"invalid {option} {name!r}: a namespace name from `ip netns list`")
+    return name
+
+
+def parse_iface(text: str, option: str = "--iface") -> tuple[str, str]:
+    """'NETNS/GLOB' -> (netns, glob); a plain 'GLOB' is in the host namespace (HOST). Validated."""
+    ns, sep, pat = (text if isinstance(text, str) else "").rpartition("/")
+    if sep:
+        why = netns_problem(ns)
+        if why:
+            raise UsageError(f"invalid {option} {text!r}: bad namespace name before '/' ({why}); {_IFACE_HELP}")
+    why = ifname_problem(pat)
+    if why:
+        raise UsageError(f"invalid {option} {text!r}: bad interface name or glob ({why}); {_IFACE_HELP}")
+    return ns, pat
+
+
+def split_glob(glob: str) -> tuple[str, str]:
+    """'NETNS/GLOB' -> (netns, glob); a plain glob is looked up in the host namespace (HOST).
+    Not validated (see parse_iface)."""
+    ns, _, pat = (glob or "").rpartition("/")
+    return ns, pat
 
 
 def validate_glob(glob: str) -> str:
-    ns, pat = split_glob(glob)
-    if not _GLOB.match(pat) or (ns is not None and (not _NETNS.match(ns) or ns in (".", ".."))):
-        raise UsageError(f"invalid --iface {glob!r}: use [NETNS/]NAME with names or globs of letters, "
-                         "digits, '_.-:@' and '*?[]'")
+    """'[NETNS/]GLOB' as given to --iface; UsageError when either part is invalid."""
+    parse_iface(glob)
     return glob
-
-
-def validate_netns(name: str) -> str:
-    if not _NETNS.match(name or "") or name in (".", ".."):
-        raise UsageError(f"invalid --netns {name!r}: a namespace name from `ip netns list`")
-    return name
 
 
 def _listing(names: Iterable[str], limit: int = 12) -> str:
@@ -108,9 +218,9 @@ def resolve_from(globs: Sequence[str], netns_names: Sequence[str], host_links: S
     chosen: dict[tuple[str, str], Interface] = {}
     for g in globs:
         ns, _ = split_glob(g)
-        if ns is not None and ns not in known_netns:
+        if ns != HOST and ns not in known_netns:
             raise UsageError(f"--iface {g!r}: namespace {ns!r} does not exist; namespaces: {_listing(known_netns)}")
-        for l in match_globs([g], host_links if ns is None else ns_links.get(ns, ())):
+        for l in match_globs([g], host_links if ns == HOST else ns_links.get(ns, ())):
             chosen[(l.netns, l.name)] = l
     for n in netns_names:
         for l in ns_links.get(n, ()):
@@ -129,7 +239,7 @@ def resolve_from(globs: Sequence[str], netns_names: Sequence[str], host_links: S
             if other.peer == l.name and other.peer_netns == l.netns:
                 chosen.setdefault((other.netns, other.name), other)
     ifaces = tuple(sorted(chosen.values(), key=lambda i: (i.netns, i.name)))
-    nss = sorted({i.netns for i in ifaces} | set(netns_names))
+    nss = sorted({i.netns for i in ifaces} | set(netns_names))   # HOST ('') sorts first
     return Selection(ifaces, tuple(nss))
 
 
@@ -229,10 +339,10 @@ def resolve(globs: Sequence[str] = (), netns_names: Sequence[str] = ()) -> Selec
     inspect = list(dict.fromkeys([*netns_names, *(known if globs else [])]))
     for g in globs:
         ns, _ = split_glob(g)
-        if ns is not None and ns not in known:
+        if ns != HOST and ns not in known:
             raise UsageError(f"--iface {g!r}: namespace {ns!r} does not exist; namespaces: {_listing(known)}")
     with IPRoute() as ipr:
-        host = _links(ipr, "", _nsid_names(ipr, known), "")
+        host = _links(ipr, HOST, _nsid_names(ipr, known), HOST)
     ns_links: dict[str, list[Interface]] = {}
     for n in inspect:
         try:
@@ -247,15 +357,15 @@ def resolve(globs: Sequence[str] = (), netns_names: Sequence[str] = ()) -> Selec
 
 def _name_peers(host: list[Interface], ns_links: dict[str, list[Interface]]):
     """Replace '#<ifindex>' peer placeholders with names from the peer namespace's dump.
-    A peer in the host namespace (seen from a pod) has peer_netns None -> ''."""
-    index = {("", i.ifindex): i.name for i in host}
+    A peer in the host namespace (seen from a pod) has peer_netns None -> HOST."""
+    index = {(HOST, i.ifindex): i.name for i in host}
     for n, ls in ns_links.items():
         index.update({(n, i.ifindex): i.name for i in ls})
 
     def fix(i: Interface) -> Interface:
         if i.peer and i.peer.startswith("#"):
             idx = int(i.peer[1:])
-            return dataclasses.replace(i, peer=index.get((i.peer_netns or "", idx)))
+            return dataclasses.replace(i, peer=index.get((_host(i.peer_netns), idx)))
         return i
 
     host = [fix(i) for i in host]
