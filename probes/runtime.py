@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cnitrace.core.errors import ToolError, UsageError
-from cnitrace.core.selection import validate_ifname
+from cnitrace.core.selection import Selection, validate_ifname
 from cnitrace.probes import btf as btfmod
 from cnitrace.probes.btf_enums import drop_reasons, not_a_drop, reason_name
 from cnitrace.probes.histogram import Histogram, merge_cpus
@@ -267,7 +267,9 @@ class ProbeSet:
     def __init__(self, stages: Sequence[str], *, ifaces: Sequence[tuple[str | None, str]] = (),
                  netns: Sequence[str | None] = (), filt: Filter | None = None, events: bool = False,
                  force: Mapping[str, str] | None = None, session: Any = None, host: Any = None,
-                 runner: Runner = DEFAULT_RUNNER):
+                 runner: Runner = DEFAULT_RUNNER, selection: Selection | None = None):
+        """`selection`: interfaces already resolved (the profile's); `ifaces`: (netns, glob) patterns
+        resolved here at start (the probe command and tests)."""
         unknown = [s for s in stages if s not in SPECS]
         if unknown:
             raise UsageError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(SPECS)}")
@@ -280,6 +282,7 @@ class ProbeSet:
         self.session = session
         self._host = host
         self._req_ifaces = list(ifaces)
+        self._selection = selection
         self._req_netns = list(netns)
         self._base_filter = filt or Filter()
         self.filter = self._base_filter
@@ -341,6 +344,17 @@ class ProbeSet:
             modules = tuple(sorted({m for st in self.stages for m in SPECS[st].btf_modules}))
             self._btf = btfmod.load(runner=self.runner, modules=modules)
         return self._btf
+
+    def _selected_ifaces(self) -> tuple[tuple[int, int], ...]:
+        """The Selection's interfaces as (netns inode, ifindex); every link of their namespaces is
+        named, so transmit-side interfaces outside the selection still read as names."""
+        if self._selection is None:
+            return ()
+        for ns in dict.fromkeys(i.netns for i in self._selection.interfaces):
+            ino = netns_inode(ns or None)
+            for idx, name in parse_links(self.runner.run(["ip", "-o", "link", "show"], netns=ns or None).stdout):
+                self.names[(ino, idx)] = f"{ns}/{name}" if ns else name
+        return tuple(dict.fromkeys((netns_inode(i.netns or None), i.ifindex) for i in self._selection.interfaces))
 
     def _resolve_ifaces(self) -> tuple[tuple[int, int], ...]:
         found: list[tuple[int, int]] = []
@@ -413,7 +427,7 @@ class ProbeSet:
 
         self.filter = dataclasses.replace(
             self._base_filter,
-            ifaces=self._base_filter.ifaces + self._resolve_ifaces(),
+            ifaces=self._base_filter.ifaces + self._selected_ifaces() + self._resolve_ifaces(),
             netns=self._base_filter.netns + tuple(netns_inode(n) for n in self._req_netns))
         btf = self._get_btf()
         ringbuf = ringbuf_supported(os.uname().release)

@@ -247,7 +247,7 @@ def gather_evidence(runner: Runner = DEFAULT_RUNNER, netns: str | None = None) -
     bpftool = out(["bpftool", "-j", "net", "show"])
     ovs = ""
     pins: list[str] = []
-    if netns is None:
+    if not netns:   # the host namespace (None or HOST)
         if OVSDB_SOCK.exists():
             ovs = out(["ovs-vsctl", "--timeout=3", "list-br"])
         try:

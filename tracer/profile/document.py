@@ -57,15 +57,11 @@ def packets_of(cfg: ProfileConfig, win: Window, target: Target, transit: Any, wo
     return max((w.packets for w in work), default=0)
 
 
-def entry_of(target: Target) -> set[int]:
-    return target.entry if target.entry is not None else {i["ifindex"] for i in target.interfaces}
-
-
 def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal: Any) -> dict[str, Any]:
     """Window -> the stage tree and the figures beside it (drops, evaluation order, warnings)."""
     work, order, warnings, rule_drops = netfilter_inputs(win.before, win.after)
     figures = win.figures
-    entry = entry_of(target)
+    entry = target.entry_ifindexes
     transit = transit_of(figures, entry)
     packets = packets_of(cfg, win, target, transit, work)
     calib = Calib(cal.ns_per_rule_eval) if cal else Calib(0.0)

@@ -12,15 +12,11 @@ import time
 from typing import Any, Callable, Sequence
 
 from cnitrace.attribution.datapath import cpu_ns
-from cnitrace.collectors.bpfprog.source import BpfProgCollector
+from cnitrace.collectors import registry
 from cnitrace.collectors.bpfprog.stats import StatsUnavailable, stats_enabled
-from cnitrace.collectors.conntrack.source import ConntrackCollector
-from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
-from cnitrace.collectors.nftables.source import NftablesCollector
-from cnitrace.collectors.ovs.source import OvsCollector
+from cnitrace.collectors.iptables.source import ruleset_of
 from cnitrace.core.errors import CnitraceError
 from cnitrace.core.runner import Runner
-from cnitrace.core.selection import Interface, Selection
 from cnitrace.core.session import Interrupted, Session
 from cnitrace.probes.ladder import STAGES, choose_all
 from cnitrace.probes.progtime import ProgTime
@@ -50,39 +46,31 @@ class Counters:
 
 def rx_packets(target: Target, runner: Runner) -> dict[int, int]:
     """Received-packet counters of the entry interfaces: how many packets entered the node side."""
-
     out: dict[int, int] = {}
-    entry = target.entry if target.entry is not None else {i["ifindex"] for i in target.interfaces}
-    for i in target.interfaces:
-        if i["ifindex"] not in entry:
+    entry = target.entry_ifindexes
+    for i in target.selection.interfaces:
+        if i.ifindex not in entry:
             continue
-        done = runner.run(["ip", "-s", "-j", "link", "show", "dev", i["name"]], netns=i["netns"], check=False)
+        done = runner.run(["ip", "-s", "-j", "link", "show", "dev", i.name], netns=i.netns or None, check=False)
         try:
-            out[i["ifindex"]] = int(json.loads(done.stdout)[0]["stats64"]["rx"]["packets"])
+            out[i.ifindex] = int(json.loads(done.stdout)[0]["stats64"]["rx"]["packets"])
         except (ValueError, KeyError, IndexError, TypeError):
             continue
     return out
 
 
-def _selection_of(target: Target) -> Any:
-
-    ifs = tuple(Interface(i["name"], i["netns"] or "", int(i["ifindex"] or 0)) for i in target.interfaces)
-    return Selection(ifs, tuple(sorted({i.netns for i in ifs})))
+NETFILTER_AND_BPF = ("iptables", "nftables", "bpf", "conntrack")
 
 
 def snapshot_counters(target: Target, runner: Runner, ovs: Any = None, maps: bool = False) -> Counters:
-    """Every collector once. Map dumps (O(entries)) only when asked: pressure is a gauge read after."""
-
-    ipt = {ns: IptablesCollector(runner, netns=ns, families=("ipv4",)).snapshot() for ns in target.rule_netns}
-    nft = {ns: NftablesCollector(runner, netns=ns).snapshot() for ns in target.rule_netns}
-    bpf = BpfProgCollector(_selection_of(target), runner, maps=maps).snapshot()
-    ct = ConntrackCollector([n or "" for n in target.rule_netns], runner).snapshot()
-    ovs_snap, cpu = None, None
-    if ovs is not None:
-        ovs_snap = OvsCollector(ovs, runner, megaflows=False).snapshot()
-        pid = vswitchd_pid(ovs)
-        cpu = cpu_ns(pid) if pid else None
-    return Counters(ipt, nft, bpf, ovs_snap, ct, cpu, rx_packets(target, runner))
+    """Every collector once, through the one registry, for the target's Selection. Map dumps
+    (O(entries)) only when asked: pressure is a gauge read after."""
+    ctx = registry.Context(selection=target.selection, runner=runner, ovs=ovs,
+                           options=registry.Options(families=("ipv4",), maps=maps, megaflows=False))
+    snaps = registry.snapshot(target.selection, ctx, [*NETFILTER_AND_BPF, *(["ovs"] if ovs is not None else [])])
+    pid = vswitchd_pid(ovs) if ovs is not None else None
+    return Counters(registry.per_netns(snaps["iptables"]), registry.per_netns(snaps["nftables"]), snaps["bpf"],
+                    snaps.get("ovs"), snaps["conntrack"], cpu_ns(pid) if pid else None, rx_packets(target, runner))
 
 
 def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any]:
@@ -235,7 +223,7 @@ def _pin_counters(backends: dict[str, dict[str, Any]], force: dict[str, str]) ->
 
 def _start_probes(stages: list[str], target: Target, force: dict[str, str], session: Session, host: Any,
                   runner: Runner) -> ProbeSet:
-    probes = ProbeSet(stages, ifaces=[(i["netns"], i["name"]) for i in target.interfaces],
+    probes = ProbeSet(stages, selection=target.selection,
                       force={s: b for s, b in force.items() if s in stages},
                       session=session, host=host, runner=runner)
     session.on_exit(probes.close)
