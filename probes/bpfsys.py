@@ -5,7 +5,10 @@ it resolves tracing targets in vmlinux by function name only. A program aimed at
 BPF program (fentry on a tc program) or at a BTF-typed tracepoint (tp_btf, its
 btf_trace_<name> type) is loaded here: BPF_PROG_TYPE_TRACING with the expected attach type
 and attach_btf_id (+ attach_prog_fd for a program target), then BPF_RAW_TRACEPOINT_OPEN with
-no name makes the link. Everything is an fd of this process: closing it detaches.
+no name makes the link. BPF netfilter programs (6.4+) are loaded the same way (BPF_PROG_TYPE_NETFILTER, expected
+attach type BPF_NETFILTER) and linked with BPF_LINK_CREATE at a (pf, hook, priority) in the
+calling thread's network namespace (cnitrace.probes.nfbracket). Everything is an fd of this
+process: closing it detaches.
 Packing and decoding are pure (tested against the uapi layout); the syscall is at the edge.
 """
 
@@ -29,23 +32,75 @@ BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, BPF_TRACE_FENTRY, BPF_TRACE_FEXIT = 26,
 ATTR_SIZE = 144                    # sizeof(union bpf_attr) in 6.x; unused tail bytes stay zero
 INFO_SIZE = 216                    # struct bpf_prog_info up to recursion_misses
 FUNC_INFO_REC = 8                  # struct bpf_func_info {u32 insn_off; u32 type_id;}
-PROG_TYPES = {3: "sched_cls", 4: "sched_act", 6: "xdp"}
+PROG_TYPES = {3: "sched_cls", 4: "sched_act", 6: "xdp", 32: "netfilter"}
+# BPF netfilter programs (6.4+): a program type, its attach type, and BPF_LINK_CREATE
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_LINK_CREATE = 0, 1, 28
+BPF_PROG_TYPE_NETFILTER, BPF_NETFILTER = 32, 45
+BPF_MAP_TYPE_ARRAY = 2
+NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
+NF_ACCEPT = 1
 
 
 # --- pure: bpf_attr packing and decoding -------------------------------------------------------
 
 def prog_load_attr(*, insns: int, insn_cnt: int, license: int, name: bytes, attach_type: int,
                    attach_btf_id: int, attach_prog_fd: int, log_buf: int = 0, log_size: int = 0,
-                   log_level: int = 0) -> bytes:
-    """BPF_PROG_LOAD of a tracing program aimed at one function of another BPF program.
+                   log_level: int = 0, prog_type: int = BPF_PROG_TYPE_TRACING) -> bytes:
+    """BPF_PROG_LOAD of a tracing program aimed at one function of another BPF program (or,
+    with `prog_type`, of another type with an expected attach type, e.g. netfilter).
     Pointers (insns, license, log_buf) are addresses of buffers the caller keeps alive."""
     a = bytearray(ATTR_SIZE)
-    struct.pack_into("=IIQQIIQ", a, 0, BPF_PROG_TYPE_TRACING, insn_cnt, insns, license, log_level,
+    struct.pack_into("=IIQQIIQ", a, 0, prog_type, insn_cnt, insns, license, log_level,
                      log_size, log_buf)
     a[48:64] = name[:15].ljust(16, b"\0")               # prog_name (BPF_OBJ_NAME_LEN)
     struct.pack_into("=I", a, 68, attach_type)          # expected_attach_type
     struct.pack_into("=II", a, 108, attach_btf_id, attach_prog_fd)
     return bytes(a)
+
+
+def link_create_netfilter_attr(prog_fd: int, pf: int, hooknum: int, priority: int, flags: int = 0) -> bytes:
+    """BPF_LINK_CREATE of a netfilter program: link_create {prog_fd, target_fd, attach_type,
+    flags} then the union's netfilter {pf, hooknum, priority (s32), flags}."""
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=IIII", a, 0, prog_fd, 0, BPF_NETFILTER, 0)
+    struct.pack_into("=IIiI", a, 16, pf, hooknum, priority, flags)
+    return bytes(a)
+
+
+def map_create_attr(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes = b"") -> bytes:
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=IIIII", a, 0, map_type, key_size, value_size, max_entries, 0)
+    a[28:44] = name[:15].ljust(16, b"\0")              # map_name (BPF_OBJ_NAME_LEN)
+    return bytes(a)
+
+
+def map_elem_attr(map_fd: int, key: int, value: int, flags: int = 0) -> bytes:
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=IIQQQ", a, 0, map_fd, 0, key, value, flags)
+    return bytes(a)
+
+
+def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """One eBPF instruction (struct bpf_insn, little-endian)."""
+    return struct.pack("<BBhi", code, (dst & 0xF) | ((src & 0xF) << 4), off, imm)
+
+
+def counting_program(map_fd: int, ret: int = NF_ACCEPT) -> bytes:
+    """A minimal program that adds 1 to slot 0 of an array map (u32 key, u64 value) and returns
+    `ret`: what the doctor trial links as a netfilter program to see it run on packets."""
+    return b"".join((
+        insn(0x62, dst=10, off=-4, imm=0),            # *(u32 *)(r10 - 4) = 0
+        insn(0xBF, dst=2, src=10),                    # r2 = r10
+        insn(0x07, dst=2, imm=-4),                    # r2 += -4
+        insn(0x18, dst=1, src=1, imm=map_fd),         # r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+        insn(0x00),
+        insn(0x85, imm=1),                            # call bpf_map_lookup_elem
+        insn(0x15, dst=0, off=2, imm=0),              # if r0 == 0 goto +2
+        insn(0xB7, dst=1, imm=1),                     # r1 = 1
+        insn(0xDB, dst=0, src=1, off=0, imm=0),       # lock *(u64 *)(r0 + 0) += r1
+        insn(0xB7, dst=0, imm=ret),                   # r0 = ret
+        insn(0x95),                                   # exit
+    ))
 
 
 def get_fd_by_id_attr(prog_id: int) -> bytes:
@@ -185,6 +240,49 @@ def load_tracing(insns: bytes, *, attach_type: int, btf_id: int, target_fd: int,
             pass
         raise ToolError(f"loading {name}: {exc.strerror}" + (f" ({last_log_line(log.raw)})"
                                                               if last_log_line(log.raw) else "")) from None
+
+
+def load_program(insns: bytes, *, prog_type: int, attach_type: int, name: str) -> int:
+    """Load instructions (bcc's dump_func, map fds in place) as a program of `prog_type` with
+    an expected attach type (netfilter: BPF_PROG_TYPE_NETFILTER / BPF_NETFILTER)."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+
+    def attempt(log_level: int, log: Any) -> int:
+        return _bpf(BPF_PROG_LOAD, prog_load_attr(
+            insns=ctypes.addressof(code), insn_cnt=len(insns) // 8, license=ctypes.addressof(lic),
+            name=name.encode(), attach_type=attach_type, attach_btf_id=0, attach_prog_fd=0,
+            log_buf=ctypes.addressof(log) if log is not None else 0, log_size=len(log) if log is not None else 0,
+            log_level=log_level, prog_type=prog_type))
+    try:
+        return attempt(0, None)
+    except OSError as exc:
+        log = ctypes.create_string_buffer(1 << 20)
+        try:
+            attempt(1, log)   # again, only to learn why
+        except OSError:
+            pass
+        raise ToolError(f"loading {name}: {exc.strerror}" + (f" ({last_log_line(log.raw)})"
+                                                              if last_log_line(log.raw) else "")) from None
+
+
+def link_netfilter(prog_fd: int, pf: int, hooknum: int, priority: int, flags: int = 0) -> int:
+    """Link a netfilter program at (pf, hook, priority) in the calling thread's network
+    namespace; the program runs while the returned fd is open, wherever that fd is used
+    later (EINVAL: a family other than ipv4/ipv6, or priority INT_MIN/INT_MAX)."""
+    return _bpf(BPF_LINK_CREATE, link_create_netfilter_attr(prog_fd, pf, hooknum, priority, flags))
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "") -> int:
+    return _bpf(BPF_MAP_CREATE, map_create_attr(map_type, key_size, value_size, max_entries, name.encode()))
+
+
+def map_lookup_u64(map_fd: int, key: int) -> int:
+    """The u64 value at u32 `key` of an array map."""
+    k = ctypes.create_string_buffer(struct.pack("=I", key), 4)
+    v = ctypes.create_string_buffer(8)
+    _bpf(BPF_MAP_LOOKUP_ELEM, map_elem_attr(map_fd, ctypes.addressof(k), ctypes.addressof(v)))
+    return struct.unpack("=Q", v.raw)[0]
 
 
 def attach_tracing(prog_fd: int) -> int:

@@ -170,6 +170,36 @@ def attach_tc(dev: str, fd: int, name: str) -> None:
                classid=1, direct_action=True)
 
 
+def nf_bpf_trial(count: int = FRAMES) -> dict[str, int]:
+    """BPF netfilter programs (6.4+): load a minimal program (it counts, returns NF_ACCEPT) as
+    BPF_PROG_TYPE_NETFILTER, link it at ipv4 LOCAL_IN in this process's private netns, and
+    send UDP datagrams over loopback: it must run once per datagram. No compile: the program
+    is assembled by cnitrace.probes.bpfsys. Every fd is closed before returning."""
+    from cnitrace.probes import bpfsys as bs
+
+    fds: list[int] = []
+    try:
+        m = bs.map_create(bs.BPF_MAP_TYPE_ARRAY, 4, 8, 1, "cnit_nf_trial")
+        fds.append(m)
+        prog = bs.load_program(bs.counting_program(m), prog_type=bs.BPF_PROG_TYPE_NETFILTER,
+                               attach_type=bs.BPF_NETFILTER, name="cnit_nf_trial")
+        fds.append(prog)
+        try:
+            fds.append(bs.link_netfilter(prog, bs.NFPROTO_IPV4, 1, 0))   # NF_INET_LOCAL_IN, priority 0
+        except OSError as exc:
+            raise RuntimeError(f"BPF_LINK_CREATE (netfilter, ipv4 LOCAL_IN): {exc.strerror}") from None
+        sent = send_frames("lo", count)
+        deadline = time.monotonic() + 1.0
+        hits = bs.map_lookup_u64(m, 0)
+        while hits < sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+            hits = bs.map_lookup_u64(m, 0)
+        return {"hits": hits, "sent": sent}
+    finally:
+        for fd in reversed(fds):    # the link first: detached before its program goes
+            os.close(fd)
+
+
 def run_trial(runner: Runner = DEFAULT_RUNNER) -> dict[str, Any]:
     from cnitrace.probes import loader
 
@@ -223,6 +253,10 @@ def run_trial(runner: Runner = DEFAULT_RUNNER) -> dict[str, Any]:
     for k, v in att.items():
         if v["ok"]:
             v["hits"], v["sent"] = got[SLOTS[k]], sent
+
+    nf: dict[str, int] = {}
+    att["nf_bpf"] = attempt(lambda: nf.update(nf_bpf_trial()))
+    att["nf_bpf"].update(nf)
 
     # XDP last: on a veth it switches the receive path to NAPI, which bypasses the kprobe target.
     def xdp() -> None:

@@ -355,7 +355,7 @@ def _trial_backed(name: str) -> Callable[[Host], Check]:
     return fn
 
 
-TRIAL_BACKED = ("kprobes", "fentry", "tracepoints", "raw_tracepoints", "tp_btf", "tc_bpf", "xdp")
+TRIAL_BACKED = ("kprobes", "fentry", "tracepoints", "raw_tracepoints", "tp_btf", "tc_bpf", "xdp", "nf_bpf")
 
 
 def check_bpf_stats(host: Host) -> Check:
