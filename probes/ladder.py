@@ -1,7 +1,8 @@
 """The probe ladder: for each datapath stage, which backend this host allows, and why.
 
-Backends, best first: fentry (BTF trampoline, ~7 ns a hit) -> kprobe (~18 ns) -> tracepoint
-(stable, where the kernel has one) -> counters (nothing attached; the stage's time is
+Backends, best first: fentry (BTF trampoline, ~7 ns a hit) -> kprobe (~18 ns) -> nf_bpf (netfilter
+only: BPF netfilter programs around each table, ~170-200 ns per table here) -> tracepoint (stable,
+where the kernel has one) -> counters (nothing attached; the stage's time is
 modelled from counters and the rule-count sweep). A stage lists only the rungs that make
 sense for it. `choose` is pure: it reads capabilities through the Host (real or replayed)
 and says which signals are measured and which modelled, so the report can be honest.
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 
 from cnitrace.core.capability import Check, Status
 
-from cnitrace.probes.specs import COUNTERS, FENTRY, KPROBE, TRACEPOINT  # one backend vocabulary (specs.BACKENDS)
+from cnitrace.probes.specs import COUNTERS, FENTRY, KPROBE, NF_BPF, TRACEPOINT  # one vocabulary (probes.specs)
 
 
 class Capabilities(Protocol):
@@ -79,6 +80,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
              ("ns per hook", "ns per table/base chain", "verdicts"), ("ns per user chain/rule (from counters)",)),
         Rung(KPROBE, _KP, "nf_hook_slow, ipt_do_table, nft_do_chain (+kretprobe)",
              ("ns per hook", "ns per table/base chain", "verdicts"), ("ns per user chain/rule (from counters)",)),
+        # Where neither function probe exists (no kprobes/fentry: locked-down and hardened nodes):
+        # BPF netfilter programs at priority p-1 and p+1 around each table (kernel >= 6.4). They cost
+        # more per table than fentry or kprobes here (two hook calls and two clock reads), hence last.
+        Rung(NF_BPF, Need(all_of=("nf_bpf", "btf"), any_of=("iptables", "nft")),
+             "BPF netfilter programs at p-1 / p+1 around each table",
+             ("ns per table/base chain", "drops inside a table"), ("ns per user chain/rule (apportioned)",)),
         Rung(COUNTERS, Need(any_of=("iptables", "nft")), "rule counters (iptables-save -c, nft -j)",
              ("packets per rule and chain",), ("ns per rule (sweep slope)", "ns per chain")),
     )),

@@ -36,8 +36,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.selection import Selection
 from cnitrace.probes.histogram import EMPTY, Histogram, merge_cpus, slot_bounds, slot_of
 from cnitrace.probes.specs import NF_FAMILIES, NF_HOOKS
+from cnitrace.core.selection import validate_ifname
+from cnitrace.probes import bpfsys
+from cnitrace.probes import btf as btfmod
+from cnitrace.probes.loader import load
+from cnitrace.probes.runtime import Figure
+from cnitrace.probes.runtime import netns_inode
+from cnitrace.probes.runtime import parse_links
 
 SOURCE = "nfbracket.bpf.c"
 STAGE, MAP, BACKEND, UNIT = "netfilter", "nf_table_agg", "nf_bpf", "ns"
@@ -464,7 +472,13 @@ class Brackets:
     def __init__(self, targets: Sequence[Any] | str | None = None, *, session: Any = None,
                  runner: Runner = DEFAULT_RUNNER, hooks: Iterable[int | str] | None = None,
                  pfs: Iterable[int] | None = None, select: Any = None, drops: bool = True,
-                 floors: bool = True, plans: Mapping[str | None, Plan] | None = None):
+                 floors: bool = True, plans: Mapping[str | None, Plan] | None = None,
+                 selection: Selection | None = None):
+        """`selection`: resolved interfaces (the profile's), whose namespaces are bracketed and whose
+        packets alone are timed; `targets`: names or (netns, glob) pairs resolved at attach."""
+        self._selection = selection
+        if selection is not None:
+            targets = [ns or None for ns in selection.netns] or [None]
         if targets is None or isinstance(targets, str):
             targets = [targets]
         self.netns: list[str | None] = []
@@ -510,7 +524,6 @@ class Brackets:
                     raise ToolError(f"netns {ns or 'host'}: {exc}") from None
             self.plans[ns] = p
             self.refused += [(ns, r) for r in p.refused]
-        from cnitrace.probes.runtime import netns_inode
         slots = [(ns, netns_inode(ns), b) for ns, p in self.plans.items() for b in p.brackets]
         if len(slots) > MAX_SLOTS:
             for ns, _, b in slots[MAX_SLOTS:]:
@@ -520,9 +533,9 @@ class Brackets:
         self.slots = slots
 
     def _ifaces(self) -> list[tuple[int, int]]:
-        from cnitrace.core.selection import validate_ifname
-        from cnitrace.probes.runtime import netns_inode, parse_links
         found: list[tuple[int, int]] = []
+        if self._selection is not None:
+            found += [(netns_inode(i.netns or None), i.ifindex) for i in self._selection.interfaces]
         for ns, glob in self._globs:
             validate_ifname(glob)
             links = parse_links(self.runner.run(["ip", "-o", "link", "show"], netns=ns).stdout)
@@ -544,9 +557,6 @@ class Brackets:
         return self
 
     def _attach(self) -> None:
-        from cnitrace.probes import btf as btfmod
-        from cnitrace.probes import bpfsys
-        from cnitrace.probes.loader import load
 
         self._plan()
         if not self.slots or (not self._given_plans and not any(not b.floor for _, _, b in self.slots)):
@@ -678,7 +688,6 @@ def figures_from(raw: Sequence[tuple[str | None, int, Bracket, Histogram, Histog
     """Slots' histograms -> Figures: per table (passed: verdict ACCEPT; dropped inside: verdict
     DROP) with the floor of its (netns, pf, hook) subtracted, and the floors themselves (map
     nf_bracket_floor). Pure."""
-    from cnitrace.probes.runtime import Figure
 
     floors: dict[tuple[int, int, int], float] = {}
     for _, ino, b, h, _ in raw:

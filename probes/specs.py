@@ -22,6 +22,7 @@ from typing import Mapping
 FENTRY, KPROBE, TRACEPOINT, COUNTERS = "fentry", "kprobe", "tracepoint", "counters"
 RAW_TRACEPOINT = "raw_tracepoint"   # the tracepoint rung's cheaper form: no trace record is built
 TP_BTF = "tp_btf"                   # cheaper still: a BTF-typed raw tracepoint, fields read by plain loads
+NF_BPF = "nf_bpf"                   # netfilter stage only: BPF netfilter programs bracketing each table
 BACKENDS = (FENTRY, KPROBE, TP_BTF, RAW_TRACEPOINT, TRACEPOINT, COUNTERS)
 BACKEND_CODES = {FENTRY: 1, KPROBE: 2, TRACEPOINT: 3, RAW_TRACEPOINT: 4, TP_BTF: 5}   # CNIT_HOOK_<point> in C
 TRACEPOINT_FORMS = (TP_BTF, RAW_TRACEPOINT, TRACEPOINT)   # the ladder's tracepoint rung, best form first

@@ -22,8 +22,9 @@ class Caps:
 
 
 ALL = dict(root=OK, btf=OK, tracefs=OK, tracepoints=OK, raw_tracepoints=OK, kprobes=OK, fentry=OK,
-           tc_bpf=OK, xdp=OK, bpf_stats=OK, iptables=OK, nft=OK, ovs=OK, ovs_kernel=OK)
+           tc_bpf=OK, xdp=OK, bpf_stats=OK, iptables=OK, nft=OK, ovs=OK, ovs_kernel=OK, nf_bpf=OK)
 CI_HOST = {**ALL, "tracefs": DEG, "kprobes": MISS, "fentry": MISS, "ovs": DEG, "ovs_kernel": MISS}
+OLD_KERNEL = {**CI_HOST, "nf_bpf": MISS}     # no BPF netfilter programs (< 6.4) and no function probes
 MICROVM = ALL
 KPROBES_ONLY = {**ALL, "fentry": MISS}
 NO_BTF = {**ALL, "btf": MISS}
@@ -34,39 +35,49 @@ STAGE_ORDER = ("netfilter", "ovs_kernel", "tc_bpf", "transit", "drops", "l7_deto
 
 
 @pytest.mark.parametrize("profile, expected", [
-    (CI_HOST, ("counters", "counters", "counters", "tracepoint", "tracepoint", "tracepoint")),
+    (CI_HOST, ("nf_bpf", "counters", "counters", "tracepoint", "tracepoint", "tracepoint")),
+    (OLD_KERNEL, ("counters", "counters", "counters", "tracepoint", "tracepoint", "tracepoint")),
     (MICROVM, ("fentry", "fentry", "fentry", "tracepoint", "tracepoint", "tracepoint")),
     (KPROBES_ONLY, ("kprobe", "kprobe", "kprobe", "tracepoint", "tracepoint", "tracepoint")),
     (NO_BTF, ("counters", "tracepoint", "counters", "counters", "counters", "counters")),
     (NO_TOOLS, (None, None, "counters", "tracepoint", "tracepoint", "tracepoint")),
     (NO_ROOT, (None, None, None, None, None, None)),
-], ids=["ci-host", "microvm", "kprobes-only", "no-btf", "no-tools", "no-root"])
+], ids=["ci-host", "old-kernel", "microvm", "kprobes-only", "no-btf", "no-tools", "no-root"])
 def test_backend_per_stage(profile, expected):
     choices = choose_all(Caps(**profile))
     assert tuple(c.stage for c in choices) == STAGE_ORDER
     assert tuple(c.backend for c in choices) == expected
 
 
-def test_ci_host_netfilter_says_what_is_measured_and_why_not_better():
+def test_ci_host_netfilter_is_measured_by_brackets_and_says_why_not_better():
     c = choose("netfilter", Caps(**CI_HOST))
+    assert c.backend == "nf_bpf"
     assert [(r.backend, r.blocked_by) for r in c.rejected] == [("fentry", ("fentry missing",)),
                                                                ("kprobe", ("kprobes missing",))]
+    assert "ns per table/base chain" in c.measured and "ns per user chain/rule (apportioned)" in c.modelled
+
+
+def test_old_kernel_netfilter_says_what_is_measured_and_why_not_better():
+    c = choose("netfilter", Caps(**OLD_KERNEL))
+    assert [(r.backend, r.blocked_by) for r in c.rejected] == [("fentry", ("fentry missing",)),
+                                                               ("kprobe", ("kprobes missing",)),
+                                                               ("nf_bpf", ("nf_bpf missing",))]
     assert c.measured == ("packets per rule and chain",)
     assert "ns per rule (sweep slope)" in c.modelled
     assert c.reason.startswith("rule counters") and "iptables, nft usable" in c.reason
 
 
 def test_any_of_accepts_either_backend_and_degraded_is_usable():
-    only_nft = {**CI_HOST, "iptables": MISS}
+    only_nft = {**OLD_KERNEL, "iptables": MISS}
     assert choose("netfilter", Caps(**only_nft)).backend == "counters"
     assert choose("ovs_kernel", Caps(**CI_HOST)).backend == "counters"       # ovs DEGRADED still counts flows
 
 
 def test_no_backend_reason_lists_every_blocker():
-    c = choose("netfilter", Caps(**NO_TOOLS))
+    c = choose("netfilter", Caps(**{**NO_TOOLS, "nf_bpf": MISS}))
     assert c.backend is None
     assert c.reason == "no backend usable: fentry: fentry missing; kprobe: kprobes missing; " \
-                       "counters: iptables missing, nft missing"
+                       "nf_bpf: nf_bpf missing, iptables missing, nft missing; counters: iptables missing, nft missing"
     assert c.to_json()["rejected"][0] == {"backend": "fentry", "blocked_by": ["fentry missing"],
                                           "why": "fentry missing: fentry is missing"}
     no_root = choose("netfilter", Caps(**NO_ROOT))
@@ -74,7 +85,7 @@ def test_no_backend_reason_lists_every_blocker():
 
 
 def test_ladder_order_is_best_first_everywhere():
-    rank = {"fentry": 0, "kprobe": 1, "tracepoint": 2, "counters": 3}
+    rank = {"fentry": 0, "kprobe": 1, "nf_bpf": 2, "tracepoint": 2, "counters": 3}
     for stage in STAGES.values():
         ranks = [rank[r.backend] for r in stage.rungs]
         assert ranks == sorted(ranks) and stage.rungs[-1].backend == "counters", stage.name

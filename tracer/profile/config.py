@@ -7,7 +7,7 @@ from typing import Sequence
 
 from cnitrace.core.errors import UsageError
 from cnitrace.core.selection import validate_netns
-from cnitrace.probes.specs import BACKENDS, COUNTERS, SPECS
+from cnitrace.probes.specs import BACKENDS, COUNTERS, NF_BPF, SPECS
 from cnitrace.traffic import generators as traffic
 
 TRAFFIC = ("none", "probe", "stream", "rr", "http")
@@ -68,6 +68,7 @@ def check_force(force: Sequence[tuple[str, str]]) -> None:
         if stage not in SPECS:
             raise UsageError(f"--probe-backend {stage}={backend}: unknown stage; choose from {', '.join(SPECS)}")
         can = [b for b in BACKENDS if b == COUNTERS or all(b in h.backends for h in SPECS[stage].hooks if h.required)]
+        can += [NF_BPF] if stage == "netfilter" else []   # brackets: not a hook of the netfilter spec
         if backend not in can:
             raise UsageError(f"--probe-backend {stage}={backend}: {stage} can take {', '.join(can)}")
         if seen.setdefault(stage, backend) != backend:

@@ -21,7 +21,8 @@ from cnitrace.core.session import Interrupted, Session
 from cnitrace.probes.ladder import STAGES, choose_all
 from cnitrace.probes.progtime import ProgTime
 from cnitrace.probes.runtime import ProbeSet, netns_inode
-from cnitrace.probes.specs import COUNTERS, SPECS
+from cnitrace.probes.nfbracket import FLOOR_MAP, Brackets
+from cnitrace.probes.specs import COUNTERS, NF_BPF, NF_HOOKS, SPECS
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.ovs import idle_cpu, kernel_datapath, ovs_cpu_reading, ovs_target, vswitchd_pid
 from cnitrace.profile.target import Target
@@ -30,7 +31,8 @@ from cnitrace.traffic import generators as traffic
 
 
 
-MEASURING = ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint")
+MEASURING = ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint", "nf_bpf")
+NFPROTO_IPV4 = 2
 
 
 @dataclasses.dataclass
@@ -153,7 +155,46 @@ def _probe_stages(backends: dict[str, dict[str, Any]], force: dict[str, str] | N
     force = force or {}
     return [s for s in ("transit", "drops", "netfilter", "ovs_kernel")
             if s in SPECS and force.get(s) != COUNTERS and (s != "ovs_kernel" or kernel_ovs)
-            and (s in force or backends.get(s, {}).get("backend") in MEASURING)]
+            and (s in force or backends.get(s, {}).get("backend") in MEASURING)
+            and not (s == "netfilter" and netfilter_backend(backends, force) == NF_BPF)]
+
+
+def netfilter_backend(backends: dict[str, dict[str, Any]], force: dict[str, str]) -> str | None:
+    """The netfilter stage's backend: pinned, else the ladder's."""
+    return force.get("netfilter") or backends.get("netfilter", {}).get("backend")
+
+
+def start_brackets(target: Target, backends: dict[str, dict[str, Any]], session: Session, runner: Runner,
+                   warnings: list[str], say: Callable[[str], None]) -> Brackets | None:
+    """Bracket probes around every ipv4 table registered in the selection's namespaces, timing only
+    the selection's packets. A failure to attach is a warning and the stage falls back to counters."""
+    say("probes: netfilter (BPF netfilter brackets around each table)")
+    br = Brackets(selection=target.selection, session=session, runner=runner, pfs=(NFPROTO_IPV4,))
+    entry = backends.setdefault("netfilter", {})
+    try:
+        br.attach()
+    except CnitraceError as exc:
+        why = f"bracket probes failed to attach ({exc.message}): rule counters only"
+        warnings.append(f"netfilter: {why}")
+        entry.update(backend=COUNTERS, reason=why,
+                     signals={"measured": [], "modelled": ["ns per table", "ns per chain/rule"]})
+        return None
+    tables = sorted({f"{NF_HOOKS.get(b.hook, b.hook)} {' + '.join(m.label for m in b.members)}"
+                     for _, _, b in br.slots if not b.floor})
+    entry["hooks"] = {t: NF_BPF for t in tables}
+    if br.refused:
+        entry["refused"] = [dict(r.to_json(), netns=ns or None) for ns, r in br.refused]
+        warnings += [f"netfilter: not bracketed: {r.to_json().get('table', '?')} ({r.reason})" for _, r in br.refused]
+    return br
+
+
+def bracket_overhead(br: Brackets, figures: Sequence[Any]) -> dict[str, Any]:
+    """The brackets' own cost (the empty pair's time, already subtracted from every table) and
+    how many table brackets a packet could cross: what the probes add to transit."""
+    floors = [f.hist.mean for f in figures if f.map == FLOOR_MAP and f.hist.count]
+    return {"brackets": sum(1 for _, _, b in br.slots if not b.floor),
+            "floor_ns": round(sum(floors) / len(floors), 1) if floors else None,
+            "untimed": br.lost()}
 
 
 def backend_used(choice: Any, forced: str | None, ladder: dict[str, Any] | None) -> dict[str, Any]:
@@ -271,6 +312,9 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
         if target.lab is not None and target.lab.spec.l7 and backends.get("l7_detour", {}).get("backend") in MEASURING:
             say("probes: l7_detour (client and proxy sockets)")
             l7_probes = _start_l7_probes(target, session, host, runner)
+        brackets = None
+        if netfilter_backend(backends, force) == NF_BPF:
+            brackets = start_brackets(target, backends, session, runner, warnings, say)
         progtime = start_progtime(before, backends, session, host, runner, warnings, say)
         if probes is not None or l7_probes is not None:
             say(f"probes attached: {', '.join([*stages, *(['l7_detour'] if l7_probes else [])])}")
@@ -300,6 +344,10 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
             figures += l7_probes.snapshot()
         if progtime is not None:
             figures += progtime.snapshot()
+        if brackets is not None:
+            bracket_figures = brackets.figures()
+            figures += bracket_figures
+            overhead["nf_brackets"] = bracket_overhead(brackets, bracket_figures)
         if probes is not None:
             figures += probes.snapshot()
             lost = probes.lost()
