@@ -41,9 +41,13 @@ BPF_PERCPU_ARRAY(nf_table_agg, struct cnit_agg, NFB_MAX_SLOTS);  /* per slot: pa
 BPF_PERCPU_ARRAY(nfb_drop_agg, struct cnit_agg, NFB_MAX_SLOTS);  /* per slot: dropped inside it */
 BPF_PERCPU_ARRAY(nfb_lost, u64, NFB_MAX_SLOTS);                  /* exits of another skb than the tag */
 
+#ifndef CNIT_NFB_ENTRY
+#define CNIT_NFB_ENTRY 0
+#endif
+
 /* Is a packet at this hook in namespace `ns` on a selected interface (in or out)? The pairs
  * are constants: for one slot (constant ns) the compiler keeps only that namespace's ifindexes. */
-#define NFB_HIT(n) if (ns == CNIT_NS##n && (in == CNIT_IF##n || out == CNIT_IF##n)) return 1;
+#define NFB_HIT(n) if (ns == CNIT_NS##n && (in == CNIT_IF##n || (out && out == CNIT_IF##n))) return 1;
 static __always_inline int nfb_pair_hit(u32 ns, u32 in, u32 out)
 {
 #if CNIT_NIF > 0
@@ -73,10 +77,16 @@ static __always_inline int nfb_pair_hit(u32 ns, u32 in, u32 out)
     return 0;
 }
 
-static __always_inline int nfb_selected(const void *state, u32 ns)
+/* CNIT_NFB_ENTRY: only packets that entered the node on a selected interface (skb->skb_iif,
+ * kept through forwarding), the packets a transit probe times; else in or out device. */
+static __always_inline int nfb_selected(const void *state, const void *skb, u32 ns)
 {
 #if CNIT_NIF == 0
     return 1;
+#elif CNIT_NFB_ENTRY
+    u32 iif = 0;
+    CNIT_READ(iif, skb, CNIT_OFF_SKB_IIF);
+    return nfb_pair_hit(ns, iif, 0);
 #else
     void *dev = 0;
     u32 in = 0, out = 0;
@@ -94,9 +104,9 @@ static __always_inline int nfb_enter(void *ctx, u32 slot, u32 ns)
 {
     void *state = 0, *skb = 0;
     CNIT_READ(state, ctx, CNIT_OFF_NFCTX_STATE);
-    if (!nfb_selected(state, ns))
-        return NF_ACCEPT;
     CNIT_READ(skb, ctx, CNIT_OFF_NFCTX_SKB);
+    if (!nfb_selected(state, skb, ns))
+        return NF_ACCEPT;
     struct nfb_open *o = nfb_open.lookup(&slot);
     if (!o)
         return NF_ACCEPT;

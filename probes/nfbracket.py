@@ -384,8 +384,9 @@ def shifted(h: Histogram, by: float) -> Histogram:
 
 
 def cflags(plan_: Plan | Sequence[Bracket], netns_of: Sequence[int], offsets: Mapping[str, int],
-           ifaces: Sequence[tuple[int, int]] = (), drop_reason: int = 0) -> dict[str, str]:
-    """-D options: slot count, each slot's netns inode, BTF offsets, the interface pairs, the
+           ifaces: Sequence[tuple[int, int]] = (), drop_reason: int = 0, entry: bool = False) -> dict[str, str]:
+    """-D options: slot count, each slot's netns inode, BTF offsets, the interface pairs (matched
+    as the packet's entry interface with `entry`, else as its in or out device), the
     NETFILTER_DROP reason value (0: no drop probe)."""
     brackets = plan_.brackets if isinstance(plan_, Plan) else tuple(plan_)
     if not 1 <= len(brackets) <= MAX_SLOTS:
@@ -400,13 +401,15 @@ def cflags(plan_: Plan | Sequence[Bracket], netns_of: Sequence[int], offsets: Ma
     out.update({f"CNIT_NS{n}": str(ns) for n, (ns, _) in enumerate(pairs)})
     if drop_reason:
         out["NFB_DROP_REASON"] = str(drop_reason)
+    if entry:
+        out["CNIT_NFB_ENTRY"] = "1"
     return out
 
 
 # Kernel struct fields this probe reads: -D CNIT_OFF_<name> from BTF.
 BTF_FIELDS = {"NFCTX_STATE": ("bpf_nf_ctx", "state"), "NFCTX_SKB": ("bpf_nf_ctx", "skb"),
               "HOOK_STATE_IN": ("nf_hook_state", "in"), "HOOK_STATE_OUT": ("nf_hook_state", "out"),
-              "DEV_IFINDEX": ("net_device", "ifindex")}
+              "DEV_IFINDEX": ("net_device", "ifindex"), "SKB_IIF": ("sk_buff", "skb_iif")}
 
 
 # --- I/O ---------------------------------------------------------------------------------------
@@ -473,10 +476,12 @@ class Brackets:
                  runner: Runner = DEFAULT_RUNNER, hooks: Iterable[int | str] | None = None,
                  pfs: Iterable[int] | None = None, select: Any = None, drops: bool = True,
                  floors: bool = True, plans: Mapping[str | None, Plan] | None = None,
-                 selection: Selection | None = None):
+                 selection: Selection | None = None, entry: Iterable[int] | None = None):
         """`selection`: resolved interfaces (the profile's), whose namespaces are bracketed and whose
-        packets alone are timed; `targets`: names or (netns, glob) pairs resolved at attach."""
+        packets alone are timed; with `entry` (ifindexes of the selection) only packets that entered
+        the node on those (the packets transit times); `targets`: names or (netns, glob) pairs."""
         self._selection = selection
+        self._entry = None if entry is None else set(entry)
         if selection is not None:
             targets = [ns or None for ns in selection.netns] or [None]
         if targets is None or isinstance(targets, str):
@@ -535,7 +540,8 @@ class Brackets:
     def _ifaces(self) -> list[tuple[int, int]]:
         found: list[tuple[int, int]] = []
         if self._selection is not None:
-            found += [(netns_inode(i.netns or None), i.ifindex) for i in self._selection.interfaces]
+            found += [(netns_inode(i.netns or None), i.ifindex) for i in self._selection.interfaces
+                      if self._entry is None or i.ifindex in self._entry]
         for ns, glob in self._globs:
             validate_ifname(glob)
             links = parse_links(self.runner.run(["ip", "-o", "link", "show"], netns=ns).stdout)
@@ -576,7 +582,8 @@ class Brackets:
                 reason = btf.enum("skb_drop_reason").get("SKB_DROP_REASON_NETFILTER_DROP", 0)
             except btfmod.BtfError:
                 reason = 0
-        flags = cflags([b for _, _, b in self.slots], [ino for _, ino, _ in self.slots], offsets, ifaces, reason)
+        flags = cflags([b for _, _, b in self.slots], [ino for _, ino, _ in self.slots], offsets, ifaces, reason,
+                       entry=self._entry is not None)
         self.bpf = load(SOURCE, flags, autoload=False)
         fds: dict[tuple[int, bool], int] = {}
         for n, (ns, ino, b) in enumerate(self.slots):

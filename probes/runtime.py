@@ -440,7 +440,7 @@ class ProbeSet:
             if choice.backend == COUNTERS:
                 continue
             extra: dict[str, str | int] = {}
-            if stage == "drops":
+            if stage in ("drops", "transit"):     # both read kfree_skb's reason
                 quiet = (not_a_drop(btf) + (0, 1))[:2]
                 extra = {"CNIT_NOT_DROP_A": quiet[0], "CNIT_NOT_DROP_B": quiet[1]}
             events = self.events and spec.event is not None   # stages without per-packet events skip it
@@ -559,6 +559,8 @@ class ProbeSet:
         for f in ("ifindex", "ifindex_in", "ifindex_out"):
             if f in key and ns is not None and (ns, key[f]) in self.names:
                 key[f.replace("ifindex", "iface")] = self.names[(ns, key[f])]
+        if stage == "transit":
+            key["fate"] = "dropped" if key.get("ifindex_out") == 0 else "forwarded"
         if stage == "drops":
             key["reason_name"] = reason_name(drop_reasons(self._get_btf()), int(key["reason"]))
             try:

@@ -146,7 +146,10 @@ static __always_inline int transit_start(const void *skb)
     return 0;
 }
 
-static __always_inline int transit_done(void *ctx, const void *skb)
+/* A timed packet's end: transmitted (ifindex_out is the device it leaves on) or dropped inside
+ * the node (ifindex_out 0: its time from receive to the drop, so that per-packet stage times,
+ * which include dropped packets' work, compare with a transit that includes them too). */
+static __always_inline int transit_done(void *ctx, const void *skb, int dropped)
 {
     u64 addr = transit_addr(skb);
     u32 i = transit_slot(addr);
@@ -160,7 +163,8 @@ static __always_inline int transit_done(void *ctx, const void *skb)
     if (ns > CNIT_TRANSIT_MAX_NS)
         return 0;
     void *dev = 0;
-    CNIT_READ(dev, skb, CNIT_OFF_SKB_DEV);
+    if (!dropped)
+        CNIT_READ(dev, skb, CNIT_OFF_SKB_DEV);
     if (dev)
         CNIT_READ(k.ifindex_out, dev, CNIT_OFF_DEV_IFINDEX);
     struct cnit_agg zero = {};
@@ -200,23 +204,23 @@ TRACEPOINT_PROBE(net, netif_receive_skb)
 #if CNIT_HOOK_NET_NET_DEV_START_XMIT == 5
 int tpbtf__net_dev_start_xmit(u64 *ctx)
 {
-    return transit_done(ctx, (const void *)ctx[0]);
+    return transit_done(ctx, (const void *)ctx[0], 0);
 }
 #elif CNIT_HOOK_NET_NET_DEV_START_XMIT == 4
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
-    return transit_done(ctx, (const void *)ctx->args[0]);
+    return transit_done(ctx, (const void *)ctx->args[0], 0);
 }
 #else
 TRACEPOINT_PROBE(net, net_dev_start_xmit)
 {
-    return transit_done(args, args->skbaddr);
+    return transit_done(args, args->skbaddr, 0);
 }
 #endif
 
-/* A received skb that is delivered locally or dropped never reaches a transmit; forget it
- * when it is freed, so its address, once reused for an outgoing packet, is not mistaken
- * for a transit. */
+/* A received skb that is delivered locally never reaches a transmit; forget it when it is
+ * consumed, so its address, once reused for an outgoing packet, is not mistaken for a transit.
+ * A dropped one (skb:kfree_skb) ends its transit at the drop (transit_done, dropped). */
 static __always_inline int transit_forget(const void *skb)
 {
     u64 addr = transit_addr(skb);
@@ -244,19 +248,35 @@ TRACEPOINT_PROBE(skb, consume_skb)
 }
 #endif
 
+#ifndef CNIT_NOT_DROP_A
+#define CNIT_NOT_DROP_A 0
+#endif
+#ifndef CNIT_NOT_DROP_B
+#define CNIT_NOT_DROP_B 1
+#endif
+
+/* skb:kfree_skb: a drop ends the packet's transit there; a free that is not a drop (reasons
+ * NOT_DROPPED_YET / CONSUMED, values from BTF) only forgets it. Args as in drops.bpf.c. */
+static __always_inline int transit_freed(void *ctx, const void *skb, u32 reason)
+{
+    if (reason == CNIT_NOT_DROP_A || reason == CNIT_NOT_DROP_B)
+        return transit_forget(skb);
+    return transit_done(ctx, skb, 1);
+}
+
 #if CNIT_HOOK_SKB_KFREE_SKB == 5
 int tpbtf__kfree_skb(u64 *ctx)
 {
-    return transit_forget((const void *)ctx[0]);
+    return transit_freed(ctx, (const void *)ctx[0], (u32)ctx[2]);
 }
 #elif CNIT_HOOK_SKB_KFREE_SKB == 4
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
-    return transit_forget((const void *)ctx->args[0]);
+    return transit_freed(ctx, (const void *)ctx->args[0], (u32)ctx->args[2]);
 }
 #elif CNIT_HOOK_SKB_KFREE_SKB == 3
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
-    return transit_forget(args->skbaddr);
+    return transit_freed(args, args->skbaddr, args->reason);
 }
 #endif

@@ -50,10 +50,13 @@ def test_calico_lab_transit_grows_with_rules_and_drops_are_named():
     means = {}
     for rules in (0, 1000):
         got = run_lab(rules)
-        transit = [f for f in got["figs"] if f.stage == "transit"]
+        transit = [f for f in got["figs"] if f.stage == "transit" and f.key["fate"] == "forwarded"]
+        dropped = [f for f in got["figs"] if f.stage == "transit" and f.key["fate"] == "dropped"]
         drops = [f for f in got["figs"] if f.stage == "drops"]
         # the allowed datagrams were forwarded client -> server and each one was timed
         assert len(transit) == 1 and transit[0].hist.count == ALLOWED
+        # the denied ones were timed from receive to their drop (transit covers every packet that entered)
+        assert len(dropped) == 1 and dropped[0].hist.count == DENIED and dropped[0].key["ifindex_out"] == 0
         assert transit[0].key["iface_in"] == f"{got['node']}/{got['client'].node_iface}"
         assert transit[0].key["iface_out"] == f"{got['node']}/{got['server'].node_iface}"
         # the denied ones were dropped by the policy, in netfilter, on the client's interface

@@ -167,9 +167,10 @@ def netfilter_backend(backends: dict[str, dict[str, Any]], force: dict[str, str]
 def start_brackets(target: Target, backends: dict[str, dict[str, Any]], session: Session, runner: Runner,
                    warnings: list[str], say: Callable[[str], None]) -> Brackets | None:
     """Bracket probes around every ipv4 table registered in the selection's namespaces, timing only
-    the selection's packets. A failure to attach is a warning and the stage falls back to counters."""
+    packets that entered on the entry interfaces (the packets transit times, so the two compare). A failure to attach is a warning and the stage falls back to counters."""
     say("probes: netfilter (BPF netfilter brackets around each table)")
-    br = Brackets(selection=target.selection, session=session, runner=runner, pfs=(NFPROTO_IPV4,))
+    br = Brackets(selection=target.selection, entry=target.entry_ifindexes, session=session, runner=runner,
+                  pfs=(NFPROTO_IPV4,))
     entry = backends.setdefault("netfilter", {})
     try:
         br.attach()
