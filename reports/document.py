@@ -35,6 +35,10 @@ class Node:
     provenance: Provenance = "modelled"
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
     children: list["Node"] = dataclasses.field(default_factory=list)
+    # A share of a measured parent's time, split by the model's shares (e.g. a chain of a table timed by
+    # probes); `basis` says how the figure came about ("measured (table), apportioned (chain)").
+    apportioned_ns: float | None = None
+    basis: str | None = None
 
     @property
     def agreement(self) -> float | None:

@@ -60,6 +60,8 @@ def render_sweep(doc: Mapping[str, Any], console: Console | None = None) -> None
               f"{doc['elapsed_s']:.0f} s, {state}")
     for line in doc.get("headline", ()):
         con.print(f"• {line}", soft_wrap=False, overflow="fold")
+    for line in doc.get("agreement_lines", ()):
+        con.print(f"• {line}", soft_wrap=False, overflow="fold")
     con.print(table(doc))
     failed = [p for p in doc.get("points", ()) if p.get("status") != "ok"]
     for p in failed:

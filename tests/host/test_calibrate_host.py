@@ -21,3 +21,23 @@ def test_calibration_measures_per_rule_cost(node_before_after, method):
     if method == "transit":
         assert cal.r2 > 0.95   # softirq timing is not disturbed by other processes
     node_before_after()
+
+
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_shape_calibration_is_bounded_ordered_and_cached(node_before_after, backend, tmp_path):
+    from cnitrace.calibrate.rules import cached_or_measure_shapes
+    from cnitrace.calibrate.shapes import EARLY
+
+    cache = tmp_path / "calibration.json"
+    cal = cached_or_measure_shapes(backend=backend, cache=cache)
+    assert cal.provenance == "measured" and cal.backend == backend and cal.method == "transit"
+    assert cal.seconds is not None and cal.seconds < 20.0, cal.seconds      # it runs at profile start
+    # Relations that hold on any CPU: a rule rejected at its header is the cheapest evaluation; every
+    # module adds time; an ipset lookup costs more than a mark test; two modules more than one.
+    assert cal.early_ns > 0
+    assert all(cal.samples[s] > 2 * cal.early_ns for s in ("mark", "port", "multiport", "conntrack"))
+    assert cal.class_ns(EARLY) < cal.class_ns("full:mark") < cal.class_ns("full:comment+mark")
+    assert cal.module_ns["set"] > cal.module_ns["mark"]
+    again = cached_or_measure_shapes(backend=backend, cache=cache)
+    assert again.provenance == "cached" and again.early_ns == cal.early_ns
+    node_before_after()

@@ -9,9 +9,12 @@ counting the same work twice.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Mapping
 
 from cnitrace.attribution.tree import ChainWork, RuleHit
+from cnitrace.calibrate.shapes import RuleCount, matched_headers, parse_shape, split_rules
+from cnitrace.collectors.base import Warnings
 from cnitrace.collectors.iptables import graph as ipt_graph
 from cnitrace.collectors.iptables.parse import Rule, Ruleset
 from cnitrace.collectors.nftables import graph as nft_graph
@@ -20,20 +23,97 @@ from cnitrace.collectors.nftables.parse import NftRule
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")
 
 
-def iptables_work(delta: Ruleset, top_rules: int = 3) -> tuple[list[ChainWork], tuple[str, ...]]:
-    costs, warnings = ipt_graph.costs_by_table(delta)
-    rules_by_chain: dict[tuple[str, str, str, str], list[Rule]] = {}
+def _costs_and_graphs(delta: Ruleset) -> tuple[dict, dict, tuple[str, ...]]:
+    """ipt_graph.costs_by_table, keeping the graphs it walked (one nodes_of pass, not two)."""
+    w = Warnings()
+    graphs = ipt_graph.nodes_of(delta)
+    costs: dict[tuple[str, str, str, str], ipt_graph.ChainCost] = {}
+    for tk, graph in graphs.items():
+        for name, cost in ipt_graph.evaluate(graph, None, w).items():
+            node = graph[name]
+            if tk[0] == "nft" and node.base and node.policy_packets == 0:
+                cost = dataclasses.replace(cost, notes=(*cost.notes, ipt_graph.NFT_POLICY_NOTE))
+            costs[(*tk, name)] = cost
+    return costs, graphs, w.freeze()
+
+
+def rule_counts(delta: Ruleset, costs: Mapping | None = None,
+                chains: set[tuple[str, str, str, str]] | None = None, graphs: Mapping | None = None
+                ) -> dict[tuple[str, str, str, str], list[tuple[Rule, RuleCount]]]:
+    """Per rule of every chain with packets: the evaluations that reached it and its matches (pure).
+
+    The graph gives per-chain figures (entering, evaluations, returns); the walk down a chain is
+    redone here to keep each rule's reach: what a rule takes out is its matches for a verdict
+    (ACCEPT/DROP/RETURN/goto), its matches minus what came back for a jump, nothing for a
+    non-terminating target (MARK, LOG). The reaches are scaled to the graph's chain evaluations
+    where the two differ (counters inferred from a later rule). `chains` limits the work.
+    (The collectors' graph could hand these out directly: it computes them in its walk.)"""
+    if costs is None or graphs is None:
+        costs, graphs, _ = _costs_and_graphs(delta)
+    by_chain: dict[tuple[str, str, str, str], list[Rule]] = {}
     for r in delta.rules:
-        rules_by_chain.setdefault((r.backend, r.family, r.table, r.chain), []).append(r)
+        by_chain.setdefault((r.backend, r.family, r.table, r.chain), []).append(r)
+    out: dict[tuple[str, str, str, str], list[tuple[Rule, RuleCount]]] = {}
+    for tk, graph in graphs.items():
+        for name, node in graph.items():
+            key = (*tk, name)
+            c = costs.get(key)
+            if c is None or not c.entering or c.evaluations is None or (chains is not None and key not in chains):
+                continue
+            rules = sorted(by_chain.get(key, ()), key=lambda r: r.position)
+            reach = float(c.entering)
+            rows: list[tuple[Rule, float]] = []
+            for i, (st, rule) in enumerate(zip(node.steps, rules)):
+                if st.observed is not None and i > 0:
+                    reach = float(st.observed)
+                rows.append((rule, reach))
+                p = float(rule.packets or 0)
+                if not p:
+                    continue
+                if st.kind in (ipt_graph.TERMINAL, ipt_graph.RETURNS, ipt_graph.GOTO):
+                    left = p
+                elif st.kind == ipt_graph.JUMP and st.targets:
+                    callee = costs.get((*tk, st.targets[0]))
+                    back = (min(callee.returned / callee.entering, 1.0)
+                            if callee is not None and callee.returned is not None and callee.entering else 0.0)
+                    left = p * (1.0 - back)
+                else:
+                    left = 0.0
+                reach = max(reach - left, 0.0)
+            total = sum(x for _, x in rows)
+            scale = (c.evaluations / total) if total > 0 else 1.0
+            out[key] = [(rule, RuleCount(parse_shape(rule.spec), x * scale, float(rule.packets or 0)))
+                        for rule, x in rows]
+    return out
+
+
+def iptables_work(delta: Ruleset, top_rules: int = 3) -> tuple[list[ChainWork], tuple[str, ...]]:
+    """Per chain with packets: its work (entering, evaluations), its evaluations by cost class
+    (calibrate.shapes: from the rule text and the per-rule counters) and its top rules."""
+    costs, graphs, warnings = _costs_and_graphs(delta)
+    active = {k for k, c in costs.items() if c.entering and c.evaluations is not None}
+    counted = rule_counts(delta, costs, active, graphs)
+    evidence: dict[tuple[str, str, str], list] = {}
+    for key, rows in counted.items():
+        evidence.setdefault(key[:3], []).extend(rc for _, rc in rows)
+    table_evidence = {tk: matched_headers(rcs) for tk, rcs in evidence.items()}
     out = []
     for (backend, family, table, chain), c in costs.items():
         if not c.entering or c.evaluations is None:
             continue
-        hits = sorted((r for r in rules_by_chain.get((backend, family, table, chain), []) if r.packets),
-                      key=lambda r: -r.packets)[:top_rules]
+        rows = counted.get((backend, family, table, chain), [])
+        per_rule = split_rules([rc for _, rc in rows], table_evidence.get((backend, family, table), ()))
+        classes: dict[str, float] = {}
+        for mine in per_rule:
+            for k, v in mine.items():
+                classes[k] = classes.get(k, 0.0) + v
+        rule_classes = {rule.position: tuple(sorted(m.items())) for (rule, _), m in zip(rows, per_rule)}
+        hits = sorted((rule for rule, _ in rows if rule.packets), key=lambda r: -r.packets)[:top_rules]
         label = f"{table} ({'iptables-' + backend if backend else 'iptables'}, {family})"
         out.append(ChainWork(label, chain, int(round(c.entering)), int(round(c.evaluations)),
-                             tuple(RuleHit(r.position, r.spec, r.packets) for r in hits)))
+                             tuple(RuleHit(r.position, r.spec, r.packets, rule_classes.get(r.position, ()))
+                                   for r in hits),
+                             classes=tuple(sorted(classes.items()))))
     return out, warnings
 
 
@@ -59,7 +139,8 @@ def nft_work(records: Iterable[object], skip: set[tuple[str, str]] = frozenset()
                       key=lambda r: -(r.packets or 0))[:top_rules]
         out.append(ChainWork(f"{family} {table} (nft)", chain, int(round(c.entering)), int(round(c.evaluations)),
                              tuple(RuleHit(r.position, r.comment or f"handle {r.handle}", r.packets or 0)
-                                   for r in hits)))
+                                   for r in hits),
+                             classes=(("nft", float(c.evaluations)),)))
     return out, warnings
 
 

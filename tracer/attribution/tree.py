@@ -11,8 +11,9 @@ both exist the node is "both" and carries their agreement. No I/O here: table-dr
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
+from cnitrace.calibrate.shapes import ShapeCosts
 from cnitrace.reports.document import Node, compute_shares
 
 
@@ -21,6 +22,7 @@ class RuleHit:
     position: int          # 1-based within its chain
     text: str
     packets: int
+    classes: tuple[tuple[str, float], ...] = ()   # its evaluations by cost class (calibrate.shapes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +34,13 @@ class ChainWork:
     packets: int           # packets that entered the chain during the window
     evaluations: int       # rule evaluations performed in this chain during the window
     rules: tuple[RuleHit, ...] = ()
+    classes: tuple[tuple[str, float], ...] = ()   # the evaluations by cost class ("early", "full:mark", "nft")
 
 
 @dataclasses.dataclass(frozen=True)
 class TableTime:
-    """Measured per-invocation time of one netfilter table or base chain (fentry/kprobe)."""
+    """Measured per-invocation time of one netfilter table or base chain: fentry/kprobe on
+    ipt_do_table/nft_do_chain, or a pair of BPF netfilter programs around it (backend "nf_bpf")."""
 
     table: str
     calls: int
@@ -94,9 +98,63 @@ class ProxyDetour:
 
 @dataclasses.dataclass(frozen=True)
 class Calib:
-    ns_per_rule_eval: float
+    ns_per_rule_eval: float                   # one evaluation of any shape: used where a chain has no classes
     ns_per_ovs_table: float | None = None     # per classifier subtable a first packet's table lookup visits
     ovs_upcall_ns: float | None = None        # per upcall with no table walked (cnitrace.calibrate.ovs)
+    shapes: ShapeCosts | None = None          # per rule shape (calibrate.shapes): preferred where given
+
+    def chain_ns(self, evaluations: float, classes: Sequence[tuple[str, float]] | Mapping[str, float] = ()) -> float:
+        """Modelled ns of `evaluations` rule evaluations (their classes priced by shape when both exist)."""
+        cls = dict(classes)
+        if self.shapes is not None and cls:
+            return self.shapes.cost(cls)
+        return evaluations * self.ns_per_rule_eval
+
+    @classmethod
+    def from_shapes(cls, shapes: ShapeCosts, **kw) -> "Calib":
+        """A Calib priced by shape; its flat figure (for chains without classes) is a port-match rule."""
+        return cls(shapes.class_ns("full:port"), shapes=shapes, **kw)
+
+
+BASIS_APPORTIONED = "measured (table), apportioned (chain)"
+BASIS_TABLE = "measured (table)"
+
+
+def apportion(measured_ns: float, modelled: Mapping[str, float]) -> dict[str, float]:
+    """Split a measured total among parts by their modelled shares (pure): the parts add up to
+    `measured_ns`. Parts with no modelled cost get none; with no model at all, an equal split."""
+    total = sum(max(v, 0.0) for v in modelled.values())
+    if not modelled:
+        return {}
+    if total <= 0:
+        return {k: measured_ns / len(modelled) for k in modelled}
+    return {k: measured_ns * max(v, 0.0) / total for k, v in modelled.items()}
+
+
+def apportion_table(tnode: Node, measured_ns: float) -> Node:
+    """Give a table node's chains (and their rules) shares of the table's measured time per packet,
+    by the model's shares. The table becomes "both": measured, with the model's own figure beside it
+    and their ratio (detail["model_vs_measured"] = modelled / measured); each chain keeps its
+    modelled figure in `modelled_ns` and takes the apportioned one as its figure (`apportioned_ns`,
+    `ns_per_packet`), with basis "measured (table), apportioned (chain)"."""
+    chains = [c for c in tnode.children if c.kind == "chain"]
+    split = apportion(measured_ns, {str(i): c.modelled_ns or 0.0 for i, c in enumerate(chains)})
+    for i, c in enumerate(chains):
+        ns = split[str(i)]
+        c.apportioned_ns = c.ns_per_packet = ns
+        c.basis = BASIS_APPORTIONED
+        c.provenance = "both"
+        rules = [r for r in c.children if r.kind == "rule" and r.modelled_ns is not None]
+        if rules and c.modelled_ns:
+            for r in rules:
+                r.apportioned_ns = r.ns_per_packet = ns * (r.modelled_ns or 0.0) / c.modelled_ns
+                r.basis = BASIS_APPORTIONED
+    tnode.measured_ns = measured_ns
+    tnode.basis = BASIS_TABLE
+    modelled = tnode.modelled_ns
+    tnode.detail["model_vs_measured"] = (modelled / measured_ns) if modelled is not None and measured_ns else None
+    tnode.detail["apportioned"] = "chains split the measured table time by the model's shares"
+    return tnode
 
 
 def _per_packet(total_ns: float, packets: int) -> float | None:
@@ -105,7 +163,10 @@ def _per_packet(total_ns: float, packets: int) -> float | None:
 
 def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                     measured: Sequence[TableTime] = (), top_rules: int = 3) -> Node:
-    """The netfilter stage: per table, per chain, modelled from evaluations; measured per table if given."""
+    """The netfilter stage: per table, per chain, modelled from evaluations (priced by rule shape
+    when the calibration has shapes and the chain its classes); where a table's time was measured
+    (probes: fentry/kprobe, or BPF netfilter brackets "nf_bpf") the table takes the measured figure
+    and its chains the apportioned shares of it (`apportion_table`), the model staying beside it."""
     stage = Node("stage", "netfilter", packets=packets)
     by_table: dict[str, list[ChainWork]] = {}
     for c in chains:
@@ -113,16 +174,25 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
     meas = {t.table: t for t in measured}
     for table, cs in sorted(by_table.items()):
         tnode = Node("table", table, packets=max((c.packets for c in cs), default=0))
-        for c in sorted(cs, key=lambda c: -c.evaluations):
+        for c in sorted(cs, key=lambda c: -cal.chain_ns(c.evaluations, c.classes)):
             if c.packets == 0 and c.evaluations == 0:
                 continue
-            modelled = _per_packet(c.evaluations * cal.ns_per_rule_eval, packets)
+            modelled = _per_packet(cal.chain_ns(c.evaluations, c.classes), packets)
+            detail: dict = {"table": table, "evaluations": c.evaluations}
+            if c.classes and cal.shapes is not None:
+                detail["classes"] = {k: (v / packets if packets else None) for k, v in c.classes}
+                detail["ns_per_evaluation"] = (cal.chain_ns(c.evaluations, c.classes) / c.evaluations
+                                               if c.evaluations else None)
+                detail["model"] = "rule evaluations by shape x this node's calibrated ns per shape"
             cnode = Node("chain", c.chain, packets=c.packets, ns_per_packet=modelled, modelled_ns=modelled,
                          evaluations_per_packet=(c.evaluations / c.packets) if c.packets else 0.0,
-                         provenance="modelled", detail={"table": table, "evaluations": c.evaluations})
+                         provenance="modelled", detail=detail)
             for r in sorted(c.rules, key=lambda r: -r.packets)[:top_rules]:
                 if r.packets:
+                    rm = (_per_packet(cal.chain_ns(0, r.classes), packets)
+                          if r.classes and cal.shapes is not None else None)
                     cnode.children.append(Node("rule", f"{c.chain}#{r.position}", packets=r.packets,
+                                               ns_per_packet=rm, modelled_ns=rm,
                                                provenance="modelled", detail={"rule": r.text}))
             tnode.children.append(cnode)
         modelled_t = sum(n.modelled_ns or 0.0 for n in tnode.children) if tnode.children else None
@@ -131,11 +201,15 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
         tm = meas.pop(table, None)
         if tm is not None:
             # measured time per call × calls per packet of the selection's traffic
-            tnode.measured_ns = tm.mean_ns * tm.calls / packets if packets else None
+            mns = tm.mean_ns * tm.calls / packets if packets else None
             tnode.p50_ns, tnode.p99_ns = tm.p50_ns, tm.p99_ns
             tnode.provenance = "both" if modelled_t else "measured"
             tnode.detail["backend"] = tm.backend
             tnode.detail["calls"] = tm.calls
+            if mns is not None and modelled_t:
+                apportion_table(tnode, mns)
+            else:
+                tnode.measured_ns = mns
         tnode.ns_per_packet = tnode.measured_ns if tnode.measured_ns is not None else modelled_t
         stage.children.append(tnode)
     for tm in meas.values():  # tables measured but with no rule counters (e.g. nft chains without counters)

@@ -179,18 +179,86 @@ def parse_vmrss_kib(status_text: str) -> int:
 
 
 def policy_stages(spec: PointSpec, new_flow_ns: float | None, baseline_ns: float | None,
-                  evaluations: int | None, ns_per_eval: float | None) -> list[dict[str, Any]]:
+                  evaluations: int | None, ns_per_eval: float | None, *,
+                  modelled_ns: float | None = None, modelled_baseline_ns: float | None = None,
+                  transit_ns: float | None = None, transit_baseline_ns: float | None = None) -> list[dict[str, Any]]:
     """The per-NEW-packet cost of the datapath's policy stage: measured (this point's timed NEW-flow
-    cost minus the same datapath's N = 0 point) and modelled (evaluations × calibrated ns)."""
+    cost minus the same datapath's N = 0 point; and, where the transit probe ran, the same
+    difference of the time through the node) and modelled.
+
+    Modelled, preferred: `modelled_ns` — the node's netfilter rulesets priced by rule shape
+    (calibrate.shapes) from the counters of a burst of the same NEW packets — minus the N = 0
+    point's, so both sides are the cost the policy added. Otherwise (no counters read): the lab's
+    ground-truth evaluations × one calibrated ns per evaluation (`ns_per_eval`)."""
     measured = None
     if new_flow_ns is not None and baseline_ns is not None:
         measured = new_flow_ns - baseline_ns
-    modelled = evaluations * ns_per_eval if (evaluations is not None and ns_per_eval is not None) else None
+    basis = None
+    if modelled_ns is not None and modelled_baseline_ns is not None:
+        modelled = modelled_ns - modelled_baseline_ns
+        basis = "counters x per-shape calibration, minus the N = 0 point"
+    elif evaluations is not None and ns_per_eval is not None:
+        modelled = evaluations * ns_per_eval
+        basis = "ground-truth evaluations x ns per evaluation"
+    else:
+        modelled = None
     st: dict[str, Any] = {"stage": POLICY_STAGE.get(spec.datapath, "policy"), "unit": "ns/packet (NEW)",
                           "measured_ns": measured, "modelled_ns": modelled, "evaluations": evaluations}
+    if basis:
+        st["modelled_basis"] = basis
+    if modelled_ns is not None:
+        st["modelled_total_ns"] = modelled_ns
     if measured is not None and modelled:
         st["agreement"] = measured / modelled if modelled else None
+        st["model_vs_measured"] = modelled / measured if measured else None
+    if transit_ns is not None:
+        st["transit_total_ns"] = transit_ns
+        if transit_baseline_ns is not None:
+            st["measured_transit_ns"] = mt = transit_ns - transit_baseline_ns
+            if modelled and mt:
+                st["model_vs_transit"] = modelled / mt
     return [st]
+
+
+def agreement(per_dp: Mapping[str, Mapping[str, Any]], curves: Sequence[Mapping[str, Any]],
+              done: Sequence[Mapping[str, Any]], tolerance: float = 0.25) -> dict[str, Any]:
+    """Per datapath: the modelled policy slope (ns per rule) against the measured one — the
+    NEW-flow slope and, where timed, the transit slope — as modelled/measured ratios, and whether they
+    agree within `tolerance`. A datapath whose cost does not grow with rules (nft sets, BPF maps)
+    agrees when both slopes are flat: within noise of the N = 0 cost (pure)."""
+    out: dict[str, Any] = {}
+    for dp, f in per_dp.items():
+        mod = next((c for c in curves if c["datapath"] == dp and c["metric"] == "policy_ns" and c["x"] == "rules"
+                    and c["provenance"] == "modelled" and not c["l7"] and c["placement"] == "intra"
+                    and "linear" in c), None)
+        if mod is None:
+            continue
+        m_slope = mod["linear"]["slope"]
+        pts = sorted((p for p in done if p.get("status") == "ok" and p["spec"]["datapath"] == dp
+                      and not p["spec"]["l7"] and p["spec"]["placement"] == "intra"),
+                     key=lambda p: p["spec"]["rules"])
+        tr = [(float(p["spec"]["rules"]), st["measured_transit_ns"]) for p in pts for st in p.get("stages", ())
+              if st.get("measured_transit_ns") is not None and st.get("stage") not in ("l7-proxy", "vxlan")]
+        t_slope = None
+        if len({x for x, _ in tr}) >= 2:
+            from cnitrace.calibrate.costmodel import fit_line
+            t_slope = fit_line(tr)[0]
+        base = _metric(pts[0], "new_flow_ns") if pts else None
+        span = (pts[-1]["spec"]["rules"] - pts[0]["spec"]["rules"]) if len(pts) >= 2 else 0
+        row: dict[str, Any] = {"modelled_ns_per_rule": m_slope, "measured_ns_per_rule": f["ns_per_rule"],
+                               "transit_ns_per_rule": t_slope}
+        noise = tolerance * base / span if base and span else None   # slope equivalent of ±25 % of the N = 0 cost
+        for key, meas in (("new_flow", f["ns_per_rule"]), ("transit", t_slope)):
+            if meas is None:
+                continue
+            ratio = m_slope / meas if meas else None
+            flat = noise is not None and abs(meas) <= noise and abs(m_slope) <= noise
+            row[f"model_vs_{key}"] = ratio
+            row[f"agrees_{key}"] = bool(flat or (ratio is not None and 1 - tolerance <= ratio <= 1 + tolerance))
+            if flat:
+                row[f"flat_{key}"] = True
+        out[dp] = row
+    return out
 
 
 # --- across points --------------------------------------------------------------------------------
@@ -378,12 +446,30 @@ def headline(per_dp: Mapping[str, Mapping[str, Any]], curves: Sequence[Mapping[s
     return lines
 
 
+def agreement_lines(agree: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for dp, a in agree.items():
+        parts = []
+        for key, label in (("new_flow", "NEW-flow"), ("transit", "transit")):
+            if a.get(f"model_vs_{key}") is None and not a.get(f"flat_{key}"):
+                continue
+            if a.get(f"flat_{key}"):
+                parts.append(f"{label}: both flat")
+            else:
+                parts.append(f"{label} {a['model_vs_' + key]:.2f}x" + ("" if a[f"agrees_{key}"] else " (outside ±25 %)"))
+        if parts:
+            lines.append(f"{dp}: modelled/measured policy slope {a['modelled_ns_per_rule']:.1f} ns per rule — "
+                         + ", ".join(parts))
+    return lines
+
+
 def document(cfg: SweepConfig, done: Sequence[Mapping[str, Any]], *, started: float, finished: float,
              interrupted: bool, calibration: Mapping[str, Any] | None, host: Mapping[str, Any],
              total_points: int) -> dict[str, Any]:
     """The sweep's JSON document (versioned), from the finished points (pure)."""
     curves = build_curves(done)
     per_dp = ns_per_eval(curves, done)
+    agree = agreement(per_dp, curves, done)
     return {
         "kind": "cnitrace-sweep", "version": 1, "config": cfg.to_json(), "host": dict(host),
         "started": started, "finished": finished, "elapsed_s": finished - started,
@@ -393,7 +479,7 @@ def document(cfg: SweepConfig, done: Sequence[Mapping[str, Any]], *, started: fl
                                     if p.get("status") == "ok"),
         "calibration": dict(calibration) if calibration else None,
         "points": list(done), "curves": curves, "per_datapath": per_dp, "table": study_table(done),
-        "headline": headline(per_dp, curves),
+        "agreement": agree, "agreement_lines": agreement_lines(agree), "headline": headline(per_dp, curves),
     }
 
 

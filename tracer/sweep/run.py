@@ -94,12 +94,15 @@ class Baselines:
     new_flow: dict[tuple, float] = dataclasses.field(default_factory=dict)
     http_c1_ms: dict[tuple, float] = dataclasses.field(default_factory=dict)
     intra_new_flow: dict[tuple, float] = dataclasses.field(default_factory=dict)
+    modelled: dict[tuple, float] = dataclasses.field(default_factory=dict)   # N = 0 modelled netfilter ns
+    transit: dict[tuple, float] = dataclasses.field(default_factory=dict)    # N = 0 transit ns
     leftovers: list[str] = dataclasses.field(default_factory=list)   # labs that could not be removed
 
 
 def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_eval: float | None,
-                  runner: Runner) -> dict[str, Any]:
-    """Semantics, then `cfg.repeat` rounds of the metrics on one built lab."""
+                  runner: Runner, cal=None) -> dict[str, Any]:
+    """Semantics, then `cfg.repeat` rounds of the metrics on one built lab; with `cal` (a Calib
+    with shapes) the policy cost is also modelled from the counters (`model_point`)."""
     topo = lab.topo
     refs = _refs(lab.truth)
     t0 = time.monotonic()
@@ -109,6 +112,12 @@ def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_
     after = {k: read_counter(runner, lab, r) for k, r in refs.items()}
     sem = check_semantics(lab, probe, before, after)
     attribution = attribute(lab) if cfg.attribute else None
+    model = None
+    if cal is not None and not ps.l7:
+        try:
+            model = model_point(lab, cal, cfg.backend, runner)
+        except CnitraceError as exc:
+            model = {"error": exc.message}
     rounds: dict[str, list[float | None]] = {}
     failures = 0
     errors: list[str] = []
@@ -170,8 +179,17 @@ def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_
     nf = metrics.get("new_flow_ns", {}).get("median")
     if ps.rules == 0 and not ps.l7 and nf is not None:
         base.new_flow[key] = nf
+    m_ns = (model or {}).get("modelled_ns")
+    t_ns = (model or {}).get("transit_ns")
+    if ps.rules == 0 and not ps.l7:
+        if m_ns is not None:
+            base.modelled[key] = m_ns
+        if t_ns is not None:
+            base.transit[key] = t_ns
     evals = lab.truth.evaluations.get("udp")
-    stages = policy_stages(ps, nf, base.new_flow.get(key), evals, ns_per_eval)
+    stages = policy_stages(ps, nf, base.new_flow.get(key), evals, ns_per_eval,
+                           modelled_ns=m_ns, modelled_baseline_ns=base.modelled.get(key),
+                           transit_ns=t_ns, transit_baseline_ns=base.transit.get(key))
     if ps.datapath == "antrea":
         stages[0]["caveat"] = ("OVS userspace datapath forwards asynchronously: the sender-timed NEW-flow "
                                "cost misses most of it; use the modelled figure")
@@ -206,8 +224,77 @@ def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_
         "conntrack": {k: ct1.get(k, 0) - ct0.get(k, 0) for k in CT_KEYS} | {"entries": ct1.get("entries")},
         "connection_failures": failures, "errors": errors, "daemons": procs,
         "wide_spread": list(iter_wide(metrics)), "seconds": time.monotonic() - t0,
-        "probes_sent": probe.metrics["sent"], "attribution": attribution,
+        "probes_sent": probe.metrics["sent"], "attribution": attribution, "model": model,
     }
+
+
+MODEL_PACKETS, MODEL_BURSTS = 500, 7
+
+
+def model_point(lab, cal, backend: str, runner: Runner, transit: bool = True) -> dict[str, Any]:
+    """The modelled policy cost of one point, the way `profile` models it: the node namespace's
+    iptables and nftables counters around bursts of NEW UDP flows (the same packets the NEW-flow
+    metric times), their per-chain and per-rule evaluations priced by rule shape (`cal`, a Calib
+    from the per-shape calibration). Where the transit probe attaches, the same packets' time
+    through the node is measured beside it (receive on the client's interface → transmit)."""
+    from cnitrace.attribution.netfilter import iptables_nft_tables, iptables_work, nft_work
+    from cnitrace.attribution.tree import netfilter_stage
+    from cnitrace.collectors.iptables.graph import ruleset_delta
+    from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
+    from cnitrace.collectors.nftables.source import NftablesCollector, records_delta
+
+    topo = lab.topo
+    ipt = IptablesCollector(runner, netns=topo.node_netns, backends=(backend,), families=("ipv4",))
+    nft = NftablesCollector(runner, netns=topo.node_netns)
+    out: dict[str, Any] = {}
+    with Session(runner=runner) as s:
+        probes = None
+        if transit:
+            try:
+                from cnitrace.probes.runtime import ProbeSet
+                probes = ProbeSet(["transit"], ifaces=[(topo.node_netns, topo.clients[0].node_iface)],
+                                  session=s, runner=runner)
+                s.on_exit(probes.close)
+                probes.start()
+            except (CnitraceError, RuntimeError, OSError) as exc:
+                out["transit_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                probes = None
+        b_ipt, b_nft = ipt.snapshot(), nft.snapshot()
+        sent = 0
+        bursts: list[tuple[int, float]] = []      # (packets timed, mean ns) per burst
+        for _ in range(MODEL_BURSTS):
+            if probes is not None:
+                probes.reset()
+            f = traffic.new_flows(topo, packets=MODEL_PACKETS, bursts=1, runner=runner)
+            sent += f.packets_sent or 0
+            if probes is not None:
+                time.sleep(0.05)
+                figs = [x for x in probes.snapshot() if x.stage == "transit"]
+                count = sum(x.hist.count for x in figs)
+                if count:
+                    bursts.append((count, sum(x.hist.sum for x in figs) / count))
+        a_ipt, a_nft = ipt.snapshot(), nft.snapshot()
+    delta, _ = ruleset_delta(ruleset_of(b_ipt), ruleset_of(a_ipt))
+    iw, _ = iptables_work(delta)
+    recs, _ = records_delta(b_nft, a_nft)
+    nw, _ = nft_work(recs, skip=iptables_nft_tables(delta))
+    stage = netfilter_stage(iw + nw, sent, cal)
+    classes: dict[str, float] = {}
+    for w in iw + nw:
+        for k, v in w.classes:
+            classes[k] = classes.get(k, 0.0) + v / sent
+    out.update({"packets": sent, "modelled_ns": stage.modelled_ns or 0.0,
+                "evaluations_per_packet": sum(w.evaluations for w in iw + nw) / sent if sent else None,
+                "classes_per_packet": classes,
+                "chains": {w.chain: round(cal.chain_ns(w.evaluations, w.classes) / sent, 1) for w in iw + nw
+                           if w.evaluations} if sent else {}})
+    # like the NEW-flow metric, the least disturbed burst: interference only ever adds time
+    good = [b for b in bursts if b[0] >= MODEL_PACKETS // 2]
+    if good:
+        out["transit_ns"] = min(m for _, m in good)
+        out["transit_bursts_ns"] = [round(m, 1) for _, m in good]
+        out["transit_packets"] = sum(n for n, _ in good)
+    return out
 
 
 def attribution_summary(profile_doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,7 +321,7 @@ def attribute(lab) -> dict[str, Any]:
 
 
 def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: float | None,
-              runner: Runner) -> dict[str, Any]:
+              runner: Runner, cal=None) -> dict[str, Any]:
     """Build the point's lab, measure, and always remove it; a failure is recorded, not raised."""
     from cnitrace.lab import manager
     from cnitrace.lab.model import LabSpec
@@ -249,7 +336,7 @@ def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: flo
             from cnitrace.lab import overlay
             lab = overlay.attach(lab, runner=runner)
         up_s = time.monotonic() - t0
-        out = measure_point(ps, cfg, lab, base, ns_per_eval, runner)
+        out = measure_point(ps, cfg, lab, base, ns_per_eval, runner, cal)
         out["lab_up_s"] = up_s
         return out
     except CnitraceError as exc:
@@ -266,16 +353,26 @@ def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: flo
 
 
 def calibration(cfg: SweepConfig, datapath: str, runner: Runner) -> dict[str, Any] | None:
-    """The node's ns per rule evaluation for rules shaped like `datapath`'s (cached per kernel,
-    CPU, backend and rule shape), for the modelled figures; None if it cannot be measured."""
+    """The node's cost of a rule evaluation by rule shape for the sweep's iptables backend (cached
+    per kernel, CPU and backend; calibrate.shapes), for the modelled figures; None if it cannot be
+    measured. `ns_per_rule_eval` (a port-match rule) remains for readers of the old field."""
     from cnitrace.calibrate import rules as calibrate
-    style = calibrate.style_for(datapath)
     try:
-        cal = calibrate.cached_or_measure(backend=cfg.backend, style=style, runner=runner)
+        shapes = calibrate.cached_or_measure_shapes(backend=cfg.backend, runner=runner)
     except CnitraceError:
         return None
-    return {"ns_per_rule_eval": cal.ns_per_rule_eval, "r2": cal.r2, "backend": cal.backend, "style": style,
-            "provenance": cal.provenance, "kernel": cal.kernel, "cpu": cal.cpu}
+    return {"ns_per_rule_eval": shapes.class_ns("full:port"), "backend": shapes.backend, "style": "shapes",
+            "provenance": shapes.provenance, "kernel": shapes.kernel, "cpu": shapes.cpu,
+            "shapes": shapes.to_json(), "datapath": datapath}
+
+
+def calib_of(cal: Mapping[str, Any] | None):
+    """The attribution Calib of a sweep calibration entry (None without shapes)."""
+    if not cal or not cal.get("shapes"):
+        return None
+    from cnitrace.attribution.tree import Calib
+    from cnitrace.calibrate.shapes import ShapeCosts
+    return Calib.from_shapes(ShapeCosts.from_json(cal["shapes"]))
 
 
 def run(cfg: SweepConfig, *, runner: Runner = DEFAULT_RUNNER, progress: Progress | None = None) -> dict[str, Any]:
@@ -295,7 +392,7 @@ def run(cfg: SweepConfig, *, runner: Runner = DEFAULT_RUNNER, progress: Progress
                     cals[ps.datapath] = calibration(cfg, ps.datapath, runner)
                 say({"event": "point", "index": i, "total": len(specs), "id": ps.id})
                 cal = cals[ps.datapath]
-                done.append(run_point(ps, cfg, base, cal["ns_per_rule_eval"] if cal else None, runner))
+                done.append(run_point(ps, cfg, base, cal["ns_per_rule_eval"] if cal else None, runner, calib_of(cal)))
                 say({"event": "done", "index": i, "total": len(specs), "id": ps.id, "point": done[-1]})
         except KeyboardInterrupt:          # Session.Interrupted (SIGINT/SIGTERM) included
             interrupted = True

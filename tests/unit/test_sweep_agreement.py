@@ -1,0 +1,66 @@
+"""The sweep's modelled policy cost (counters priced by rule shape, minus the N = 0 point) and its
+agreement with the measured slopes (NEW-flow timing and transit), on recorded-shaped points."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnitrace.sweep.model import PointSpec, agreement, agreement_lines, build_curves, ns_per_eval, policy_stages
+
+
+def test_modelled_policy_is_the_difference_from_the_baseline_point():
+    ps = PointSpec("calico", 1000, 1, False, "intra")
+    [st] = policy_stages(ps, 60_000.0, 7_000.0, 2004, 80.0, modelled_ns=51_000.0, modelled_baseline_ns=1_000.0,
+                         transit_ns=57_000.0, transit_baseline_ns=4_000.0)
+    assert st["modelled_ns"] == 50_000.0 and st["measured_ns"] == 53_000.0
+    assert st["measured_transit_ns"] == 53_000.0
+    assert st["model_vs_measured"] == pytest.approx(50 / 53) and st["model_vs_transit"] == pytest.approx(50 / 53)
+    assert st["modelled_total_ns"] == 51_000.0 and "per-shape" in st["modelled_basis"]
+
+
+def test_without_counters_the_old_model_stays():
+    [st] = policy_stages(PointSpec("calico", 1000, 1, False, "intra"), 110_000.0, 7_000.0, 2004, 50.0)
+    assert st["modelled_ns"] == 100_200.0 and "ground-truth" in st["modelled_basis"]
+
+
+def point(dp: str, rules: int, new_flow: float, modelled_total: float, transit_total: float | None,
+          base: tuple[float, float, float | None]) -> dict:
+    ps = PointSpec(dp, rules, 1, False, "intra")
+    stages = policy_stages(ps, new_flow, base[0], 2 * rules + 4, None, modelled_ns=modelled_total,
+                           modelled_baseline_ns=base[1], transit_ns=transit_total, transit_baseline_ns=base[2])
+    return {"spec": ps.to_json(), "status": "ok", "stages": stages, "evaluations": 2 * rules + 4,
+            "metrics": {"new_flow_ns": {"median": new_flow}}}
+
+
+@pytest.mark.parametrize("dp,slope_meas,slope_model,slope_transit,agrees", [
+    ("calico", 52.5, 50.6, 52.9, True),
+    ("kube-router", 12.8, 10.4, 11.2, True),
+    ("calico", 53.9, 173.2, 52.0, False),        # the old model: 3.2x
+    ("kube-router", 12.8, 8.0, 11.2, False),     # 0.63x
+])
+def test_agreement_of_slopes(dp, slope_meas, slope_model, slope_transit, agrees):
+    base = (7000.0, 1300.0, 3900.0)
+    done = [point(dp, r, base[0] + slope_meas * r, base[1] + slope_model * r, base[2] + slope_transit * r, base)
+            for r in (0, 100, 1000)]
+    curves = build_curves(done)
+    per = ns_per_eval(curves, done)
+    a = agreement(per, curves, done)[dp]
+    assert a["modelled_ns_per_rule"] == pytest.approx(slope_model)
+    assert a["model_vs_new_flow"] == pytest.approx(slope_model / slope_meas)
+    assert a["model_vs_transit"] == pytest.approx(slope_model / slope_transit)
+    assert a["agrees_new_flow"] is agrees
+    line = agreement_lines({dp: a})[0]
+    assert dp in line and ("outside" in line) is (not agrees)
+
+
+def test_flat_datapaths_agree_when_both_slopes_are_within_noise():
+    base = (6600.0, 67.0, 2800.0)
+    done = [point("nft", 0, 6600.0, 67.0, 2800.0, base), point("nft", 1000, 8200.0, 67.0, 2500.0, base)]
+    curves = build_curves(done)
+    a = agreement(ns_per_eval(curves, done), curves, done)["nft"]
+    assert a["flat_new_flow"] and a["agrees_new_flow"] and a["agrees_transit"]
+    assert "both flat" in agreement_lines({"nft": a})[0]
+    # a modelled slope that grows where the measured one is flat does not agree
+    done = [point("nft", 0, 6600.0, 67.0, 2800.0, base), point("nft", 1000, 6700.0, 30_067.0, 2850.0, base)]
+    curves = build_curves(done)
+    assert not agreement(ns_per_eval(curves, done), curves, done)["nft"]["agrees_new_flow"]
