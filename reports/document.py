@@ -47,6 +47,13 @@ class Node:
             return self.measured_ns / self.modelled_ns
         return None
 
+    @property
+    def model_vs_measured(self) -> float | None:
+        """modelled / measured where both exist: how the reports state agreement."""
+        if self.measured_ns and self.modelled_ns:
+            return self.modelled_ns / self.measured_ns
+        return None
+
     def walk(self, depth: int = 0) -> Iterator[tuple[int, "Node"]]:
         yield depth, self
         for c in self.children:
@@ -58,6 +65,7 @@ class Node:
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "children"}
         d["agreement"] = self.agreement
+        d["model_vs_measured"] = self.model_vs_measured
         d["children"] = [c.to_json() for c in self.children]
         return d
 
@@ -101,12 +109,12 @@ def headline(root: Node) -> str:
         unit = "classifier subtable lookups" if top.kind == "ovs_table" else "rule evaluations"
         parts.append(f"{top.evaluations_per_packet:,.0f} {unit} per packet")
     if top.ns_per_packet is not None:
-        parts.append(f"≈ {fmt_ns(top.ns_per_packet)} ({top.provenance})")
+        parts.append(f"≈ {fmt_ns(top.ns_per_packet)} ({top.basis or top.provenance})")
     stage = next((s for s in root.children if s is not top and any(n is top for _, n in s.walk())), None)
     if stage is not None and (stage.share or 0.0) >= 0.05 and (top.share or 0.0) * 10 < stage.share:
         # The stage's measured time is mostly not in any of its tables/chains (e.g. OVS upcall
         # handling around a few ns of modelled table walks): lead with the stage, name the leaf.
-        agree = f", measured ×{stage.agreement:.1f} the model" if stage.agreement else ""
+        agree = f", model/measured {stage.model_vs_measured:.2f}" if stage.model_vs_measured else ""
         return (f"{stage.share * 100:.0f} % of per-packet time: stage {stage.name} ≈ {fmt_ns(stage.ns_per_packet)} "
                 f"({stage.provenance}{agree}); costliest inside: {', '.join(parts)}")
     return f"{top.share * 100:.0f} % of per-packet time: " + ", ".join(parts)
@@ -120,6 +128,29 @@ def fmt_ns(ns: float | None) -> str:
     if abs(ns) >= 1e3:
         return f"{ns / 1e3:.1f} µs"
     return f"{ns:.0f} ns"
+
+
+def calibration_text(cal: dict[str, Any]) -> str:
+    """This node's rule calibration in one line: by rule shape where it has shapes."""
+    s = cal.get("shapes")
+    if not s:
+        return f"{cal['ns_per_rule_eval']:.1f} ns per rule evaluation ({cal['provenance']})"
+    mods = ", ".join(f"{k} +{v:.0f}" for k, v in sorted(s["module_ns"].items(), key=lambda kv: kv[1]))
+    nft = f"; nft rule {s['nft_rule_ns']:.0f} ns" if s.get("nft_rule_ns") else ""
+    return (f"ns per rule evaluation by shape (iptables {s['backend']}, {cal['provenance']}): "
+            f"header miss {s['early_ns']:.1f}; header fits: {s['early_ns']:.1f} plus per module {mods}{nft}")
+
+
+def overhead_text(overhead: dict[str, Any]) -> str:
+    """The tool's own cost in one line (the brackets' figures spelled out)."""
+    parts = []
+    for k, v in overhead.items():
+        if k == "nf_brackets" and isinstance(v, dict):
+            floor = f", {fmt_ns(v['floor_ns'])} each per packet (subtracted)" if v.get("floor_ns") else ""
+            parts.append(f"netfilter brackets {v['brackets']}{floor}, {v.get('untimed', 0)} untimed")
+        else:
+            parts.append(f"{k} {v}")
+    return ", ".join(parts) or "—"
 
 
 def ovs_calibration_text(ovs: dict[str, Any]) -> str:

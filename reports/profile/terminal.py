@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cnitrace.reports.document import Node, fmt_ns, ovs_calibration_text
+from cnitrace.reports.document import Node, calibration_text, fmt_ns, overhead_text, ovs_calibration_text
 
 WIDTH = 100
 
@@ -22,6 +22,15 @@ def _rows(root: Node, depth: int = 0, parent: Node | None = None):
         yield from _rows(c, depth + 1, root)
 
 
+def source_text(n: Node) -> str:
+    """Where a figure came from, in the words the legend uses: measured / modelled / both with
+    model/measured, or apportioned (a measured table's time split by the model's shares)."""
+    if n.basis and "apportioned" in n.basis:
+        return "apportioned"
+    m = n.model_vs_measured
+    return n.provenance + (f" m/M {m:.2f}" if m is not None else "")
+
+
 def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
     con = console or Console(width=WIDTH, highlight=False)
     root = Node.from_json(doc["tree"])
@@ -32,7 +41,7 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
               f"traffic: {doc['traffic']['kind']} ({doc['traffic'].get('packets_sent') or 0} sent)")
     cal = doc.get("calibration")
     if cal:
-        con.print(f"calibration: {cal['ns_per_rule_eval']:.1f} ns per rule evaluation ({cal['provenance']})"
+        con.print(f"calibration: {calibration_text(cal)}"
                   + (f"; {ovs_calibration_text(cal['ovs'])}" if cal.get("ovs") else ""))
 
     t = Table(title="where each packet's time goes", width=WIDTH, show_lines=False)
@@ -52,7 +61,7 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
         label = ("  " * (depth - 1)) + n.name
         evals = "" if n.evaluations_per_packet is None else f"{n.evaluations_per_packet:,.1f}"
         pct = f"{fmt_ns(n.p50_ns)} / {fmt_ns(n.p99_ns)}" if n.p50_ns is not None else ""
-        src = n.provenance + (f" ×{n.agreement:.2f}" if n.agreement is not None else "")
+        src = source_text(n)
         t.add_row(label[:44], f"{n.packets:,}", fmt_ns(n.ns_per_packet), _pct(n.share), evals, pct, src)
     con.print(t)
     more = f"; {hidden} rows under 0.1 % not shown (see --json/--html)" if hidden else ""
@@ -86,7 +95,8 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
     if ct:
         con.print(f"conntrack: {ct.get('count', '?')} / {ct.get('max', '?')} entries; "
                   f"insert_failed {ct.get('insert_failed', 0)}, drop {ct.get('drop', 0)}")
-    con.print(f"lost events: {doc['lost_events']}   tool overhead: "
-              + (", ".join(f"{k} {v}" for k, v in doc["overhead"].items()) or "—"))
+    con.print(f"lost events: {doc['lost_events']}   tool overhead: {overhead_text(doc['overhead'])}")
+    con.print("source: measured = timed by a probe; modelled = counters × this node's calibrated cost per rule "
+              "shape; m/M = modelled / measured; apportioned = a measured table's time split by the model's shares")
     for w in doc["warnings"]:
         con.print(f"[yellow]warning:[/yellow] {w}")

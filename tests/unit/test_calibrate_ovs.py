@@ -145,7 +145,7 @@ def test_headline_leads_with_the_stage_when_its_tables_explain_little_of_it():
     st = ovs_stage(TABLES, 50, Calib(25.0, 50.0, 10_000.0), measured_ns=50 * 120_000.0, upcalls=25,
                    first_fraction=0.1)
     h = headline(build_tree([st], None, 50))
-    assert h.startswith("100 % of per-packet time: stage ovs ≈ 120.0 µs (both, measured ×")
+    assert h.startswith("100 % of per-packet time: stage ovs ≈ 120.0 µs (both, model/measured ")
     assert "costliest inside: ovs table 25 (IngressRule), 16 classifier subtable lookups per packet" in h
 
 

@@ -384,23 +384,47 @@ def _roll_up(stage: Node) -> None:
     stage.modelled_ns = sum(modelled) if modelled else None
 
 
+OVER_TRANSIT = 1.10      # attributed stages may exceed measured transit by this much before a warning
+
+
+def over_transit_warning(stages: Sequence[Node], transit_ns: float) -> str | None:
+    """A warning naming the stages when their sum exceeds measured transit by more than 10 %
+    (pure). Measured stages and transit time the same packets, so beyond noise this means a
+    modelled stage is too high (or a probe timed packets transit did not)."""
+    counted = [s for s in stages if s.name != "l7_proxy" and (s.ns_per_packet or 0.0) > 0]
+    attributed = sum(s.ns_per_packet or 0.0 for s in counted)
+    if not transit_ns or attributed <= transit_ns * OVER_TRANSIT:
+        return None
+    parts = ", ".join(f"{s.name} {s.ns_per_packet / 1000:,.1f} µs ({s.provenance})"
+                      for s in sorted(counted, key=lambda s: -(s.ns_per_packet or 0.0)))
+    return (f"attributed stage time exceeds measured transit by {attributed / transit_ns - 1:.0%} "
+            f"({parts} vs transit {transit_ns / 1000:,.1f} µs per packet)")
+
+
 def build_tree(stages: Iterable[Node], transit: Transit | None, packets: int) -> Node:
-    """The root: the packet's measured time through the node when a transit probe ran, with the
-    time not explained by any stage shown as "rest of the stack"; otherwise the sum of stages."""
+    """The root: the packets' measured time through the node when a transit probe ran, with the
+    time not explained by any stage shown as "rest of the stack"; otherwise the sum of stages.
+
+    Every figure is per packet of the report's unit (`packets`): transit's total time is spread
+    over the same count as the stages' (the timed packets may include a few the report does not
+    count, such as a client's RST after a probe's SYN-ACK)."""
     stages = [s for s in stages if s.children or s.ns_per_packet is not None]
     root = Node("root", "node datapath", packets=packets, children=list(stages))
     attributed = sum(s.ns_per_packet or 0.0 for s in stages if s.name != "l7_proxy")
     if transit is not None and transit.packets:
-        root.ns_per_packet = root.measured_ns = transit.mean_ns
+        per_packet = transit.mean_ns * transit.packets / packets if packets else transit.mean_ns
+        root.ns_per_packet = root.measured_ns = per_packet
         root.p50_ns, root.p99_ns = transit.p50_ns, transit.p99_ns
         root.provenance = "measured"
         root.detail["transit_backend"] = transit.backend
-        rest = max(transit.mean_ns - attributed, 0.0)
+        root.detail["transit_packets"] = transit.packets
+        rest = max(per_packet - attributed, 0.0)
         root.children.append(Node("stage", "rest of stack", packets=transit.packets, ns_per_packet=rest,
                                   measured_ns=rest, provenance="measured",
                                   detail={"note": "measured transit minus attributed stages"}))
-        if attributed > transit.mean_ns * 1.25:
-            root.detail["warning"] = "attributed stage time exceeds measured transit by more than 25 %"
+        warning = over_transit_warning(stages, per_packet)
+        if warning:
+            root.detail["warning"] = warning
     else:
         root.ns_per_packet = attributed or None
         root.provenance = "modelled"

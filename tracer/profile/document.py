@@ -64,7 +64,7 @@ def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal
     entry = target.entry_ifindexes
     transit = transit_of(figures, entry)
     packets = packets_of(cfg, win, target, transit, work)
-    calib = Calib(cal.ns_per_rule_eval) if cal else Calib(0.0)
+    calib = Calib.from_shapes(cal) if cal else Calib(0.0)
     stages: list[Node] = [netfilter_stage(work, packets, calib,
                                           measured=netfilter_tables_of(figures, {w.table for w in work}))]
     nf_hooks = netfilter_hooks_of(figures)
@@ -87,15 +87,18 @@ def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal
                             "proxy_connections_seen": proxy_connections(figures, target),
                             "method": "ab -c 1 through the proxy vs direct from the node namespace"})
         stages.append(node)
-    return {"root": build_tree(stages, transit, packets), "order": order, "warnings": warnings,
-            "drops": merge_drops(drops_of(figures), rule_drops)}
+    root = build_tree(stages, transit, packets)
+    warnings += [n.detail["warning"] for _, n in root.walk() if n.detail.get("warning")]
+    return {"root": root, "order": order, "warnings": warnings, "drops": merge_drops(drops_of(figures), rule_drops)}
 
 
 def calibration_json(cal: Any, ovs_cal: Any) -> dict[str, Any] | None:
+    """The per-shape calibration (calibrate.shapes.ShapeCosts); ns_per_rule_eval is its port-match
+    rule, the figure for chains whose rules have no shape (native nft without counters)."""
     if not cal:
         return None
-    return {"ns_per_rule_eval": cal.ns_per_rule_eval, "provenance": cal.provenance, "r2": cal.r2,
-            "backend": cal.backend, "method": cal.method, "style": cal.style,
+    return {"ns_per_rule_eval": Calib.from_shapes(cal).ns_per_rule_eval, "provenance": cal.provenance,
+            "backend": cal.backend, "method": cal.method, "shapes": cal.to_json(),
             "ovs": ovs_cal.summary() if ovs_cal else None}
 
 

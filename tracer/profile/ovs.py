@@ -106,7 +106,7 @@ def ovs_node_of(before: Counters, after: Counters, window: float, ovs_idle: tupl
         calib = dataclasses.replace(calib, ns_per_ovs_table=ovs_cal.ns_per_subtable,
                                     ovs_upcall_ns=ovs_cal.ns_per_upcall_base)
     else:
-        calib = Calib(calib.ns_per_rule_eval)
+        calib = dataclasses.replace(calib, ns_per_ovs_table=None, ovs_upcall_ns=None)
     fraction = min(first_packets, 1.0) if cache["hit"] + cache["missed"] else 1.0
     if first_packets < 0.05 and measured is not None:
         node = ovs_stage(tables, packets, calib, None, first_fraction=fraction)

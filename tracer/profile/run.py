@@ -24,18 +24,23 @@ from cnitrace.profile.target import Target, resolve_target
 from cnitrace.profile.window import backends_forecast, run_window
 
 
-def detect(target: Target, runner: Runner) -> list[dict[str, Any]]:
-    """CNIs recognised from node-local evidence in every namespace whose rules are read."""
-    return [{"name": d.cni, "evidence": list(d.evidence)}
-            for ns in target.rule_netns for d in detect_cnis(gather_evidence(runner, ns))]
+def detect(target: Target, runner: Runner) -> tuple[list[dict[str, Any]], str]:
+    """CNIs recognised from node-local evidence in every namespace whose rules are read, and the
+    iptables backend that holds the rules (the one with more chains; legacy when neither has any)."""
+    cnis, chains = [], {"legacy": 0, "nft": 0}
+    for ns in target.rule_netns:
+        ev = gather_evidence(runner, ns)
+        cnis += [{"name": d.cni, "evidence": list(d.evidence)} for d in detect_cnis(ev)]
+        for backend, _ in ev.iptables_chains:
+            chains[backend] = chains.get(backend, 0) + 1
+    backend = target.lab.spec.backend if target.lab else ("nft" if chains["nft"] > chains["legacy"] else "legacy")
+    return cnis, backend
 
 
-def calibration(target: Target, cnis: list[dict[str, Any]], runner: Runner, say: Callable[[str], None]) -> Any:
-    """This node's cost of one rule evaluation, for the lab's (or detected CNI's) rule style; cached."""
-    say("calibration: ns per rule evaluation")
-    backend = target.lab.spec.backend if target.lab else "legacy"
-    style = calibrate.style_for(target.lab.spec.datapath if target.lab else (cnis[0]["name"] if cnis else None))
-    return calibrate.cached_or_measure(backend=backend, style=style, runner=runner)
+def calibration(backend: str, runner: Runner, say: Callable[[str], None]) -> Any:
+    """This node's cost of one rule evaluation by rule shape for the iptables backend in use; cached."""
+    say(f"calibration: ns per rule evaluation by rule shape (iptables {backend})")
+    return calibrate.cached_or_measure_shapes(backend=backend, runner=runner)
 
 
 def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAULT_RUNNER,
@@ -46,11 +51,11 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     started_at = time.time()
     target = resolve_target(cfg, runner)
     say(f"selection: {', '.join(i['name'] for i in target.interfaces)}")
-    cnis = detect(target, runner)
+    cnis, ipt_backend = detect(target, runner)
     say(f"detect: {', '.join(c['name'] for c in cnis) or 'no CNI recognised'}")
     backends = backends_forecast(host)
     warnings: list[str] = []
-    cal = calibration(target, cnis, runner, say) if cfg.calibrate else None
+    cal = calibration(ipt_backend, runner, say) if cfg.calibrate else None
     ovs_cal = ovs_calibration(target, runner, say, warnings) if cfg.calibrate else None
     win = run_window(cfg, target, backends, host, runner, say)
     say("attribution: counters and probe figures into the stage tree")
