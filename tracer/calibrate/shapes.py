@@ -72,6 +72,18 @@ class RuleShape:
     def full_class(self) -> str:
         return f"{FULL}:{'+'.join(sorted(self.groups))}"
 
+    @functools.cached_property
+    def miss_class(self) -> str:
+        """The class of an evaluation that passed the header and did not match. The kernel runs
+        the matches in order and stops at the first that fails; a comment never fails, so the
+        one that failed is a later module, and comments after the last other module never run.
+        Which module failed is not in the counters: the last non-comment one is assumed (in the
+        CNIs' policy rules the port or mark test comes last and is what fails)."""
+        last = max((i for i, g in enumerate(self.groups) if g != "comment"), default=-1)
+        if last < 0:
+            return self.full_class
+        return f"{FULL}:{'+'.join(sorted(self.groups[:last + 1]))}"
+
 
 def module_group(name: str) -> str:
     return MODULE_GROUP.get(name, name)
@@ -201,7 +213,7 @@ def split_rules(rules: Sequence[RuleCount], fallback: Sequence[tuple[Header, flo
         miss = max(r.reach - matched, 0.0)
         add(r.shape.full_class, matched)
         if miss > 0 and r.shape.header.empty:
-            add(r.shape.full_class, miss)
+            add(r.shape.miss_class, miss)
         elif miss > 0:
             ev = below[i + 1]
             key = (id(ev), r.shape.header)
@@ -216,7 +228,7 @@ def split_rules(rules: Sequence[RuleCount], fallback: Sequence[tuple[Header, flo
                 early = early_known + (miss - known) * frac
             early = min(early, miss)
             add(EARLY, early)
-            add(r.shape.full_class, miss - early)
+            add(r.shape.miss_class, miss - early)
         out.append(mine)
     return out
 
