@@ -28,6 +28,7 @@ from cnitrace.core.errors import ToolError
 
 # bpf(2) commands, program and attach types (uapi/linux/bpf.h)
 BPF_PROG_LOAD, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN = 5, 13, 15, 17
+BPF_ENABLE_STATS = 32
 BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, BPF_TRACE_FENTRY, BPF_TRACE_FEXIT = 26, 23, 24, 25
 ATTR_SIZE = 144                    # sizeof(union bpf_attr) in 6.x; unused tail bytes stay zero
 INFO_SIZE = 216                    # struct bpf_prog_info up to recursion_misses
@@ -181,14 +182,14 @@ def last_log_line(log: bytes) -> str:
 # --- I/O: bpf(2) -----------------------------------------------------------------------------
 
 _LIBC: Any = None
+NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 
 
 def _bpf(cmd: int, attr: bytes) -> int:
-    """bpf(cmd, attr); returns the result, or raises OSError with errno."""
+    """bpf(cmd, attr); returns the result, or raises OSError with errno. The one bpf(2) call
+    site of cnitrace (bcc makes its own)."""
     global _LIBC
-    from cnitrace.collectors.bpfprog.stats import _NR_BPF   # one table of syscall numbers
-
-    nr = _NR_BPF.get(platform.machine())
+    nr = NR_BPF.get(platform.machine())
     if nr is None:
         raise OSError(0, f"bpf() syscall number unknown for {platform.machine()}")
     if _LIBC is None:
@@ -199,6 +200,14 @@ def _bpf(cmd: int, attr: bytes) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
+
+
+def enable_stats_fd(stats_type: int = 0) -> int:
+    """bpf(BPF_ENABLE_STATS, {type}): an fd that keeps run-time stats on while open (type 0:
+    BPF_STATS_RUN_TIME). Raises OSError."""
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=I", a, 0, stats_type)
+    return _bpf(BPF_ENABLE_STATS, bytes(a))
 
 
 def prog_fd_by_id(prog_id: int) -> int:

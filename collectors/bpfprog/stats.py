@@ -12,20 +12,16 @@ recorded in the state file before it is changed and restored on exit, signal or
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
-import platform
 from pathlib import Path
 from typing import Iterator
 
 from cnitrace.core.errors import CnitraceError
+from cnitrace.probes import bpfsys
 
 SYSCTL = "kernel.bpf_stats_enabled"
 _SYSCTL_PATH = Path("/proc/sys/kernel/bpf_stats_enabled")
-_BPF_ENABLE_STATS = 32
 _BPF_STATS_RUN_TIME = 0
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 
 
 class StatsUnavailable(CnitraceError):
@@ -34,17 +30,10 @@ class StatsUnavailable(CnitraceError):
 
 def enable_stats_fd() -> int:
     """bpf(BPF_ENABLE_STATS, {type = BPF_STATS_RUN_TIME}): an fd that keeps stats on while open."""
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
-        raise StatsUnavailable(f"bpf() syscall number unknown for {platform.machine()}")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    attr = (ctypes.c_uint8 * 16)()           # union bpf_attr, enable_stats = { __u32 type; }
-    ctypes.c_uint32.from_buffer(attr).value = _BPF_STATS_RUN_TIME
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_ENABLE_STATS), attr, ctypes.c_uint(16))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise StatsUnavailable(f"BPF_ENABLE_STATS failed: {os.strerror(err)}")
-    return fd
+    try:
+        return bpfsys.enable_stats_fd(_BPF_STATS_RUN_TIME)
+    except OSError as exc:
+        raise StatsUnavailable(f"BPF_ENABLE_STATS failed: {exc.strerror or exc}") from None
 
 
 def read_sysctl() -> str:
