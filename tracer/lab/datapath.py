@@ -45,6 +45,7 @@ class Datapath:
     routed: ClassVar[bool] = True              # /32 pods + 169.254.1.1 gateway; False: /24 on a bridge
     bridge: ClassVar[str] = ""                 # node-side bridge name when bridged
     supports_l7: ClassVar[bool] = False
+    policy_stage: ClassVar[str] = "netfilter"   # the profile stage whose cost grows with the policy
     backends: ClassVar[tuple[str, ...]] = ()   # accepted --backend values; () = the option is ignored
 
     def node_iface_name(self, lab: str, index: int) -> str:

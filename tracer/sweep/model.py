@@ -15,9 +15,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cnitrace.calibrate.costmodel import find_cliff, fit_models, is_flat
 from cnitrace.core.errors import UsageError
+from cnitrace.lab.datapaths import DATAPATHS as REGISTRY
+from cnitrace.lab.model import MAX_RULES
 
-DATAPATHS = ("calico", "kube-router", "nft", "antrea", "cilium", "flannel")
-L7_DATAPATHS = ("calico", "cilium", "antrea")
+DATAPATHS = tuple(REGISTRY)                                    # the lab's registry, in its order
+L7_DATAPATHS = tuple(n for n, dp in REGISTRY.items() if dp.supports_l7)
 DEFAULT_RULES = (0, 100, 1000)
 QUICK_RULES = (0, 1000)
 MAX_POINTS = 400
@@ -25,8 +27,7 @@ SPREAD_LIMIT = 0.25           # (max - min) / median above this marks a point's 
 CLIFF_FACTOR = 1.5
 
 # The datapath stage whose cost grows with the policy, per datapath.
-POLICY_STAGE = {"calico": "netfilter", "kube-router": "netfilter", "flannel": "netfilter",
-                "nft": "nftables", "antrea": "ovs", "cilium": "bpf"}
+POLICY_STAGE = {n: dp.policy_stage for n, dp in REGISTRY.items()}
 # Metrics whose spread across repeats is judged.
 SPREAD_METRICS = ("new_flow_ns", "throughput_gbps", "rtt_p50_us", "http_rps")
 
@@ -79,8 +80,8 @@ def make_config(*, datapaths: str | None = None, rules: str | None = None, clien
     if l7 and not any(d in L7_DATAPATHS for d in dps):
         raise UsageError(f"--l7 needs one of: {', '.join(L7_DATAPATHS)}")
     rls = parse_list(rules, "rules", cast=int) or (QUICK_RULES if quick else DEFAULT_RULES)
-    if any(not 0 <= r <= 10_000 for r in rls):
-        raise UsageError("--rules: each value must be in 0..10000")
+    if any(not 0 <= r <= MAX_RULES for r in rls):
+        raise UsageError(f"--rules: each value must be in 0..{MAX_RULES}")
     cls = parse_list(clients, "clients", cast=int) or (1,)
     if any(not 1 <= c <= 250 for c in cls):
         raise UsageError("--clients: each value must be in 1..250")

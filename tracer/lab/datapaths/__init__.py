@@ -17,7 +17,8 @@ from cnitrace.lab.datapaths.flannel import Flannel
 from cnitrace.lab.datapaths.kube_router import KubeRouter
 from cnitrace.lab.datapaths.nft import Nft
 
-DATAPATHS: dict[str, Datapath] = {cls.name: cls() for cls in (Calico, KubeRouter, Nft, Flannel, Antrea, Cilium)}
+# In the order the sweep runs and reports them: the study's iptables CNIs, nftables, OVS, eBPF, the baseline.
+DATAPATHS: dict[str, Datapath] = {cls.name: cls() for cls in (Calico, KubeRouter, Nft, Antrea, Cilium, Flannel)}
 
 
 def names() -> list[str]:

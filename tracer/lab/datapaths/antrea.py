@@ -134,6 +134,7 @@ def start_ovs(session: "Session", netns: str, paths: OvsPaths) -> None:
 
 class Antrea(Datapath):
     name = "antrea"
+    policy_stage = "ovs"
     description = "Antrea: OVS br-int with Antrea's named multi-table pipeline, ct() zones, conjunctions"
     tools = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ethtool")
     routed = False

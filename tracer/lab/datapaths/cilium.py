@@ -114,6 +114,7 @@ def batch_update(table: Any, pairs: list[tuple[bytes, bytes]]) -> None:
 
 class Cilium(Datapath):
     name = "cilium"
+    policy_stage = "bpf"
     description = "Cilium: tc BPF on lxc veths, per-endpoint policy hash map, ipcache LPM trie"
     tools = ("tc", "nsenter", "mount")
     caps = ("tc_bpf",)

@@ -92,6 +92,7 @@ def parse_handles(text: str) -> dict[str, dict[str, int]]:
 
 class Nft(Datapath):
     name = "nft"
+    policy_stage = "nftables"
     description = "native nftables: per-pod vmap dispatch and an interval verdict map of ports (O(1))"
     tools = ("nft",)
     routed = True
