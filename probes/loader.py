@@ -9,6 +9,7 @@ C one way only: as `-DNAME=value` cflags (never by editing C text).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.resources
 import os
 import re
@@ -99,7 +100,6 @@ def _no_autoload_class(bcc: Any) -> type:
 def vmlinux_btf_id(name: str, attach_type: int) -> int:
     """The vmlinux BTF id a tracing program of `attach_type` aims at (for a BTF-typed tracepoint:
     the btf_trace_<name> typedef), found by the libbpf inside bcc's library."""
-    import ctypes
 
     fn = import_bcc().lib.libbpf_find_vmlinux_btf_id
     fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_char_p, ctypes.c_int]
@@ -116,8 +116,6 @@ def prog_type(name: str) -> int:
 
 def pin(fd: int, path: str) -> None:
     """Pin a loaded program or map (by its fd) at `path` on bpffs, so it outlives this process."""
-    import ctypes
-    import os
 
     bcc = import_bcc()
     if bcc.lib.bpf_obj_pin(int(fd), str(path).encode()) != 0:

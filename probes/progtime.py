@@ -29,6 +29,20 @@ from cnitrace.probes.bpfsys import (BPF_TRACE_FENTRY, BPF_TRACE_FEXIT, ProgInfo,
 from cnitrace.probes.histogram import merge_cpus
 from cnitrace.probes.specs import COUNTERS, FENTRY, KPROBE, OFFSETS, PROGTIME
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.attribution.tree import ProgramTime
+from cnitrace.core.capability import Host
+from cnitrace.probes import btf as btfmod
+from cnitrace.probes import ladder
+from cnitrace.probes.loader import load
+from cnitrace.probes.runtime import Choice
+from cnitrace.probes.runtime import Figure
+from cnitrace.probes.runtime import Filter
+from cnitrace.probes.runtime import _fds
+from cnitrace.probes.runtime import _kallsyms_has
+from cnitrace.probes.runtime import cflags_for
+from cnitrace.probes.runtime import fill_filters
+from cnitrace.probes.runtime import netns_inode
+from cnitrace.probes.runtime import parse_links
 
 STAGE = "tc_bpf"
 MAX_PROGS = 16                     # CNIT_MAX_PROGS in progtime.bpf.c: one entry/exit pair per slot
@@ -45,7 +59,6 @@ def program_label(prog_id: int, name: str, type_name: str) -> str:
 def program_times(figures: Iterable[Any]) -> list[Any]:
     """tc_bpf figures -> attribution inputs: a program per fentry figure (named as its bpf_stats
     figure is, so the two meet), an interface's tc classify path per kprobe figure."""
-    from cnitrace.attribution.tree import ProgramTime
 
     out = []
     for f in figures:
@@ -178,15 +191,12 @@ class ProgTime:
     # -- setup
 
     def _usable(self, backend: str) -> tuple[bool, str]:
-        from cnitrace.probes import ladder
         if self.force is not None and self.force != backend:
             return False, f"forced to {self.force}"
         if self._host is None:
-            from cnitrace.core.capability import Host
             self._host = Host(self.runner)
         ok, why = ladder.rung_usable(STAGE, backend, self._host)
         if ok and backend == KPROBE:
-            from cnitrace.probes.runtime import _kallsyms_has
             if not _kallsyms_has(CLASSIFY_FN):
                 return False, f"no function {CLASSIFY_FN} in this kernel"
         return ok, why
@@ -214,7 +224,6 @@ class ProgTime:
         return no_btf
 
     def start(self) -> Plan:
-        from cnitrace.probes.runtime import _fds
 
         t0 = time.monotonic()
         self._fds_before = _fds()
@@ -237,9 +246,6 @@ class ProgTime:
         return self.plan
 
     def _attach(self, p: Plan) -> None:
-        from cnitrace.probes import btf as btfmod
-        from cnitrace.probes.loader import load   # the only module that imports bcc
-        from cnitrace.probes.runtime import Choice, Filter, cflags_for, fill_filters
 
         hooks = {"bpf_prog": FENTRY if p.fentry else COUNTERS, CLASSIFY_FN: KPROBE if p.classify else COUNTERS}
         offsets: dict[str, int] = {}
@@ -273,7 +279,6 @@ class ProgTime:
                 raise ToolError(f"kprobe {CLASSIFY_FN}: {exc}".splitlines()[0]) from None
 
     def _resolve(self, where: Sequence[tuple[str, str]]) -> tuple[tuple[int, int], ...]:
-        from cnitrace.probes.runtime import netns_inode, parse_links
 
         out = []
         for ns in dict.fromkeys(n for n, _ in where):
@@ -290,7 +295,6 @@ class ProgTime:
 
     def snapshot(self) -> list[Any]:
         """One Figure per traced program (fentry) and per interface whose tc path was timed (kprobe)."""
-        from cnitrace.probes.runtime import Figure
 
         if self.bpf is None or self.plan is None:
             return []
@@ -325,7 +329,6 @@ class ProgTime:
 
     def kernel_ids(self) -> dict[str, list[int]]:
         """Ids of every BPF program, map and link this probe holds: the fds start() opened."""
-        from cnitrace.probes.runtime import _fds
 
         out: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
         for fd in _fds() - self._fds_before:

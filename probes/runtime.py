@@ -13,6 +13,7 @@ namespaces.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import fnmatch
 import ipaddress
@@ -32,6 +33,13 @@ from cnitrace.probes.histogram import Histogram, merge_cpus
 from cnitrace.probes.specs import (BACKEND_CODES, COUNTERS, FENTRY, KPROBE, OFFSETS, RAW_TRACEPOINT, SPECS,
                                    TP_BTF, TRACEPOINT, ProbeSpec, decode_key, feeding_hook, tp_btf_function)
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.capability import Host
+from cnitrace.probes import ladder
+from cnitrace.probes.bpfsys import BPF_TRACE_RAW_TP
+from cnitrace.probes.bpfsys import attach_tracing
+from cnitrace.probes.bpfsys import fd_ids
+from cnitrace.probes.bpfsys import load_tracing
+from cnitrace.probes.loader import load
 
 TRACEFS = Path("/sys/kernel/tracing")
 # Host capability (cnitrace.node.checks) each backend needs.
@@ -247,7 +255,6 @@ CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x00020000, 0x4000, 1 << 18
 def private_tracefs() -> None:
     """Give the calling thread its own mount namespace with tracefs mounted (if the node has
     not mounted it). Nothing propagates back: the namespace is made private first."""
-    import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -302,14 +309,12 @@ class ProbeSet:
 
     def _cap(self, name: str) -> tuple[bool, str]:
         if self._host is None:
-            from cnitrace.core.capability import Host
             self._host = Host(self.runner)
         c = self._host.check(name)
         return c.usable, c.reason
 
     def _backend_usable(self, stage: str) -> Callable[[str], tuple[bool, str]]:
         """The ladder's verdict for this stage: rungs it rejected are not usable (with its reason)."""
-        from cnitrace.probes import ladder
         self._cap("root")   # creates the Host
         lc = ladder.choose(stage, self._host)
         rejected = {r.backend: r.why for r in lc.rejected}
@@ -423,7 +428,6 @@ class ProbeSet:
         return self.choices
 
     def _start(self) -> None:
-        from cnitrace.probes.loader import load   # the only module that imports bcc
 
         self.filter = dataclasses.replace(
             self._base_filter,
@@ -459,7 +463,6 @@ class ProbeSet:
         """bcc compiles the tpbtf__ functions but cannot load them as BTF-typed tracepoints:
         load their instructions (map fds already in place) as tracing programs aimed at the
         tracepoint's btf_trace_<name> type, and attach each with a link fd kept until close()."""
-        from cnitrace.probes.bpfsys import BPF_TRACE_RAW_TP, attach_tracing, load_tracing
 
         for point, backend in choice.hooks.items():
             if backend != TP_BTF:
@@ -475,7 +478,6 @@ class ProbeSet:
         fill_filters(b, flt)
 
     def _open_events(self, stage: str, ringbuf: bool) -> None:
-        import ctypes
         table = self.bpf[stage][b"cnit_events"]
         layout = SPECS[stage].event
 
@@ -584,7 +586,6 @@ class ProbeSet:
 
     def kernel_ids(self) -> dict[str, list[int]]:
         """Ids of every BPF program and map this ProbeSet holds: the fds start() opened."""
-        from cnitrace.probes.bpfsys import fd_ids
 
         out: dict[str, set[int]] = {"prog": set(), "map": set()}
         for fd in _fds() - self._fds_before:
@@ -627,7 +628,6 @@ class ProbeSet:
 
 def fill_filters(b: Any, flt: Filter) -> None:
     """Put the selected (netns, ifindex) pairs and namespaces into stages.h's filter maps."""
-    import ctypes
     if flt.ifaces:
         t = b[b"cnit_ifaces"]
         for ino, idx in flt.ifaces:

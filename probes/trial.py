@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.probes import bpfsys as bs
+from cnitrace.probes import loader
+from cnitrace.probes.bpfsys import BPF_TRACE_RAW_TP
+from cnitrace.probes.bpfsys import attach_tracing
+from cnitrace.probes.bpfsys import load_tracing
 
 SOURCE = "selftest.bpf.c"
 KPROBE_TARGET = "__netif_receive_skb"   # must match KFUNC_PROBE(...) in selftest.bpf.c
@@ -162,7 +167,7 @@ def wait_hits(table: Any, slots: list[int], sent: int, timeout: float = 1.0) -> 
 
 
 def attach_tc(dev: str, fd: int, name: str) -> None:
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute   # lazily: pyroute2 is slow to import and the trial child is timed
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=dev)[0]
         ipr.tc("add", "clsact", idx)
@@ -175,7 +180,6 @@ def nf_bpf_trial(count: int = FRAMES) -> dict[str, int]:
     BPF_PROG_TYPE_NETFILTER, link it at ipv4 LOCAL_IN in this process's private netns, and
     send UDP datagrams over loopback: it must run once per datagram. No compile: the program
     is assembled by cnitrace.probes.bpfsys. Every fd is closed before returning."""
-    from cnitrace.probes import bpfsys as bs
 
     fds: list[int] = []
     try:
@@ -201,7 +205,6 @@ def nf_bpf_trial(count: int = FRAMES) -> dict[str, int]:
 
 
 def run_trial(runner: Runner = DEFAULT_RUNNER) -> dict[str, Any]:
-    from cnitrace.probes import loader
 
     out: dict[str, Any] = {"tracefs": ensure_fs("tracefs", TRACEFS)}
     sec = ensure_fs("securityfs", SECURITYFS)
@@ -234,7 +237,6 @@ def run_trial(runner: Runner = DEFAULT_RUNNER) -> dict[str, Any]:
     links: list[int] = []      # tp_btf link fds: the program runs while they are open
 
     def tp_btf() -> None:
-        from cnitrace.probes.bpfsys import BPF_TRACE_RAW_TP, attach_tracing, load_tracing
         fd = load_tracing(b.dump_func(b"on_tp_btf"), attach_type=BPF_TRACE_RAW_TP, target_fd=0, name="on_tp_btf",
                           btf_id=loader.vmlinux_btf_id("netif_receive_skb", BPF_TRACE_RAW_TP))
         links.extend((fd, attach_tracing(fd)))

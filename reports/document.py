@@ -82,7 +82,7 @@ def schema() -> dict[str, Any]:
 
 def validate(doc: dict[str, Any]) -> list[str]:
     """Schema violations as one-line messages (empty when valid)."""
-    import jsonschema
+    import jsonschema   # lazily: a test extra, and slow to import; only validation needs it
 
     v = jsonschema.Draft202012Validator(schema())
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"

@@ -420,6 +420,7 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, quick, attribute, js
     throughput, latency, CPU, memory and per-packet policy cost (measured and modelled).
     Ctrl-C keeps the finished points, writes the partial result and removes the lab.
     """
+    # lazily: only the sweep's live progress bar needs rich.progress
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import ctypes
 import dataclasses
 import gzip
 import hashlib
@@ -395,7 +396,6 @@ def job_archive(argv: Sequence[str], cwd: str, env: Mapping[str, str], nonce: st
 
 def _die_with_parent() -> None:
     """In the qemu child: get SIGKILL if we are killed with -9, so no VM outlives its runner."""
-    import ctypes
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 

@@ -59,6 +59,7 @@ class OfFlow(NamedTuple):
         (`goto_table:IngressMetric`) are mapped through `table_ids` (name -> number, from
         dump-tables). Raises ValueError with the reason when the flow cannot be parsed.
         """
+        # lazily: python-ovs's flow parser builds its decoder tables at import (slow)
         from ovs.flow.kv import ParseError
         from ovs.flow.ofp import OFPFlow
 

@@ -14,6 +14,10 @@ from typing import Any, Iterable
 
 from cnitrace.attribution.tree import OvsTableWork, ProgramTime, RuleHit
 from cnitrace.collectors.base import counter_delta
+from cnitrace.collectors.bpfprog.parse import BpfProg
+from cnitrace.collectors.ovs.parse import Datapath
+from cnitrace.collectors.ovs.parse import OfFlow
+from cnitrace.collectors.ovs.parse import OfTable
 
 
 def match_shape(match: str) -> tuple[str, ...]:
@@ -30,7 +34,6 @@ def match_shape(match: str) -> tuple[str, ...]:
 
 def ovs_work(before: Any, after: Any, top_flows: int = 3) -> list[OvsTableWork]:
     """Per table: lookups in the window, classifier subtables (distinct match shapes), top flows."""
-    from cnitrace.collectors.ovs.parse import OfFlow, OfTable
 
     old = {r.key: r for r in before.records}
     names = {}
@@ -63,7 +66,6 @@ def ovs_work(before: Any, after: Any, top_flows: int = 3) -> list[OvsTableWork]:
 
 def datapath_cache(before: Any, after: Any) -> dict[str, int]:
     """Megaflow-cache hits (established packets, no table walk) and misses (first packets: upcalls)."""
-    from cnitrace.collectors.ovs.parse import Datapath
 
     old = {r.key: r for r in before.records if isinstance(r, Datapath)}
     out = {"hit": 0, "missed": 0, "lost": 0}
@@ -76,7 +78,6 @@ def datapath_cache(before: Any, after: Any) -> dict[str, int]:
 
 
 def bpf_programs(before: Any, after: Any) -> list[ProgramTime]:
-    from cnitrace.collectors.bpfprog.parse import BpfProg
 
     old = {r.id: r for r in before.records if isinstance(r, BpfProg)}
     out = []

@@ -11,6 +11,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from cnitrace.attribution.tree import OvsKernel, ProxyDetour, TableTime, Transit
+from cnitrace.collectors.base import counter_delta
+from cnitrace.collectors.conntrack.parse import CpuStats
+from cnitrace.collectors.conntrack.parse import PRESSURE
+from cnitrace.collectors.conntrack.parse import TableUsage
 
 
 def merged(figs: Sequence[Any]) -> Any:
@@ -127,8 +131,6 @@ def conntrack_of(before: Any, after: Any) -> dict[str, Any] | None:
     failure counters (insert_failed, drop, early_drop, search_restart) from procfs."""
     if before is None or after is None:
         return None
-    from cnitrace.collectors.base import counter_delta
-    from cnitrace.collectors.conntrack.parse import PRESSURE, CpuStats, TableUsage
 
     out: dict[str, Any] = {"count": 0, "max": 0, **{k: 0 for k in PRESSURE}}
     old = {r.key: r for r in before.records}

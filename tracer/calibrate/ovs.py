@@ -35,6 +35,13 @@ from cnitrace.attribution.datapath import busy_ns, cpu_ns, match_shape, pids_of
 from cnitrace.core.errors import ToolError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
+from cnitrace.collectors.ovs.parse import parse_dpctl_show
+from cnitrace.collectors.ovs.parse import parse_dump_flows
+from cnitrace.collectors.ovs.source import OvsTarget
+from cnitrace.core.state import state_dir
+from cnitrace.lab.datapaths.antrea import OvsPaths
+from cnitrace.lab.datapaths.antrea import start_ovs
+from cnitrace.node.checks import parse_ovs_bridges
 
 CACHE = RULE_CACHE.with_name("calibration-ovs.json")
 TABLES = (1, 24, 48)            # pipeline lengths measured (OVS allows 64 nested resubmits)
@@ -143,8 +150,6 @@ class _Bench:
     """client netns → [c0: bridge in a private OVS in the node netns :s0] → server netns."""
 
     def __init__(self, session: Session, runner: Runner, datapath_type: str):
-        from cnitrace.lab.datapaths.antrea import OvsPaths
-        from cnitrace.core.state import state_dir
 
         self.s, self.r, self.dp_type = session, runner, datapath_type
         tag = uuid.uuid4().hex[:6]
@@ -154,7 +159,6 @@ class _Bench:
 
     # -- plumbing --------------------------------------------------------------------------
     def build(self) -> None:
-        from cnitrace.lab.datapaths.antrea import start_ovs
 
         r, ns = self.r, self.ns
         for name in ns.values():
@@ -185,7 +189,6 @@ class _Bench:
 
     @property
     def mgmt(self) -> str:
-        from cnitrace.collectors.ovs.source import OvsTarget
 
         return OvsTarget(rundir=str(self.paths.dir)).bridge_socket(BRIDGE)
 
@@ -206,7 +209,6 @@ class _Bench:
         """(datapath misses, lost upcalls, table lookups). Every lookup matches exactly one flow (a
         table's default at worst), so the flows' packet counters sum to the lookups: one dump
         gives them all, where `dump-tables` would need summing over 254 tables."""
-        from cnitrace.collectors.ovs.parse import parse_dpctl_show, parse_dump_flows
 
         dps = parse_dpctl_show(self.appctl("dpctl/show")).records
         flows = parse_dump_flows(self.r.run(["ovs-ofctl", "dump-flows", self.mgmt]).stdout).records
@@ -273,7 +275,6 @@ def datapath_type_of(ovs: Any, runner: Runner = DEFAULT_RUNNER, known: str | Non
     its bridges' datapath_type, where an empty value means the kernel datapath ("system")."""
     if known:
         return known
-    from cnitrace.node.checks import parse_ovs_bridges
 
     done = runner.run(["ovs-vsctl", f"--db={ovs.db_remote}", "--timeout=5", "--format=json",
                        "--columns=name,datapath_type", "list", "Bridge"], check=False)

@@ -37,6 +37,12 @@ from cnitrace.core.errors import ToolError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
 from cnitrace.traffic.generators import wait_listening
+from cnitrace.calibrate.shapes import CALIBRATION_SHAPES
+from cnitrace.calibrate.shapes import ShapeCosts
+from cnitrace.calibrate.shapes import calibration_rules
+from cnitrace.calibrate.shapes import costs_from_samples
+from cnitrace.core.capability import Host
+from cnitrace.probes.runtime import ProbeSet
 
 if TYPE_CHECKING:
     from cnitrace.calibrate.shapes import ShapeCosts
@@ -232,14 +238,12 @@ def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str 
             style: str = "plain") -> Calibration:
     """Measure ns per rule evaluation by alternating 0 and `rules` rules, `repeats` times each."""
     if method is None:
-        from cnitrace.core.capability import Host
         method = "transit" if Host(runner).usable("tracepoints") else "pps"
     samples: list[Sample] = []
     with Session(runner=runner) as s:
         b = _Bench(s, runner)
         b.build()
         if method == "transit":
-            from cnitrace.probes.runtime import ProbeSet
             probes = ProbeSet(["transit"], ifaces=[(b.ns["n"], "c0")], session=s, runner=runner)
             s.on_exit(probes.close)
             probes.start()
@@ -293,7 +297,6 @@ NFT_CAL_TABLE = "cnitcal"
 
 def shape_rules_body(shape: str, n: int) -> str:
     """iptables-restore body: n units of one calibration shape in a chain FORWARD jumps to (pure)."""
-    from cnitrace.calibrate.shapes import calibration_rules
     lines = ["*filter", ":FORWARD ACCEPT [0:0]", ":cnit-cal - [0:0]", "-A FORWARD -j cnit-cal"]
     lines += [f"-A cnit-cal {r}" for i in range(n) for r in calibration_rules(shape, i)]
     lines.append("COMMIT")
@@ -318,8 +321,6 @@ def measure_shapes(backend: str = "legacy", rules: int = 1000, repeats: int = 3,
     rules out anew in memory, and the per-rule cost moves with that by up to ±20 %; the median is the
     typical layout, which is what a node gets). Bounded: (shapes + 2 baselines) x repeats bursts of
     `packets`; about 6 s (legacy) to 12 s (nft backend) on 2 cores."""
-    from cnitrace.calibrate.shapes import CALIBRATION_SHAPES, costs_from_samples
-    from cnitrace.probes.runtime import ProbeSet
 
     t_start = time.monotonic()
     per: dict[str, list[float]] = {}
@@ -377,6 +378,5 @@ def cached_or_measure_shapes(backend: str = "legacy", cache: Path = CACHE, **kw)
 
     This is what the profile calls at start: about 10 s on 2 cores the first time, then read from
     the cache (provenance "cached")."""
-    from cnitrace.calibrate.shapes import ShapeCosts
     key = f"shapes-v{SHAPES_CACHE_VERSION}|{platform.release()}|{cpu_model()}|{backend}"
     return cached(cache, key, ShapeCosts.from_json, lambda: measure_shapes(backend=backend, **kw))

@@ -302,6 +302,7 @@ def _inside(netns: str) -> Iterator[Any]:
     and a forked copy of a Session that gets SIGTERM runs the parent's cleanup (seen: a test's
     namespaces deleted under it). setns() on our own thread has no second process at all.
     """
+    # lazily: pyroute2 is slow to import, and validation (the common path) never needs it
     from pyroute2 import IPRoute
     from pyroute2.netns import setns
 
@@ -324,7 +325,7 @@ def _inside(netns: str) -> Iterator[Any]:
 
 def resolve(globs: Sequence[str] = (), netns_names: Sequence[str] = ()) -> Selection:
     """Dump links in the host and the named namespaces, then resolve (see resolve_from)."""
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute   # lazily: as above
 
     for g in globs:
         validate_glob(g)

@@ -24,6 +24,7 @@ How a datapath plugs in:
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, ClassVar
 
@@ -115,7 +116,6 @@ def iptables_rule_packets(save_text: str, chain: str, index: int) -> int | None:
 
 def nft_rule_packets(json_text: str, chain: str, *, handle: int | None = None, index: int = 0) -> int | None:
     """Packets of the counter in one rule of `nft -j -a list ...` output, by handle (or 1-based index)."""
-    import json
 
     n = 0
     for obj in json.loads(json_text).get("nftables", []):

@@ -9,6 +9,7 @@ compile. Interpretation is split into pure functions (`*_from`) tested against f
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import importlib.util
 import json
@@ -23,6 +24,7 @@ from typing import Any, Callable, Mapping
 from cnitrace.core import capability
 from cnitrace.core.capability import Check, Host, degraded, missing, ok
 from cnitrace.core.errors import CnitraceError
+from cnitrace.node import detect
 
 TRIAL_TIMEOUT = 150.0   # one compile: <1 s on a node, ~30 s in a TCG microVM
 BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -241,7 +243,6 @@ def trial(host: Host) -> dict[str, Any]:
 
 def bpf_enable_stats_errno() -> int | None:
     """Call bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME) via ctypes; close the fd at once."""
-    import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     nr_bpf = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
@@ -451,7 +452,6 @@ def check_tools(host: Host) -> Check:
 
 
 def check_cni(host: Host) -> Check:
-    from cnitrace.node import detect
     ev = memo(host, "evidence", lambda: detect.gather_evidence(host.runner))
     found = detect.detect_cnis(ev)
     if not found:
@@ -462,7 +462,6 @@ def check_cni(host: Host) -> Check:
 
 
 def check_kube_proxy(host: Host) -> Check:
-    from cnitrace.node import detect
     ev = memo(host, "evidence", lambda: detect.gather_evidence(host.runner))
     kp = detect.detect_kube_proxy(ev)
     if kp.mode == "none":

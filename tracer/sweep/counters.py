@@ -15,6 +15,11 @@ from cnitrace.core.errors import ToolError
 from cnitrace.lab.datapath import read_packets
 from cnitrace.core.runner import Runner
 from cnitrace.sweep.model import parse_vmrss_kib
+from cnitrace.collectors.conntrack.parse import parse_proc_stat
+from cnitrace.collectors.conntrack.parse import totals
+from cnitrace.collectors.ovs.parse import parse_dump_flows
+from cnitrace.lab.datapaths import cilium_maps as cm
+from cnitrace.lab.datapaths.cilium import read_policy_entry
 
 if TYPE_CHECKING:
     from cnitrace.lab.manager import Lab
@@ -33,7 +38,6 @@ def read_counter(runner: Runner, lab: "Lab", ref: "CounterRef") -> int:
 
 
 def _ovs_packets(runner: Runner, lab: "Lab", ref: "CounterRef") -> int:
-    from cnitrace.collectors.ovs.parse import parse_dump_flows
 
     extra = lab.topo.extra
     for _ in range(2):   # push datapath (megaflow) stats into the OpenFlow counters
@@ -49,8 +53,6 @@ def _ovs_packets(runner: Runner, lab: "Lab", ref: "CounterRef") -> int:
 def _bpf_packets(runner: Runner, ref: "CounterRef") -> int:
     key = dict(ref.key or {})
     if "identity" in key:
-        from cnitrace.lab.datapaths import cilium_maps as cm
-        from cnitrace.lab.datapaths.cilium import read_policy_entry
 
         pk = cm.PolicyKey(key["identity"], key["dport"], key["proto"],
                           cm.INGRESS if key.get("direction", "ingress") == "ingress" else cm.EGRESS)
@@ -67,7 +69,6 @@ def _bpf_packets(runner: Runner, ref: "CounterRef") -> int:
 
 def conntrack_totals(runner: Runner, netns: str) -> dict[str, int]:
     """Summed per-CPU conntrack statistics of one namespace (plus 'entries' in use)."""
-    from cnitrace.collectors.conntrack.parse import parse_proc_stat, totals
 
     out = runner.run(["cat", "/proc/net/stat/nf_conntrack"], netns=netns, check=False)
     if not out.ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -17,6 +18,8 @@ from cnitrace.calibrate.costmodel import find_cliff, fit_models, is_flat
 from cnitrace.core.errors import UsageError
 from cnitrace.lab.datapaths import DATAPATHS as REGISTRY
 from cnitrace.lab.model import MAX_RULES
+from cnitrace.calibrate.costmodel import fit_line
+from cnitrace.calibrate.rules import cpu_model
 
 DATAPATHS = tuple(REGISTRY)                                    # the lab's registry, in its order
 L7_DATAPATHS = tuple(n for n, dp in REGISTRY.items() if dp.supports_l7)
@@ -242,7 +245,6 @@ def agreement(per_dp: Mapping[str, Mapping[str, Any]], curves: Sequence[Mapping[
               if st.get("measured_transit_ns") is not None and st.get("stage") not in ("l7-proxy", "vxlan")]
         t_slope = None
         if len({x for x, _ in tr}) >= 2:
-            from cnitrace.calibrate.costmodel import fit_line
             t_slope = fit_line(tr)[0]
         base = _metric(pts[0], "new_flow_ns") if pts else None
         span = (pts[-1]["spec"]["rules"] - pts[0]["spec"]["rules"]) if len(pts) >= 2 else 0
@@ -485,8 +487,6 @@ def document(cfg: SweepConfig, done: Sequence[Mapping[str, Any]], *, started: fl
 
 
 def host_facts() -> dict[str, Any]:
-    import os
-    from cnitrace.calibrate.rules import cpu_model
     return {"kernel": platform.release(), "cpu": cpu_model(), "cores": os.cpu_count()}
 
 

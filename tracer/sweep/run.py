@@ -26,6 +26,24 @@ from cnitrace.core.session import Session
 from cnitrace.sweep.counters import conntrack_totals, daemon_rss_kib, proc_stat, read_counter
 from cnitrace.sweep.model import (PointSpec, SweepConfig, cpu_share, document, host_facts, iter_wide,
                                   parse_proc_stat_cpu, points, policy_stages, summarize)
+from cnitrace.attribution.netfilter import iptables_nft_tables
+from cnitrace.attribution.netfilter import iptables_work
+from cnitrace.attribution.netfilter import nft_work
+from cnitrace.attribution.tree import Calib
+from cnitrace.attribution.tree import netfilter_stage
+from cnitrace.calibrate import rules as calibrate
+from cnitrace.calibrate.shapes import ShapeCosts
+from cnitrace.collectors.iptables.graph import ruleset_delta
+from cnitrace.collectors.iptables.source import IptablesCollector
+from cnitrace.collectors.iptables.source import ruleset_of
+from cnitrace.collectors.nftables.source import NftablesCollector
+from cnitrace.collectors.nftables.source import records_delta
+from cnitrace.lab import manager
+from cnitrace.lab import overlay
+from cnitrace.lab.model import LabSpec
+from cnitrace.probes.runtime import ProbeSet
+from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.run import run_profile
 
 Progress = Callable[[Mapping[str, Any]], None]
 CT_KEYS = ("insert_failed", "drop", "early_drop", "invalid", "insert")
@@ -48,7 +66,6 @@ def _signals_held():
 
 
 def _down(name: str, runner: Runner) -> str | None:
-    from cnitrace.lab import manager
 
     with _signals_held():
         try:
@@ -237,11 +254,6 @@ def model_point(lab, cal, backend: str, runner: Runner, transit: bool = True) ->
     metric times), their per-chain and per-rule evaluations priced by rule shape (`cal`, a Calib
     from the per-shape calibration). Where the transit probe attaches, the same packets' time
     through the node is measured beside it (receive on the client's interface → transmit)."""
-    from cnitrace.attribution.netfilter import iptables_nft_tables, iptables_work, nft_work
-    from cnitrace.attribution.tree import netfilter_stage
-    from cnitrace.collectors.iptables.graph import ruleset_delta
-    from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
-    from cnitrace.collectors.nftables.source import NftablesCollector, records_delta
 
     topo = lab.topo
     ipt = IptablesCollector(runner, netns=topo.node_netns, backends=(backend,), families=("ipv4",))
@@ -251,7 +263,6 @@ def model_point(lab, cal, backend: str, runner: Runner, transit: bool = True) ->
         probes = None
         if transit:
             try:
-                from cnitrace.probes.runtime import ProbeSet
                 probes = ProbeSet(["transit"], ifaces=[(topo.node_netns, topo.clients[0].node_iface)],
                                   session=s, runner=runner)
                 s.on_exit(probes.close)
@@ -311,8 +322,6 @@ def attribution_summary(profile_doc: Mapping[str, Any]) -> dict[str, Any]:
 def attribute(lab) -> dict[str, Any]:
     """`cnitrace profile --lab NAME --traffic probe` of the point's lab: the per-stage attribution
     of crafted NEW packets (probes where the kernel allows, counters × calibration otherwise)."""
-    from cnitrace.profile.config import ProfileConfig
-    from cnitrace.profile.run import run_profile
 
     try:
         return attribution_summary(run_profile(ProfileConfig(lab=lab.spec.name, duration=1.0, traffic="probe")))
@@ -323,8 +332,6 @@ def attribute(lab) -> dict[str, Any]:
 def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: float | None,
               runner: Runner, cal=None) -> dict[str, Any]:
     """Build the point's lab, measure, and always remove it; a failure is recorded, not raised."""
-    from cnitrace.lab import manager
-    from cnitrace.lab.model import LabSpec
 
     name = lab_name()
     spec = LabSpec(name=name, datapath=ps.datapath, rules=ps.rules, pods=ps.clients, l7=ps.l7,
@@ -333,7 +340,6 @@ def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: flo
     try:
         lab = manager.up(spec, runner=runner)
         if ps.placement == "inter":
-            from cnitrace.lab import overlay
             lab = overlay.attach(lab, runner=runner)
         up_s = time.monotonic() - t0
         out = measure_point(ps, cfg, lab, base, ns_per_eval, runner, cal)
@@ -356,7 +362,6 @@ def calibration(cfg: SweepConfig, datapath: str, runner: Runner) -> dict[str, An
     """The node's cost of a rule evaluation by rule shape for the sweep's iptables backend (cached
     per kernel, CPU and backend; calibrate.shapes), for the modelled figures; None if it cannot be
     measured. `ns_per_rule_eval` (a port-match rule) remains for readers of the old field."""
-    from cnitrace.calibrate import rules as calibrate
     try:
         shapes = calibrate.cached_or_measure_shapes(backend=cfg.backend, runner=runner)
     except CnitraceError:
@@ -370,8 +375,6 @@ def calib_of(cal: Mapping[str, Any] | None):
     """The attribution Calib of a sweep calibration entry (None without shapes)."""
     if not cal or not cal.get("shapes"):
         return None
-    from cnitrace.attribution.tree import Calib
-    from cnitrace.calibrate.shapes import ShapeCosts
     return Calib.from_shapes(ShapeCosts.from_json(cal["shapes"]))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,7 +218,6 @@ class Cilium(Datapath):
 
 def read_policy_entry(runner: Runner, map_pin: str, key: cm.PolicyKey) -> cm.PolicyEntry | None:
     """Look one entry up in a pinned policy map with bpftool (for tests and `lab status`)."""
-    import json
 
     hexkey = [f"0x{b:02x}" for b in key.pack()]
     out = runner.run(["bpftool", "-j", "map", "lookup", "pinned", map_pin, "key", *hexkey], check=False)
