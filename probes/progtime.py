@@ -29,7 +29,6 @@ from cnitrace.probes.bpfsys import (BPF_TRACE_FENTRY, BPF_TRACE_FEXIT, ProgInfo,
 from cnitrace.probes.histogram import merge_cpus
 from cnitrace.probes.specs import COUNTERS, FENTRY, KPROBE, OFFSETS, PROGTIME
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
-from cnitrace.attribution.tree import ProgramTime
 from cnitrace.core.capability import Host
 from cnitrace.probes import btf as btfmod
 from cnitrace.probes import ladder
@@ -54,22 +53,6 @@ CLASSIFY_FN = "tcf_classify"       # runs a clsact hook's filters (cls_bpf inclu
 def program_label(prog_id: int, name: str, type_name: str) -> str:
     """The name a program has in the profile's bpf stage (as cnitrace.attribution.datapath.bpf_programs)."""
     return f"{name or prog_id} (id {prog_id}, {type_name})"
-
-
-def program_times(figures: Iterable[Any]) -> list[Any]:
-    """tc_bpf figures -> attribution inputs: a program per fentry figure (named as its bpf_stats
-    figure is, so the two meet), an interface's tc classify path per kprobe figure."""
-
-    out = []
-    for f in figures:
-        if f.stage != STAGE or not f.hist.count:
-            continue
-        if f.backend == FENTRY:
-            name = program_label(f.key["prog_id"], f.key.get("prog_name", ""), f.key.get("prog_type", ""))
-        else:
-            name = f"tc classify on {f.key.get('iface', f.key.get('ifindex'))}"
-        out.append(ProgramTime(name, f.hist.count, f.hist.mean, f.backend, f.hist.p50, f.hist.p99))
-    return out
 
 
 @dataclasses.dataclass(frozen=True)

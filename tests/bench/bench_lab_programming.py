@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from cnitrace.core.errors import CnitraceError
-from cnitrace.lab import datapaths as registry
+from cnitrace.lab.datapaths import registry
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
 

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from cnitrace.lab.datapaths import antrea_flows as af
-from cnitrace.lab import datapaths as datapath, topology
+from cnitrace.lab import topology
+from cnitrace.lab.datapaths import registry as datapath
 from cnitrace.lab.datapaths.antrea import Antrea, antrea_iface_name, choose_datapath_type
 from cnitrace.lab.model import LabSpec
 from cnitrace.lab.policy import port_rules

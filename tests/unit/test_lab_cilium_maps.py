@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cnitrace.lab.datapaths import cilium_maps as cm
-from cnitrace.lab import datapaths as datapath, topology
+from cnitrace.lab import topology
+from cnitrace.lab.datapaths import registry as datapath
 from cnitrace.lab.datapaths.cilium import Cilium, bpffs_mounted, map_size, policy_map_name, tc_batch
 from cnitrace.lab.model import LabSpec
 from cnitrace.lab.policy import port_rules

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from cnitrace.core.errors import UsageError
-from cnitrace.lab import datapaths as registry
+from cnitrace.lab.datapaths import registry
 from cnitrace.lab.model import (ALLOWED_PORT, DENIED_PORT, CounterRef, GroundTruth, LabSpec, Topology,
                                 filler_ranges)
 from cnitrace.lab.policy import allow_index, port_rules, validate

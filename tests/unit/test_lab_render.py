@@ -14,7 +14,7 @@ from cnitrace.lab.datapaths import flannel
 from cnitrace.lab.datapaths import kube_router
 
 from cnitrace.lab.datapaths import nft
-from cnitrace.lab import datapaths as registry
+from cnitrace.lab.datapaths import registry
 from cnitrace.lab.model import LabSpec
 from cnitrace.lab.topology import plan
 

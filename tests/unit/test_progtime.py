@@ -19,6 +19,7 @@ from cnitrace.attribution.tree import ProgramTime, bpf_stage
 from cnitrace.core.capability import Check, Status
 from cnitrace.collectors.bpfprog.parse import Attachment, BpfProg
 from cnitrace.attribution.datapath import bpf_programs
+from cnitrace.attribution.figures import program_times
 from cnitrace.core.errors import UsageError
 from cnitrace.probes.ladder import choose, rung_usable
 from cnitrace.probes import bpfsys as bs
@@ -171,7 +172,7 @@ def test_figures_meet_bpf_stats_under_one_name():
             Figure("tc_bpf", "tc_classify_agg", "kprobe", "ns", {"netns": 1, "ifindex": 2, "iface": "ns/veth0"},
                    from_samples([9000] * 60), "tcf_classify"),
             Figure("transit", "transit_agg", "tracepoint", "ns", {}, hist)]
-    fentry, classify = pt.program_times(figs)
+    fentry, classify = program_times(figs)
     assert fentry.name == stats.name == "on_tc (id 11, sched_cls)"
     assert (fentry.runs, fentry.ns_per_run, fentry.source) == (60, 62000 / 60, "fentry")
     assert fentry.p99_ns >= fentry.p50_ns > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from cnitrace.lab import datapaths as registry
+from cnitrace.lab.datapaths import registry
 from cnitrace.lab import topology
 from cnitrace.lab.model import LabSpec
 from cnitrace.lab.overlay import MTU, VNI, node2_netns, plan

@@ -8,13 +8,14 @@ counters meet in one node of the tree.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-from cnitrace.attribution.tree import OvsKernel, ProxyDetour, TableTime, Transit
+from cnitrace.attribution.tree import OvsKernel, ProgramTime, ProxyDetour, TableTime, Transit
 from cnitrace.collectors.base import counter_delta
-from cnitrace.collectors.conntrack.parse import CpuStats
-from cnitrace.collectors.conntrack.parse import PRESSURE
-from cnitrace.collectors.conntrack.parse import TableUsage
+from cnitrace.collectors.conntrack.parse import PRESSURE, CpuStats, TableUsage
+from cnitrace.probes.progtime import STAGE as PROGTIME_STAGE
+from cnitrace.probes.progtime import program_label
+from cnitrace.probes.specs import FENTRY
 
 
 def merged(figs: Sequence[Any]) -> Any:
@@ -149,3 +150,19 @@ def conntrack_of(before: Any, after: Any) -> dict[str, Any] | None:
 def maps_of(bpf: Any) -> list[dict[str, Any]]:
     """Map pressure (entries / max) of the maps the selected programs use."""
     return list(bpf.meta.get("maps", [])) if bpf is not None else []
+
+
+def program_times(figures: Iterable[Any]) -> list[ProgramTime]:
+    """tc_bpf figures -> attribution inputs: a program per fentry figure (named as its bpf_stats
+    figure is, so the two meet), an interface's tc classify path per kprobe figure."""
+
+    out = []
+    for f in figures:
+        if f.stage != PROGTIME_STAGE or not f.hist.count:
+            continue
+        if f.backend == FENTRY:
+            name = program_label(f.key["prog_id"], f.key.get("prog_name", ""), f.key.get("prog_type", ""))
+        else:
+            name = f"tc classify on {f.key.get('iface', f.key.get('ifindex'))}"
+        out.append(ProgramTime(name, f.hist.count, f.hist.mean, f.backend, f.hist.p50, f.hist.p99))
+    return out

@@ -19,7 +19,7 @@ How a datapath plugs in:
 4. `ground_truth(topo, spec)` is pure: it says where an allowed and a denied NEW packet are
    counted and how many policy rules an allowed packet is matched against.
 5. Optionally `l7(session, topo, spec)` detours allowed HTTP through a real proxy (see l7proxy).
-6. Add the class to DATAPATHS in cnitrace.lab.datapaths (the one explicit registry).
+6. Add the class to DATAPATHS in cnitrace.lab.datapaths.registry (the one explicit registry).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnitrace.core.errors import ToolError, UsageError
-from cnitrace.lab import datapaths as registry
+from cnitrace.lab.datapaths import registry
 from cnitrace.lab import policy, topology
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner

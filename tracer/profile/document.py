@@ -12,7 +12,7 @@ from typing import Any
 from cnitrace import __version__
 from cnitrace.attribution.datapath import bpf_programs
 from cnitrace.attribution.figures import (conntrack_of, drops_of, maps_of, netfilter_hooks_of, netfilter_tables_of,
-                                          ovs_kernel_of, proxy_detour_of, transit_of)
+                                          ovs_kernel_of, program_times, proxy_detour_of, transit_of)
 from cnitrace.attribution.netfilter import (drop_rules, evaluation_order, iptables_nft_tables, iptables_work,
                                             merge_drops, nft_work)
 from cnitrace.attribution.tree import Calib, bpf_stage, build_tree, netfilter_stage, proxy_stage, with_ovs_kernel
@@ -20,7 +20,6 @@ from cnitrace.calibrate.rules import cpu_model
 from cnitrace.collectors.iptables.graph import ruleset_delta
 from cnitrace.collectors.iptables.source import ruleset_of
 from cnitrace.collectors.nftables.source import records_delta
-from cnitrace.probes.progtime import program_times
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.ovs import OVS_USERSPACE_BACKEND, ovs_node_of
 from cnitrace.profile.target import Target

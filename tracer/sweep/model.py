@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cnitrace.calibrate.costmodel import find_cliff, fit_models, is_flat
 from cnitrace.core.errors import UsageError
-from cnitrace.lab.datapaths import DATAPATHS as REGISTRY
+from cnitrace.lab.datapaths.registry import DATAPATHS as REGISTRY
 from cnitrace.lab.model import MAX_RULES
 from cnitrace.calibrate.costmodel import fit_line
 from cnitrace.calibrate.rules import cpu_model

@@ -1,33 +1,7 @@
-"""The lab's datapaths, one module per CNI, and their one explicit registry.
+"""The lab's datapaths, one module per CNI, and their one explicit registry (registry.py).
 
 Each module builds a CNI's policy datapath inside lab namespaces the way that CNI programs it
 (see cnitrace.lab.datapath for the interface). Modules here import the lab's base
 (cnitrace.lab.datapath, model, topology, policy) and cnitrace.core; nothing imports them but
-this registry.
+the registry.
 """
-
-from __future__ import annotations
-
-from cnitrace.core.errors import UsageError
-from cnitrace.lab.datapath import Datapath
-from cnitrace.lab.datapaths.antrea import Antrea
-from cnitrace.lab.datapaths.calico import Calico
-from cnitrace.lab.datapaths.cilium import Cilium
-from cnitrace.lab.datapaths.flannel import Flannel
-from cnitrace.lab.datapaths.kube_router import KubeRouter
-from cnitrace.lab.datapaths.nft import Nft
-
-# In the order the sweep runs and reports them: the study's iptables CNIs, nftables, OVS, eBPF, the baseline.
-DATAPATHS: dict[str, Datapath] = {cls.name: cls() for cls in (Calico, KubeRouter, Nft, Antrea, Cilium, Flannel)}
-
-
-def names() -> list[str]:
-    return sorted(DATAPATHS)
-
-
-def get(name: str) -> Datapath:
-    """The datapath called `name`, or a UsageError listing the known ones."""
-    try:
-        return DATAPATHS[name]
-    except KeyError:
-        raise UsageError(f"unknown datapath {name!r}; choose one of: {', '.join(names())}") from None
