@@ -228,8 +228,21 @@ def prog_info(fd: int) -> tuple[ProgInfo, int | None]:
 
 
 def load_tracing(insns: bytes, *, attach_type: int, btf_id: int, target_fd: int, name: str) -> int:
-    """Load one fentry/fexit program aimed at `target_fd`'s main function; the verifier's last
-    line is in the error when it refuses."""
+    """Load one fentry/fexit program aimed at `target_fd`'s main function (or a tp_btf at a
+    vmlinux btf_id); the verifier's last line is in the error when it refuses."""
+    return _load(insns, name, prog_type=BPF_PROG_TYPE_TRACING, attach_type=attach_type, btf_id=btf_id,
+                 target_fd=target_fd, log_size=1 << 16)
+
+
+def load_program(insns: bytes, *, prog_type: int, attach_type: int, name: str) -> int:
+    """Load instructions (bcc's dump_func, map fds in place) as a program of `prog_type` with
+    an expected attach type (netfilter: BPF_PROG_TYPE_NETFILTER / BPF_NETFILTER)."""
+    return _load(insns, name, prog_type=prog_type, attach_type=attach_type, btf_id=0, target_fd=0, log_size=1 << 20)
+
+
+def _load(insns: bytes, name: str, *, prog_type: int, attach_type: int, btf_id: int, target_fd: int,
+          log_size: int) -> int:
+    """BPF_PROG_LOAD without a log; on refusal, once more with one, only to say why."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
 
@@ -238,35 +251,11 @@ def load_tracing(insns: bytes, *, attach_type: int, btf_id: int, target_fd: int,
             insns=ctypes.addressof(code), insn_cnt=len(insns) // 8, license=ctypes.addressof(lic),
             name=name.encode(), attach_type=attach_type, attach_btf_id=btf_id, attach_prog_fd=target_fd,
             log_buf=ctypes.addressof(log) if log is not None else 0, log_size=len(log) if log is not None else 0,
-            log_level=log_level))
-    try:
-        return attempt(0, None)
-    except OSError as exc:
-        log = ctypes.create_string_buffer(1 << 16)
-        try:
-            attempt(1, log)   # again, only to learn why
-        except OSError:
-            pass
-        raise ToolError(f"loading {name}: {exc.strerror}" + (f" ({last_log_line(log.raw)})"
-                                                              if last_log_line(log.raw) else "")) from None
-
-
-def load_program(insns: bytes, *, prog_type: int, attach_type: int, name: str) -> int:
-    """Load instructions (bcc's dump_func, map fds in place) as a program of `prog_type` with
-    an expected attach type (netfilter: BPF_PROG_TYPE_NETFILTER / BPF_NETFILTER)."""
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-
-    def attempt(log_level: int, log: Any) -> int:
-        return _bpf(BPF_PROG_LOAD, prog_load_attr(
-            insns=ctypes.addressof(code), insn_cnt=len(insns) // 8, license=ctypes.addressof(lic),
-            name=name.encode(), attach_type=attach_type, attach_btf_id=0, attach_prog_fd=0,
-            log_buf=ctypes.addressof(log) if log is not None else 0, log_size=len(log) if log is not None else 0,
             log_level=log_level, prog_type=prog_type))
     try:
         return attempt(0, None)
     except OSError as exc:
-        log = ctypes.create_string_buffer(1 << 20)
+        log = ctypes.create_string_buffer(log_size)
         try:
             attempt(1, log)   # again, only to learn why
         except OSError:
