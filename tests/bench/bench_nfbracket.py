@@ -22,7 +22,6 @@ import random
 import statistics
 import subprocess
 import time
-import uuid
 
 ROUNDS = int(os.environ.get("CNITRACE_BENCH_ROUNDS", "4"))
 ROUND_S = 2
@@ -94,19 +93,13 @@ def main() -> int:
     from cnitrace.core.session import Session
     from cnitrace.probes import nfbracket as nb
     from tests.host.probes_path import build, set_forward_rules
+    from tests.support.netns import tracked
 
     if not Host().check("nf_bpf").usable:
         print(f"bench_nfbracket: nf_bpf unusable: {Host().check('nf_bpf').reason}")
         return 1
     with Session() as s:
-        def new_netns() -> str:
-            name = f"cnit-b{uuid.uuid4().hex[:8]}"
-            s.track("netns", name)          # recorded before it exists: removed on exit or Ctrl-C
-            r.run(["ip", "netns", "add", name])
-            r.run(["ip", "-n", name, "link", "set", "lo", "up"])
-            return name
-
-        path = build(new_netns)
+        path = build(tracked(s))            # namespaces recorded before they exist: removed on exit or Ctrl-C
         set_forward_rules(path, 0)
         r.run(["iptables-legacy", "-A", "OUTPUT", "-p", "icmp", "-j", "DROP"], netns=path.b)
 

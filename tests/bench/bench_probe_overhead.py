@@ -28,7 +28,6 @@ import random
 import statistics
 import subprocess
 import time
-import uuid
 
 ROUNDS = int(os.environ.get("CNITRACE_BENCH_ROUNDS", "10"))
 ROUND_S = 2
@@ -156,16 +155,10 @@ def main() -> int:
     from cnitrace.core.runner import DEFAULT_RUNNER as r
     from cnitrace.core.session import Session
     from tests.host.probes_path import build, set_forward_rules
+    from tests.support.netns import tracked
 
     with Session() as s:
-        def new_netns() -> str:
-            name = f"cnit-b{uuid.uuid4().hex[:8]}"
-            s.track("netns", name)          # recorded before it exists: removed on exit or Ctrl-C
-            r.run(["ip", "netns", "add", name])
-            r.run(["ip", "-n", name, "link", "set", "lo", "up"])
-            return name
-
-        path = build(new_netns)
+        path = build(tracked(s))            # namespaces recorded before they exist: removed on exit or Ctrl-C
         set_forward_rules(path, 0)
         # the server lives in pod B's namespace, whose removal kills it even after a crash
         server = subprocess.Popen(["ip", "netns", "exec", path.b, "iperf3", "-s"],

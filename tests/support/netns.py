@@ -46,3 +46,17 @@ class Namespaces:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tracked(session, prefix: str = "cnit-b", runner: Runner = DEFAULT_RUNNER):
+    """A namespace maker whose namespaces the cnitrace Session records before creating them, so
+    they are removed on exit, Ctrl-C, or by `cnitrace cleanup` after a kill (the benches' way)."""
+
+    def new() -> str:
+        name = unique(prefix, 8)
+        session.track("netns", name)
+        runner.run(["ip", "netns", "add", name])
+        runner.run(["ip", "-n", name, "link", "set", "lo", "up"])
+        return name
+
+    return new
