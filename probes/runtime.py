@@ -59,6 +59,7 @@ class Filter:
     mark: int | None = None
     mark_mask: int = 0xFFFFFFFF
     proto: int = 0                               # IPPROTO_*; 0 = any
+    ipv4: bool = False                           # IPv4 packets only (implied by any tuple field)
     saddr: str | None = None
     daddr: str | None = None
     sport: int = 0
@@ -111,6 +112,8 @@ def cflags_for(spec: ProbeSpec, choice: "Choice", offsets: Mapping[str, int], fi
     if filt.mark is not None:
         out.update(CNIT_FILTER_MARK="1", CNIT_MARK_VALUE=hex(filt.mark & 0xFFFFFFFF),
                    CNIT_MARK_MASK=hex(filt.mark_mask & 0xFFFFFFFF))
+    if filt.ipv4:
+        out["CNIT_FILTER_IPV4"] = "1"
     if filt.has_tuple:
         out.update(CNIT_FILTER_TUPLE="1", CNIT_PROTO=str(filt.proto), CNIT_SADDR=hex(_be32(filt.saddr)),
                    CNIT_DADDR=hex(_be32(filt.daddr)), CNIT_SPORT=hex(_be16(filt.sport)),

@@ -169,6 +169,9 @@ static __always_inline int cnit_pair_selected(const struct cnit_where *w)
 #ifndef CNIT_MARK_MASK
 #define CNIT_MARK_MASK 0xffffffff
 #endif
+#ifndef CNIT_FILTER_IPV4
+#define CNIT_FILTER_IPV4 0      /* IPv4 packets only (skb->protocol), without reading the header */
+#endif
 #ifndef CNIT_FILTER_TUPLE
 #define CNIT_FILTER_TUPLE 0
 #endif
@@ -240,6 +243,12 @@ static __always_inline int cnit_packet_match(const void *skb)
     u32 mark = 0;
     CNIT_READ(mark, skb, CNIT_OFF_SKB_MARK);
     if ((mark & CNIT_MARK_MASK) != CNIT_MARK_VALUE)
+        return 0;
+#endif
+#if CNIT_FILTER_IPV4 && !CNIT_FILTER_TUPLE
+    u16 l3 = 0;
+    CNIT_READ(l3, skb, CNIT_OFF_SKB_PROTOCOL);
+    if (l3 != htons(0x0800))
         return 0;
 #endif
     return cnit_tuple_match(skb);

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from cnitrace.lab import manager
+from cnitrace.lab.model import LabSpec
 from tests.host.nodestate import node_state
 from tests.support.netns import Namespaces, unique
 
@@ -50,3 +52,20 @@ def node_before_after():
         assert not diff, f"node state changed: {sorted(diff)}\n{diff}"
 
     return assert_unchanged
+
+
+@pytest.fixture
+def lab_factory(unique_name):
+    """Factory: lab_factory(datapath, rules, **spec) -> a lab that is up; every lab it made is
+    taken down after the test."""
+    made = []
+
+    def make(datapath: str, rules: int, **kw):
+        lab = manager.up(LabSpec(name=unique_name(), datapath=datapath, rules=rules, **kw))
+        made.append(lab.spec.name)
+        return lab
+
+    yield make
+    for name in made:
+        if name in manager.names():
+            manager.down(name)

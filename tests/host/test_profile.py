@@ -10,25 +10,9 @@ import pytest
 from cnitrace import cli
 from cnitrace.calibrate.rules import measure
 from cnitrace.lab import manager
-from cnitrace.lab.model import LabSpec
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.run import run_profile
 from cnitrace.reports.document import Node, validate
-
-
-@pytest.fixture
-def lab_factory(unique_name):
-    made = []
-
-    def make(datapath: str, rules: int, **kw):
-        lab = manager.up(LabSpec(name=unique_name(), datapath=datapath, rules=rules, **kw))
-        made.append(lab.spec.name)
-        return lab
-
-    yield make
-    for name in made:
-        if name in manager.names():
-            manager.down(name)
 
 
 def _probe_profile(lab) -> tuple[dict, Node]:

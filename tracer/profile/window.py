@@ -20,7 +20,7 @@ from cnitrace.core.runner import Runner
 from cnitrace.core.session import Interrupted, Session
 from cnitrace.probes.ladder import STAGES, choose_all
 from cnitrace.probes.progtime import ProgTime
-from cnitrace.probes.runtime import ProbeSet, netns_inode
+from cnitrace.probes.runtime import Filter, ProbeSet, netns_inode
 from cnitrace.probes.nfbracket import FLOOR_MAP, Brackets
 from cnitrace.probes.specs import COUNTERS, NF_BPF, NF_HOOKS, SPECS
 from cnitrace.profile.config import ProfileConfig
@@ -265,7 +265,9 @@ def _pin_counters(backends: dict[str, dict[str, Any]], force: dict[str, str]) ->
 
 def _start_probes(stages: list[str], target: Target, force: dict[str, str], session: Session, host: Any,
                   runner: Runner) -> ProbeSet:
-    probes = ProbeSet(stages, selection=target.selection,
+    # IPv4 only: the netfilter counters and brackets are read for ipv4, so transit counts the same
+    # packets (a pod's IPv6 router solicitations and MLD reports would otherwise be timed too).
+    probes = ProbeSet(stages, selection=target.selection, filt=Filter(ipv4=True),
                       force={s: b for s, b in force.items() if s in stages},
                       session=session, host=host, runner=runner)
     session.on_exit(probes.close)
