@@ -269,7 +269,9 @@ BPF_RINGBUF_OUTPUT(cnit_events, 64);
 BPF_PERF_OUTPUT(cnit_events);
 #endif
 BPF_PERCPU_ARRAY(cnit_lost, u64, 1);
-/* Each probe file defines its own emit() (map calls must be in the main file for bcc). */
+/* Each probe file defines its own emit(): bcc rewrites map calls in the main file only, refuses them
+ * inside macros ("cannot use map function inside a macro") and leaves raw helper calls on a map in
+ * a header unresolved ("R1 type=scalar expected=map_ptr"); all three were tried. */
 #endif
 
 #endif /* CNIT_STAGES_H */

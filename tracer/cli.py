@@ -408,12 +408,15 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
 @click.option("--placement", type=click.Choice(["intra", "inter"]), default="intra", show_default=True,
               help="inter: the client pod sits behind a second node joined by a VXLAN overlay.")
 @click.option("--repeat", default=1, show_default=True, type=int, help="Measurements per point (spread reported).")
+@click.option("--backend", default="legacy", show_default=True, metavar="legacy|nft",
+              help="iptables backend of the iptables datapaths (calico, kube-router): legacy or nft "
+                   "(iptables-nft); calibration and modelled figures use the same backend.")
 @click.option("--quick", is_flag=True, help="Shorter measurements and rules 0,1000 (under 2 minutes).")
 @click.option("--attribute/--no-attribute", default=None,
               help="Profile-attribute crafted probes at every point (default: on, off with --quick).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the JSON document here.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
-def sweep(datapaths, rules, clients, l7, placement, repeat, quick, attribute, json_out, html_out) -> int:
+def sweep(datapaths, rules, clients, l7, placement, repeat, backend, quick, attribute, json_out, html_out) -> int:
     """Measure cost curves as policies and clients grow, on the built-in lab.
 
     Every point gets a fresh lab, a semantics check (allowed ports pass, denied ports drop), then
@@ -426,7 +429,7 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, quick, attribute, js
 
 
     cfg = make_config(datapaths=datapaths, rules=rules, clients=clients, l7=l7, placement=placement,
-                      repeat=repeat, quick=quick, attribute=attribute)
+                      repeat=repeat, quick=quick, attribute=attribute, backend=backend)
     require_root()
     total = len(points(cfg))
     err = Console(stderr=True, width=100)

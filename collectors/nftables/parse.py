@@ -94,6 +94,11 @@ class NftSet:
     flags: tuple[str, ...] = ()
     map_type: Any = None
     verdict_targets: tuple[str, ...] = ()   # chains a verdict map jumps/goes to
+    # concatenated keys (`a . b`): elements by the value of their first field, and the first-field
+    # value of each element that jumps/goes to a chain (the pipapo lookup's cost follows the elements
+    # that share the packet's first field; see collectors.nftables.graph)
+    first_field: tuple[tuple[str, int], ...] = ()
+    target_first: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple:
@@ -239,17 +244,36 @@ def _set(kind: str, body: dict[str, Any]) -> NftSet:
     if not isinstance(elems, list):
         elems = []
     targets: list[str] = []
+    first: dict[str, int] = {}
+    target_first: list[tuple[str, str]] = []
     for e in elems:
+        key = e[0] if isinstance(e, list) and e else e
+        f0 = _first_field(key)
+        if f0 is not None:
+            first[f0] = first.get(f0, 0) + 1
         if isinstance(e, list) and len(e) == 2 and isinstance(e[1], dict):
             for v in CHAIN_VERDICTS:
                 t = e[1].get(v)
-                if isinstance(t, dict) and isinstance(t.get("target"), str) and t["target"] not in targets:
-                    targets.append(t["target"])
+                if isinstance(t, dict) and isinstance(t.get("target"), str):
+                    if t["target"] not in targets:
+                        targets.append(t["target"])
+                    if f0 is not None:
+                        target_first.append((t["target"], f0))
     flags = body.get("flags", [])
     return NftSet(_s(body, "family"), _s(body, "table"), _s(body, "name"), kind, _hashable(body.get("type")),
                   len(elems), _int(body.get("size")),
                   tuple(f for f in flags if isinstance(f, str)) if isinstance(flags, list) else (),
-                  _hashable(body.get("map")), tuple(targets))
+                  _hashable(body.get("map")), tuple(targets), tuple(sorted(first.items())), tuple(target_first))
+
+
+def _first_field(key: Any) -> str | None:
+    """The first field's value of a concatenated element key (`{"concat": [v0, ...]}`), as text."""
+    if isinstance(key, dict) and isinstance(key.get("elem"), dict):
+        key = key["elem"].get("val")
+    if isinstance(key, dict) and isinstance(key.get("concat"), list) and key["concat"]:
+        v = key["concat"][0]
+        return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return None
 
 
 def _hashable(v: Any) -> Any:

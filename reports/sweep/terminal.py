@@ -58,10 +58,14 @@ def render_sweep(doc: Mapping[str, Any], console: Console | None = None) -> None
     state = "interrupted — partial result" if doc.get("interrupted") else "complete"
     con.print(f"[bold]cnitrace sweep[/]: {doc['points_done']}/{doc['points_total']} points, "
               f"{doc['elapsed_s']:.0f} s, {state}")
+    if doc.get("headline"):
+        con.print("Measured on this node:")
     for line in doc.get("headline", ()):
         con.print(f"• {line}", soft_wrap=False, overflow="fold")
+    if doc.get("agreement_lines"):
+        con.print("Modelled (counters × per-shape calibration) against measured, within ±25 %:")
     for line in doc.get("agreement_lines", ()):
-        con.print(f"• {line}", soft_wrap=False, overflow="fold")
+        con.print(("• " if "outside" not in line else "[red]✗[/] ") + line, soft_wrap=False, overflow="fold")
     con.print(table(doc))
     failed = [p for p in doc.get("points", ()) if p.get("status") != "ok"]
     for p in failed:

@@ -64,3 +64,18 @@ def test_flat_datapaths_agree_when_both_slopes_are_within_noise():
     done = [point("nft", 0, 6600.0, 67.0, 2800.0, base), point("nft", 1000, 6700.0, 30_067.0, 2850.0, base)]
     curves = build_curves(done)
     assert not agreement(ns_per_eval(curves, done), curves, done)["nft"]["agrees_new_flow"]
+
+
+def test_backend_option_reaches_the_config():
+    from cnitrace.sweep.model import make_config
+    assert make_config(datapaths="calico").backend == "legacy"
+    assert make_config(datapaths="calico", backend="nft").backend == "nft"
+    assert make_config(datapaths="calico", backend="nft").to_json()["backend"] == "nft"
+
+
+def test_agreement_lines_say_which_number_is_which():
+    a = {"modelled_ns_per_rule": 50.6, "measured_ns_per_rule": 52.5, "transit_ns_per_rule": 51.0,
+         "model_vs_new_flow": 50.6 / 52.5, "agrees_new_flow": True, "model_vs_transit": 50.6 / 51.0,
+         "agrees_transit": True}
+    [line] = agreement_lines({"calico": a})
+    assert line == "calico: policy slope modelled 50.6 ns per rule; measured NEW-flow 52.5 (0.96x), transit 51.0 (0.99x)"

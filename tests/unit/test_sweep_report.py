@@ -102,6 +102,7 @@ def test_line_plot_draws_model_and_cliff():
     (["--clients", "0,300"], "--clients: each value must be in 1..250"),
     (["--datapath", "nft", "--l7"], "--l7 needs one of: calico, antrea, cilium"),
     (["--repeat", "50"], "--repeat 50 out of range: 1..10"),
+    (["--backend", "ipvs"], "--backend 'ipvs': choose legacy or nft"),
 ])
 def test_bad_sweep_options_one_line_exit_2(argv, msg, capsys):
     assert main(["sweep", *argv]) == 2

@@ -380,3 +380,92 @@ def cached_or_measure_shapes(backend: str = "legacy", cache: Path = CACHE, **kw)
     the cache (provenance "cached")."""
     key = f"shapes-v{SHAPES_CACHE_VERSION}|{platform.release()}|{cpu_model()}|{backend}"
     return cached(cache, key, ShapeCosts.from_json, lambda: measure_shapes(backend=backend, **kw))
+
+
+# --- native nftables shapes (calibrate.shapes: NFT_* classes) --------------------------------------
+
+NFT_SHAPES_CACHE_VERSION = 1
+NFT_MAP_SIZES = (1000, 5000)          # interval-map sizes the lookup is measured at (a + b x elements)
+
+
+def nft_shape_body(shape: str, n: int) -> str:
+    """`nft -f` body of one native calibration shape in the bench node (pure). The bench's packet is
+    UDP 10.250.1.2 → 10.250.2.2:5201; nothing matches it, so every rule is evaluated to its end:
+
+    - "plain": n rules `udp dport a-b drop` (payload/meta compares; one evaluation each);
+    - "set": n rules `ip daddr @hs drop`, hs a hash set of 64 other addresses (a hash lookup each);
+    - "vmap": n rules `ip daddr vmap @dv`, dv mapping the packet's address to `jump` an empty chain
+      (a hash lookup, the jump and the implicit return);
+    - "imap": one rule `meta l4proto . th dport vmap @im` over an interval map of n `udp . a-b`
+      elements (the lab's and kube-proxy's shape; the packet's protocol matches every element,
+      its port none, the costly case of the pipapo lookup)."""
+    t = NFT_CAL_TABLE
+    out = [f"table inet {t}", f"delete table inet {t}", f"table inet {t} {{"]
+    if shape == "set":
+        addrs = ", ".join(f"10.251.{i // 250}.{i % 250 + 1}" for i in range(64))
+        out.append(f"\tset hs {{ type ipv4_addr; elements = {{ {addrs} }}; }}")
+    if shape == "vmap":
+        out.append("\tchain empty {\n\t}")
+        out.append("\tmap dv { type ipv4_addr : verdict; elements = { 10.250.2.2 : jump empty }; }")
+    if shape == "imap" and n:
+        elems = ",\n\t\t\t".join(f"udp . {10000 + 2 * i}-{10001 + 2 * i} : drop" for i in range(n))
+        out.append("\tmap im {\n\t\ttype inet_proto . inet_service : verdict; flags interval;\n"
+                   f"\t\telements = {{ {elems} }}\n\t}}")
+    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter + 10; policy accept;"]
+    if shape == "plain":
+        out += [f"\t\tudp dport {10000 + 2 * (i % 25000)}-{10001 + 2 * (i % 25000)} drop" for i in range(n)]
+    elif shape == "set":
+        out += ["\t\tip daddr @hs drop"] * n
+    elif shape == "vmap":
+        out += ["\t\tip daddr vmap @dv"] * n
+    elif shape == "imap" and n:
+        out.append("\t\tmeta l4proto . th dport vmap @im")
+    out += ["\t}", "}"]
+    return "\n".join(out) + "\n"
+
+
+NFT_SHAPE_UNITS = {"plain": 1000, "set": 1000, "vmap": 1000}
+
+
+def measure_nft_shapes(repeats: int = 3, packets: int = 1000, runner: Runner = DEFAULT_RUNNER,
+                       settle_s: float = 0.1, sizes: Sequence[int] = NFT_MAP_SIZES) -> dict[str, float]:
+    """ns per native nftables evaluation by shape (calibrate.shapes.nft_costs_from_samples): the bench
+    node's forward hook holds each shape of `nft_shape_body` in turn; a shape's figure is its transit
+    time above the empty base chain's ÷ its units (rules, or one lookup for "imap:<size>"), the median
+    over `repeats`. Bounded: (3 + len(sizes) + 2 baselines) x repeats bursts of `packets`."""
+    t_start = time.monotonic()
+    per: dict[str, list[float]] = {}
+    with Session(runner=runner) as s:
+        b = _Bench(s, runner)
+        b.build()
+        ns = b.ns["n"]
+        probes = ProbeSet(["transit"], ifaces=[(ns, "c0")], session=s, runner=runner)
+        s.on_exit(probes.close)
+        probes.start()
+
+        def timed(body: str) -> float:
+            runner.run(["nft", "-f", "-"], input=body, netns=ns, timeout=120)
+            time.sleep(settle_s)
+            probes.reset()
+            b.send_udp(packets)
+            time.sleep(0.05)
+            figs = [f for f in probes.snapshot() if f.stage == "transit"]
+            count = sum(f.hist.count for f in figs)
+            if count < packets // 2:
+                raise ToolError(f"calibration: only {count} of {packets} packets were timed")
+            return sum(f.hist.sum for f in figs) / count
+
+        try:
+            for _ in range(repeats):
+                base = [timed(nft_shape_body("plain", 0))]
+                got = {k: (timed(nft_shape_body(k, u)), u) for k, u in NFT_SHAPE_UNITS.items()}
+                got.update({f"imap:{m}": (timed(nft_shape_body("imap", m)), 1) for m in sizes})
+                base.append(timed(nft_shape_body("plain", 0)))
+                b0 = min(base)
+                for k, (v, u) in got.items():
+                    per.setdefault(k, []).append((v - b0) / u)
+        finally:
+            runner.run(["nft", "delete", "table", "inet", NFT_CAL_TABLE], netns=ns, check=False)
+    med = {k: sorted(v)[len(v) // 2] for k, v in per.items()}
+    med["seconds"] = time.monotonic() - t_start
+    return med
