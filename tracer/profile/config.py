@@ -62,7 +62,6 @@ class ProfileConfig:
 def check_force(force: Sequence[tuple[str, str]]) -> None:
     """Each pinned (stage, backend) names a probe stage and a backend every required hook of it can
     take (or counters: attach nothing), once; refused before any work rather than mid-window."""
-
     seen: dict[str, str] = {}
     for stage, backend in force:
         if stage not in SPECS:

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 def ovs_target(target: Target) -> Any:
     """The OVS instance behind the selection: the lab's private one, or the node's if it runs."""
-
     extra = target.lab.topo.extra if target.lab else {}
     if "ovs_rundir" in extra:
         return OvsTarget(rundir=extra["ovs_rundir"], ctl=extra.get("ovs_ctl"), netns=target.lab.topo.node_netns)
@@ -53,7 +52,6 @@ def vswitchd_pid(ovs: Any) -> int | None:
 
 def idle_cpu(ovs: Any, seconds: float) -> tuple[int, float] | None:
     """ovs-vswitchd's CPU use while no traffic is sent: its background rate, to subtract."""
-
     pid = vswitchd_pid(ovs)
     a = cpu_ns(pid) if pid else None
     t = time.monotonic()
@@ -75,7 +73,6 @@ OVS_USERSPACE_BACKEND = {
 def ovs_cpu_reading(ovs: Any) -> tuple[int, float] | None:
     """(ovs-vswitchd CPU ns, monotonic time) now: read at the window's edges, so that neither probe
     attachment nor the dumps cnitrace itself asks ovs-vswitchd for are billed to the traffic."""
-
     pid = vswitchd_pid(ovs) if ovs is not None else None
     cpu = cpu_ns(pid) if pid else None
     return (cpu, time.monotonic()) if cpu is not None else None
@@ -125,7 +122,6 @@ def ovs_node_of(before: Counters, after: Counters, window: float, ovs_idle: tupl
 def ovs_calibration(target: Target, runner: Runner, say: Callable[[str], None], warnings: list[str]) -> Any:
     """This node's ns per OVS table (cached, or measured now) when the selection has an OVS
     instance; a failed micro-benchmark is a warning, never a failed profile."""
-
     ovs = ovs_target(target)
     if ovs is None:
         return None
@@ -141,6 +137,5 @@ def ovs_calibration(target: Target, runner: Runner, say: Callable[[str], None], 
 
 def kernel_datapath(ovs_snap: Any) -> bool:
     """Whether the OVS instance forwards in the kernel (a `system@` datapath in dpctl/show)."""
-
     return ovs_snap is not None and any(isinstance(r, Datapath) and r.name.startswith("system@")
                                         for r in ovs_snap.records)

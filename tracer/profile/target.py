@@ -19,7 +19,6 @@ from cnitrace.traffic.generators import resolve_peer
 @dataclasses.dataclass
 class Target:
     """The Selection a profile watches, plus the lab (if any) and which packets enter the node."""
-
     selection: Selection
     lab: Any = None                     # cnitrace.lab.manager.Lab
     entry: set[int] | None = None       # ifindexes whose received packets are timed (None = all selected)

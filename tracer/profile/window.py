@@ -20,16 +20,13 @@ from cnitrace.core.runner import Runner
 from cnitrace.core.session import Interrupted, Session
 from cnitrace.probes.ladder import STAGES, choose_all
 from cnitrace.probes.progtime import ProgTime
-from cnitrace.probes.runtime import Filter, ProbeSet, netns_inode
 from cnitrace.probes.nfbracket import FLOOR_MAP, Brackets
+from cnitrace.probes.runtime import Filter, ProbeSet, netns_inode
 from cnitrace.probes.specs import COUNTERS, NF_BPF, NF_HOOKS, SPECS
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.ovs import idle_cpu, kernel_datapath, ovs_cpu_reading, ovs_target, vswitchd_pid
 from cnitrace.profile.target import Target
 from cnitrace.traffic import generators as traffic
-
-
-
 
 MEASURING = ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint", "nf_bpf")
 NFPROTO_IPV4 = 2
@@ -37,8 +34,9 @@ NFPROTO_IPV4 = 2
 
 @dataclasses.dataclass
 class Counters:
-    iptables: dict[str | None, Any]
-    nft: dict[str | None, Any]
+    """Every collector's snapshot at one moment; iptables and nft per namespace (HOST '' for the host)."""
+    iptables: dict[str, Any]
+    nft: dict[str, Any]
     bpf: Any = None
     ovs: Any = None
     conntrack: Any = None
@@ -88,7 +86,6 @@ def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any
 
 def proxy_connections(figures: Sequence[Any], target: Target) -> int:
     """Connections accepted in the node namespace (where the lab's proxy listens), seen by the socket probe."""
-
     node_ns = netns_inode(target.lab.topo.node_netns)
     return sum(f.hist.count for f in figures if f.stage == "l7_detour" and f.map == "l7_life"
                and f.key.get("role") == "server" and f.key.get("netns") == node_ns)
@@ -99,7 +96,6 @@ def start_progtime(before: Counters, backends: dict[str, dict[str, Any]], sessio
     """tc_bpf for the window: fentry on the selected tc/XDP programs (or the tc classify kprobe)
     where the host allows; the backends entry then says, per program, what was attached or why
     bpf_stats stay its only figure. A failure to attach is a warning, never a failed profile."""
-
     entry = backends.get("tc_bpf")
     atts = [a for a in (before.bpf.meta.get("attachments", []) if before.bpf is not None else [])
             if a.get("kind") in ("tc", "xdp")]
@@ -123,7 +119,6 @@ def start_progtime(before: Counters, backends: dict[str, dict[str, Any]], sessio
 @contextlib.contextmanager
 def _bpf_stats(session: Session) -> Any:
     """bpf_stats on for the window only (BPF_ENABLE_STATS fd, else the sysctl, restored)."""
-
     try:
         cm = stats_enabled(session)
         mode = cm.__enter__()
@@ -137,7 +132,8 @@ def _bpf_stats(session: Session) -> Any:
 
 
 def backends_forecast(host: Any) -> dict[str, dict[str, Any]]:
-
+    """Each stage's backend as the ladder forecasts it on this host, and why (the document's
+    backends section; the window updates the stages whose probes ran with what they used)."""
     out = {}
     for c in choose_all(host):
         out[c.stage] = {"backend": c.backend or "none", "reason": c.reason,
@@ -151,7 +147,6 @@ def _probe_stages(backends: dict[str, dict[str, Any]], force: dict[str, str] | N
     host cannot give fails with one line when the probes start); counters pins attach nothing. The
     OVS kernel stage only when the selection's bridge uses the kernel datapath: netdev bridges
     (the userspace datapath) never enter it, and their time is ovs-vswitchd's CPU instead."""
-
     force = force or {}
     return [s for s in ("transit", "drops", "netfilter", "ovs_kernel")
             if s in SPECS and force.get(s) != COUNTERS and (s != "ovs_kernel" or kernel_ovs)
@@ -167,7 +162,8 @@ def netfilter_backend(backends: dict[str, dict[str, Any]], force: dict[str, str]
 def start_brackets(target: Target, backends: dict[str, dict[str, Any]], session: Session, runner: Runner,
                    warnings: list[str], say: Callable[[str], None]) -> Brackets | None:
     """Bracket probes around every ipv4 table registered in the selection's namespaces, timing only
-    packets that entered on the entry interfaces (the packets transit times, so the two compare). A failure to attach is a warning and the stage falls back to counters."""
+    packets that entered on the entry interfaces (the packets transit times, so the two compare).
+    A failure to attach is a warning and the stage falls back to counters."""
     say("probes: netfilter (BPF netfilter brackets around each table)")
     br = Brackets(selection=target.selection, entry=target.entry_ifindexes, session=session, runner=runner,
                   pfs=(NFPROTO_IPV4,))
@@ -201,7 +197,6 @@ def bracket_overhead(br: Brackets, figures: Sequence[Any]) -> dict[str, Any]:
 def backend_used(choice: Any, forced: str | None, ladder: dict[str, Any] | None) -> dict[str, Any]:
     """The backends section entry for a stage whose probes ran: what each hook actually used and
     why (the ladder's entry is a forecast; the hooks' backends are what measured)."""
-
     signals = dict((ladder or {}).get("signals") or {"measured": [], "modelled": []})
     if choice.backend == COUNTERS:     # nothing attached after all: every figure is modelled
         signals = {"measured": [], "modelled": [*signals.get("measured", []), *signals.get("modelled", [])]}
@@ -239,7 +234,6 @@ def run_traffic(kind: str, target: Target, duration: float, runner: Runner, *, b
 @dataclasses.dataclass
 class Window:
     """What one window saw: counters before and after, probe figures, traffic and what it cost."""
-
     before: Counters
     after: Counters
     figures: list[Any]
