@@ -214,7 +214,6 @@ def _table_model(tk: tuple[str, str], cs: Mapping[str, NftChain], rules: Mapping
 
     reach: dict[tuple[str, int], list[float]] = {}
     enter: dict[str, list[float]] = {}
-    chain_entering = {n: v for n, v in pinned.items()}
 
     def walk(name: str, c: float, x: float, stack: tuple[str, ...]) -> tuple[float, float]:
         """Flow (counted c, per extra base packet x) through `name`; returns what it hands back."""
@@ -257,8 +256,10 @@ def _table_model(tk: tuple[str, str], cs: Mapping[str, NftChain], rules: Mapping
                 ret_c = ret_x = 0.0
                 for t in r.targets:
                     tc = pinned[t] if t in pinned else (rest_c / len(free) if free else 0.0)
-                    tx = 0.0 if t in pinned else (sent_x / len(free) if free and not r.terminal_in_map else
-                                                  (sent_x / len(free) if free and nxt is None else 0.0))
+                    # extra packets the pins do not account for go to the unpinned targets, unless
+                    # the map's own verdicts (accept/drop elements) can take them
+                    tx = (sent_x / len(free) if t not in pinned and (not r.terminal_in_map or nxt is None)
+                          else 0.0)
                     rc, rx = walk(t, tc, tx, (*stack, name))
                     ret_c += rc
                     ret_x += rx

@@ -18,7 +18,6 @@ from cnitrace.collectors.base import Warnings
 from cnitrace.collectors.iptables import graph as ipt_graph
 from cnitrace.collectors.iptables.parse import Rule, Ruleset
 from cnitrace.collectors.nftables import graph as nft_graph
-from cnitrace.collectors.nftables.parse import NftRule
 
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")
 
@@ -125,22 +124,41 @@ def iptables_nft_tables(delta: Ruleset) -> set[tuple[str, str]]:
 
 def nft_work(records: Iterable[object], skip: set[tuple[str, str]] = frozenset(),
              top_rules: int = 3) -> tuple[list[ChainWork], tuple[str, ...]]:
+    """Per native nftables chain with packets: its entering packets, rule evaluations and their cost
+    classes (collectors.nftables.graph.native_model: from the ruleset's structure, pinned by whatever
+    counters there are; plain compare / hash set / verdict map / interval lookup by elements walked).
+
+    The base chains' entering is what the counters prove (a lower bound where the first rule has no
+    counter); each ChainWork also carries what one more packet entering the table's base chains would
+    add (`unpinned`), so the stage scales to the bracket probe's measured calls (`with_calls`)."""
     recs = [r for r in records if (getattr(r, "family", None), getattr(r, "table", None)) not in skip]
-    costs, warnings = nft_graph.costs_by_table(recs)
-    rules: dict[tuple[str, str, str], list[NftRule]] = {}
-    for r in recs:
-        if isinstance(r, NftRule):
-            rules.setdefault((r.family, r.table, r.chain), []).append(r)
+    _, warnings = nft_graph.costs_by_table(recs)
+    model = nft_graph.native_model(recs)
+    bases: dict[tuple[str, str], list[nft_graph.NativeChain]] = {}
+    for ch in model.values():
+        if ch.base:
+            bases.setdefault((ch.family, ch.table), []).append(ch)
     out = []
-    for (family, table, chain), c in costs.items():
-        if not c.entering or c.evaluations is None:
-            continue
-        hits = sorted((r for r in rules.get((family, table, chain), []) if r.packets),
-                      key=lambda r: -(r.packets or 0))[:top_rules]
-        out.append(ChainWork(f"{family} {table} (nft)", chain, int(round(c.entering)), int(round(c.evaluations)),
-                             tuple(RuleHit(r.position, r.comment or f"handle {r.handle}", r.packets or 0)
-                                   for r in hits),
-                             classes=(("nft", float(c.evaluations)),)))
+    for (family, table, chain), ch in model.items():
+        classes = ch.classes()
+        unpinned = ch.classes(1.0)
+        unpinned = {k: unpinned.get(k, 0.0) - classes.get(k, 0.0) for k in unpinned}
+        unpinned = {k: v for k, v in unpinned.items() if v > 1e-9}
+        tb = bases.get((family, table), [])
+        evals = sum(e.reach for e in ch.rules)
+        # a rule without a counter shows the evaluations that reached it (its packets are not counted)
+        hits = sorted((e for e in ch.rules if (e.rule.packets if e.rule.has_counter else e.reach or e.extra)),
+                      key=lambda e: (-(e.rule.packets if e.rule.has_counter else e.reach), -e.extra))[:top_rules]
+        out.append(ChainWork(f"{family} {table} (nft)", chain, int(round(ch.entering)), int(round(evals)),
+                             tuple(RuleHit(e.rule.position, e.rule.comment or f"handle {e.rule.handle}",
+                                           int(round(e.rule.packets if e.rule.has_counter else e.reach)),
+                                           ((e.cls, e.reach),), e.extra, e.rule.has_counter)
+                                   for e in hits),
+                             classes=tuple(sorted(classes.items())),
+                             unpinned=tuple(sorted(unpinned.items())),
+                             unpinned_entering=ch.extra_entering,
+                             base_packets=sum(b.entering for b in tb),
+                             base_unknown=sum(1 for b in tb if b.extra_entering > 0)))
     return out, warnings
 
 

@@ -23,6 +23,8 @@ class RuleHit:
     text: str
     packets: int
     classes: tuple[tuple[str, float], ...] = ()   # its evaluations by cost class (calibrate.shapes)
+    unpinned: float = 0.0  # native nft: its evaluations per base-chain packet beyond the counted (with_calls)
+    counted: bool = True   # False: a native nft rule without a counter; `packets` are the evaluations reaching it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,13 @@ class ChainWork:
     evaluations: int       # rule evaluations performed in this chain during the window
     rules: tuple[RuleHit, ...] = ()
     classes: tuple[tuple[str, float], ...] = ()   # the evaluations by cost class ("early", "full:mark", "nft")
+    # native nftables (attribution.netfilter.nft_work): what each packet entering the table's base
+    # chains beyond the `base_packets` the counters prove adds to this chain (evaluations by class,
+    # entering packets); `base_unknown` base chains took such packets (`with_calls`)
+    unpinned: tuple[tuple[str, float], ...] = ()
+    unpinned_entering: float = 0.0
+    base_packets: float | None = None
+    base_unknown: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +166,30 @@ def apportion_table(tnode: Node, measured_ns: float) -> Node:
     return tnode
 
 
+def with_calls(cs: Sequence[ChainWork], calls: int) -> list[ChainWork]:
+    """A native nft table's chains with its base chains' entering set to the calls a bracket probe
+    counted (pure): packets beyond what the counters prove take the ruleset's path (ChainWork.unpinned)."""
+    out = []
+    for c in cs:
+        if c.base_packets is None or not c.base_unknown or not c.unpinned and not c.unpinned_entering:
+            out.append(c)
+            continue
+        extra = max(calls - c.base_packets, 0.0) / c.base_unknown
+        classes = dict(c.classes)
+        for k, v in c.unpinned:
+            classes[k] = classes.get(k, 0.0) + extra * v
+        rules = tuple(dataclasses.replace(
+            r, packets=r.packets if r.counted else int(round(r.packets + extra * r.unpinned)),
+            classes=tuple((k, v + extra * r.unpinned) for k, v in r.classes), unpinned=0.0)
+            if r.unpinned else r for r in c.rules)
+        out.append(dataclasses.replace(
+            c, rules=rules, packets=int(round(c.packets + extra * c.unpinned_entering)),
+            evaluations=int(round(c.evaluations + extra * sum(v for _, v in c.unpinned))),
+            classes=tuple(sorted(classes.items())), base_packets=float(calls), unpinned=(),
+            unpinned_entering=0.0))
+    return out
+
+
 def _per_packet(total_ns: float, packets: int) -> float | None:
     return total_ns / packets if packets else None
 
@@ -173,6 +206,10 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
         by_table.setdefault(c.table, []).append(c)
     meas = {t.table: t for t in measured}
     for table, cs in sorted(by_table.items()):
+        if table in meas and any(c.base_unknown for c in cs):
+            cs = with_calls(cs, meas[table].calls)   # native nft: the bracket counted the base chains' packets
+        if not any(c.packets or c.evaluations for c in cs):
+            continue    # native nft with nothing counted nor measured: no figure to show
         tnode = Node("table", table, packets=max((c.packets for c in cs), default=0))
         for c in sorted(cs, key=lambda c: -cal.chain_ns(c.evaluations, c.classes)):
             if c.packets == 0 and c.evaluations == 0:

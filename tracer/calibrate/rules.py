@@ -18,7 +18,9 @@ One ns per evaluation is only right for rules of the calibrated shape. The "cali
 evaluation at ≈ 80 ns, while most evaluations of a real port-range policy fail at the protocol
 (≈ 5 ns) — the 3x of issue 12. `measure_shapes` / `cached_or_measure_shapes` calibrate per rule shape
 (calibrate.shapes) and are what attribution and the sweep use; `measure` stays for the single
-figure (`Calib.ns_per_rule_eval`, reports' `calibration.ns_per_rule_eval`).
+figure (`Calib.ns_per_rule_eval`, reports' `calibration.ns_per_rule_eval`). Native nftables shapes
+(plain, hash set, verdict map, interval map at several sizes) are measured by `measure_nft_shapes` on
+the same bench, cached per kernel+CPU, and joined to the per-shape figures (`ShapeCosts.nft_ns`).
 """
 
 from __future__ import annotations
@@ -373,19 +375,42 @@ def measure_shapes(backend: str = "legacy", rules: int = 1000, repeats: int = 3,
                               nft_rule_ns=med.get("nft"), seconds=time.monotonic() - t_start)
 
 
-def cached_or_measure_shapes(backend: str = "legacy", cache: Path = CACHE, **kw) -> "ShapeCosts":
-    """The cached per-shape calibration for this kernel+CPU+iptables backend, or a fresh one (cached).
+def cached_or_measure_shapes(backend: str = "legacy", cache: Path = CACHE, nft: bool = True, **kw) -> "ShapeCosts":
+    """The cached per-shape calibration for this kernel+CPU+iptables backend, or a fresh one (cached),
+    with the native nftables shapes (`cached_or_measure_nft_shapes`) when `nft` and nft is installed.
 
-    This is what the profile calls at start: about 10 s on 2 cores the first time, then read from
-    the cache (provenance "cached")."""
+    This is what the profile calls at start: about 10 s on 2 cores the first time (plus about 15 s
+    for the native nft shapes, once per kernel+CPU), then read from the cache (provenance "cached")."""
     key = f"shapes-v{SHAPES_CACHE_VERSION}|{platform.release()}|{cpu_model()}|{backend}"
-    return cached(cache, key, ShapeCosts.from_json, lambda: measure_shapes(backend=backend, **kw))
+    shapes = cached(cache, key, ShapeCosts.from_json, lambda: measure_shapes(backend=backend, **kw))
+    if nft and not shapes.nft_ns:
+        runner = kw.get("runner", DEFAULT_RUNNER)
+        if runner.which("nft"):
+            shapes = dataclasses.replace(shapes, nft_ns=cached_or_measure_nft_shapes(cache, runner=runner))
+    return shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class _NftFigures:
+    ns: dict
+    provenance: str = "measured"
+
+    def to_json(self) -> dict:
+        return dict(self.ns)
+
+
+def cached_or_measure_nft_shapes(cache: Path = CACHE, **kw) -> dict[str, float]:
+    """This kernel+CPU's native nftables shape figures (`measure_nft_shapes`), cached on their own:
+    they do not depend on the iptables backend."""
+    key = f"nft-shapes-v{NFT_SHAPES_CACHE_VERSION}|{platform.release()}|{cpu_model()}"
+    got = cached(cache, key, lambda d: _NftFigures(dict(d)), lambda: _NftFigures(measure_nft_shapes(**kw)))
+    return dict(got.ns)
 
 
 # --- native nftables shapes (calibrate.shapes: NFT_* classes) --------------------------------------
 
 NFT_SHAPES_CACHE_VERSION = 1
-NFT_MAP_SIZES = (1000, 5000)          # interval-map sizes the lookup is measured at (a + b x elements)
+NFT_MAP_SIZES = (100, 1000, 5000)     # interval-map sizes one lookup is measured at (interpolated between)
 
 
 def nft_shape_body(shape: str, n: int) -> str:
