@@ -136,7 +136,13 @@ def calibration_text(cal: dict[str, Any]) -> str:
     if not s:
         return f"{cal['ns_per_rule_eval']:.1f} ns per rule evaluation ({cal['provenance']})"
     mods = ", ".join(f"{k} +{v:.0f}" for k, v in sorted(s["module_ns"].items(), key=lambda kv: kv[1]))
-    nft = f"; nft rule {s['nft_rule_ns']:.0f} ns" if s.get("nft_rule_ns") else ""
+    native = s.get("nft_ns") or {}
+    if native:
+        imaps = sorted((int(k.split(":")[1]), v) for k, v in native.items() if k.startswith("imap:"))
+        nft = ("; native nft: " + ", ".join(f"{k} {fmt_ns(native[k])}" for k in ("plain", "set", "vmap") if k in native)
+               + "".join(f", interval map of {n:,} {fmt_ns(v)}" for n, v in imaps))
+    else:
+        nft = f"; nft rule {s['nft_rule_ns']:.0f} ns" if s.get("nft_rule_ns") else ""
     return (f"ns per rule evaluation by shape (iptables {s['backend']}, {cal['provenance']}): "
             f"header miss {s['early_ns']:.1f}; header fits: {s['early_ns']:.1f} plus per module {mods}{nft}")
 
