@@ -9,9 +9,7 @@ floor pair) are linked in the node's namespace only, filtered to its A-side inte
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 import time
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from cnitrace.core.runner import DEFAULT_RUNNER as R
 from cnitrace.probes import nfbracket as nb
 from tests.host.probes_path import Path, build, send, set_forward_rules
+from tests.support.bpf import bpftool_ids
 
 pytestmark = pytest.mark.requires("nf_bpf", "tp_btf", "btf", "bcc")
 
@@ -43,11 +42,6 @@ class Recorder:
 
     def on_exit(self, fn) -> None:
         self.callbacks.append(fn)
-
-
-def bpftool_ids(what: str) -> set[int]:
-    out = subprocess.run(["bpftool", "-j", what, "show"], capture_output=True, text=True, check=True).stdout
-    return {int(o["id"]) for o in json.loads(out or "[]")}
 
 
 def measure(path: Path, port: int) -> tuple[dict, list, dict]:
