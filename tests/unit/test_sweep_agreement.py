@@ -79,3 +79,40 @@ def test_agreement_lines_say_which_number_is_which():
          "agrees_transit": True}
     [line] = agreement_lines({"calico": a})
     assert line == "calico: policy slope modelled 50.6 ns per rule; measured NEW-flow 52.5 (0.96x), transit 51.0 (0.99x)"
+
+
+def test_reports_show_the_agreement_apart_from_the_measured_headline():
+    import io
+
+    from rich.console import Console
+
+    from cnitrace.reports.sweep.html import render_sweep_html
+    from cnitrace.reports.sweep.terminal import render_sweep
+    from cnitrace.sweep.model import SweepConfig, document
+    base = (7000.0, 1300.0, 3900.0)
+    done = [point("kube-router", r, base[0] + 12.8 * r, base[1] + 8.0 * r, base[2] + 11.2 * r, base)
+            for r in (0, 100, 1000)]
+    doc = document(SweepConfig(datapaths=("kube-router",), rules=(0, 100, 1000)), done, started=0.0, finished=1.0,
+                   interrupted=False, calibration=None, host={"kernel": "k", "cpu": "c", "cores": 2}, total_points=3)
+    page = render_sweep_html(doc)
+    agree = page[page.index('<ul id="agreement">'):]
+    agree = agree[:agree.index("</ul>")]
+    assert 'class="bad"' in agree and "modelled 8.0 ns per rule; measured NEW-flow 12.8" in agree
+    head = page[page.index('<ul id="headline">'):]
+    assert "modelled" not in head[:head.index("</ul>")]
+    assert "Modelled: the node namespace" in page and "per-shape calibration" in page
+    con = Console(width=100, record=True, file=io.StringIO())
+    render_sweep(doc, con)
+    text = con.export_text()
+    assert "Measured on this node:" in text and "✗ kube-router: policy slope modelled 8.0" in text
+
+
+def test_a_falling_measured_cost_on_a_datapath_without_policy_is_flat():
+    """flannel (no policy): N = 0 disturbed (10.2 µs), N = 1000 not (7.6 µs) — a slope of -2.6 ns per
+    rule is interference, not a model error (recorded in a default sweep)."""
+    base = (10208.0, 0.0, 2800.0)
+    done = [point("flannel", 0, 10208.0, 0.0, 2800.0, base), point("flannel", 100, 10092.0, 4.7, 2984.0, base),
+            point("flannel", 1000, 7631.0, 0.4, 2887.0, base)]
+    curves = build_curves(done)
+    a = agreement(ns_per_eval(curves, done), curves, done)["flannel"]
+    assert a["flat_new_flow"] and a["agrees_new_flow"] and a["agrees_transit"]

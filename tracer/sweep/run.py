@@ -273,11 +273,16 @@ def model_point(lab, cal, backend: str, runner: Runner, transit: bool = True) ->
         b_ipt, b_nft = ipt.snapshot(), nft.snapshot()
         sent = 0
         bursts: list[tuple[int, float]] = []      # (packets timed, mean ns) per burst
+        # the same bursts timed by the sender, beside their transit times (a diagnostic: one burst per
+        # process starts cold, so these run higher than the NEW-flow metric's fastest burst)
+        sender: list[float] = []
         for _ in range(MODEL_BURSTS):
             if probes is not None:
                 probes.reset()
             f = traffic.new_flows(topo, packets=MODEL_PACKETS, bursts=1, runner=runner)
             sent += f.packets_sent or 0
+            if f.metrics.get("ns_per_packet") is not None:
+                sender.append(float(f.metrics["ns_per_packet"]))
             if probes is not None:
                 time.sleep(0.05)
                 figs = [x for x in probes.snapshot() if x.stage == "transit"]
@@ -300,6 +305,8 @@ def model_point(lab, cal, backend: str, runner: Runner, transit: bool = True) ->
                 "chains": {w.chain: round(cal.chain_ns(w.evaluations, w.classes) / sent, 1) for w in iw + nw
                            if w.evaluations} if sent else {}})
     # like the NEW-flow metric, the least disturbed burst: interference only ever adds time
+    if sender:
+        out["new_flow_bursts_ns"] = [round(x, 1) for x in sender]
     good = [b for b in bursts if b[0] >= MODEL_PACKETS // 2]
     if good:
         out["transit_ns"] = min(m for _, m in good)
