@@ -33,21 +33,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from cnitrace.core.errors import ToolError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
 from cnitrace.traffic.generators import wait_listening
-from cnitrace.calibrate.shapes import CALIBRATION_SHAPES
-from cnitrace.calibrate.shapes import ShapeCosts
-from cnitrace.calibrate.shapes import calibration_rules
-from cnitrace.calibrate.shapes import costs_from_samples
+from cnitrace.calibrate.shapes import CALIBRATION_SHAPES, ShapeCosts, calibration_rules, costs_from_samples
 from cnitrace.core.capability import Host
 from cnitrace.probes.runtime import ProbeSet
-
-if TYPE_CHECKING:
-    from cnitrace.calibrate.shapes import ShapeCosts
 
 CACHE = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "calibration.json"
 
@@ -220,6 +214,20 @@ class _Bench:
                 "    s.sendto(b'cnitrace-calibration', ('10.250.2.2', 5201))\n")
         self.r.run([sys.executable, "-c", code], netns=self.ns["c"], timeout=30)
 
+    def transit_ns(self, probes: ProbeSet, packets: int, settle_s: float) -> float:
+        """Mean transit time of `packets` datagrams through the node, timed by `probes` (a transit
+        ProbeSet on the node's client-side interface), after `settle_s` for the last ruleset's
+        deferred freeing."""
+        time.sleep(settle_s)
+        probes.reset()
+        self.send_udp(packets)
+        time.sleep(0.05)
+        figs = [f for f in probes.snapshot() if f.stage == "transit"]
+        count = sum(f.hist.count for f in figs)
+        if count < packets // 2:
+            raise ToolError(f"calibration: only {count} of {packets} packets were timed")
+        return sum(f.hist.sum for f in figs) / count
+
 
 def parse_iperf3_udp_pps(text: str) -> float:
     """Delivered packets per second from `iperf3 -u -J` output (pure)."""
@@ -338,15 +346,7 @@ def measure_shapes(backend: str = "legacy", rules: int = 1000, repeats: int = 3,
         probes.start()
 
         def timed() -> float:
-            time.sleep(settle_s)       # let the previous ruleset's deferred freeing run first
-            probes.reset()
-            b.send_udp(packets)
-            time.sleep(0.05)
-            figs = [f for f in probes.snapshot() if f.stage == "transit"]
-            count = sum(f.hist.count for f in figs)
-            if count < packets // 2:
-                raise ToolError(f"calibration: only {count} of {packets} packets were timed")
-            return sum(f.hist.sum for f in figs) / count
+            return b.transit_ns(probes, packets, settle_s)
 
         def units(shape: str) -> int:
             # every shape holds 2 x `rules` rules: the per-rule cost of a chain grows with its memory
@@ -470,15 +470,7 @@ def measure_nft_shapes(repeats: int = 3, packets: int = 1000, runner: Runner = D
 
         def timed(body: str) -> float:
             runner.run(["nft", "-f", "-"], input=body, netns=ns, timeout=120)
-            time.sleep(settle_s)
-            probes.reset()
-            b.send_udp(packets)
-            time.sleep(0.05)
-            figs = [f for f in probes.snapshot() if f.stage == "transit"]
-            count = sum(f.hist.count for f in figs)
-            if count < packets // 2:
-                raise ToolError(f"calibration: only {count} of {packets} packets were timed")
-            return sum(f.hist.sum for f in figs) / count
+            return b.transit_ns(probes, packets, settle_s)
 
         try:
             for _ in range(repeats):
