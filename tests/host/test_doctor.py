@@ -1,7 +1,8 @@
 """`cnitrace doctor` on this machine (root): real attach trials, real CLI, node left as found.
 
 These assert the CI host's known facts (DESIGN.md): tracepoints, raw tracepoints, tc, XDP,
-bpf_stats and BTF work; kprobes and fentry do not, each with a reason; headers are a stand-in.
+bpf_stats, BTF and BPF netfilter programs work (so the netfilter stage is measured by brackets);
+kprobes and fentry do not, each with a reason; headers are a stand-in.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def test_doctor_json_on_this_host_and_node_left_as_found():
     doc = json.loads(proc.stdout)
     jsonschema.validate(doc, DOCTOR_SCHEMA)
     checks = {k: v["status"] for k, v in doc["checks"].items()}
-    for name in ("root", "btf", "tracepoints", "raw_tracepoints", "tp_btf", "tc_bpf", "xdp", "bpf_stats", "bcc", "nft"):
+    for name in ("root", "btf", "tracepoints", "raw_tracepoints", "tp_btf", "tc_bpf", "xdp", "bpf_stats", "bcc", "nft",
+                 "nf_bpf"):
         assert checks[name] == "ok", (name, doc["checks"][name]["reason"])
     kp, fe = doc["checks"]["kprobes"], doc["checks"]["fentry"]
     assert kp["status"] == "missing" and "CONFIG_KPROBES is not set" in kp["reason"]
@@ -71,7 +73,7 @@ def test_doctor_json_on_this_host_and_node_left_as_found():
         assert doc["checks"][name]["detail"]["hits"] == 4
     assert doc["checks"]["tracepoints"]["detail"]["hits"] >= 4
     assert {s["stage"]: s["backend"] for s in doc["stages"]} == {
-        "netfilter": "counters", "ovs_kernel": "counters", "tc_bpf": "counters",
+        "netfilter": "nf_bpf", "ovs_kernel": "counters", "tc_bpf": "counters",
         "transit": "tracepoint", "drops": "tracepoint", "l7_detour": "tracepoint"}
     assert doc["can_profile"] is True
     assert elapsed < 8.0, f"doctor took {elapsed:.1f} s"
