@@ -40,8 +40,8 @@ from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
 from cnitrace.traffic.generators import wait_listening
 from cnitrace.calibrate.shapes import CALIBRATION_SHAPES, ShapeCosts, calibration_rules, costs_from_samples
-from cnitrace.core.capability import Host
 from cnitrace.probes.runtime import ProbeSet
+from cnitrace.node import checks
 
 CACHE = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "calibration.json"
 
@@ -248,7 +248,7 @@ def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str 
             style: str = "plain") -> Calibration:
     """Measure ns per rule evaluation by alternating 0 and `rules` rules, `repeats` times each."""
     if method is None:
-        method = "transit" if Host(runner).usable("tracepoints") else "pps"
+        method = "transit" if checks.host(runner).usable("tracepoints") else "pps"
     samples: list[Sample] = []
     with Session(runner=runner) as s:
         b = _Bench(s, runner)

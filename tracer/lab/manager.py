@@ -24,7 +24,7 @@ from cnitrace.lab.model import GroundTruth, LabSpec, Topology
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
 from cnitrace.core.state import StateFile, cleanup, pid_alive, process_start_time, state_dir
-from cnitrace.core.capability import Host
+from cnitrace.node import checks
 
 BASE_TOOLS = ("ip", "sysctl")
 
@@ -76,7 +76,7 @@ def preflight(spec: LabSpec, runner: Runner = DEFAULT_RUNNER) -> registry.Datapa
         if runner.which(tool) is None:
             raise ToolError(f"{tool}: not installed (needed by the {dp.name} datapath; run `make setup`)")
     if dp.caps:
-        host = Host(runner)
+        host = checks.host(runner)
         for cap in dp.caps:
             c = host.check(cap)
             if not c.usable:

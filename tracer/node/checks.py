@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 from cnitrace.core import capability
 from cnitrace.core.capability import Check, Host, degraded, missing, ok
 from cnitrace.core.errors import CnitraceError
+from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.node import detect
 
 TRIAL_TIMEOUT = 150.0   # one compile: <1 s on a node, ~30 s in a TCG microVM
@@ -482,3 +483,10 @@ CHECKS: dict[str, Callable[[Host], Check]] = {
 def register_all() -> None:
     """Install CHECKS as the capability registry (the CLI, the tests and the benches call this first)."""
     capability.register(CHECKS)
+
+
+def host(runner: Runner = DEFAULT_RUNNER) -> Host:
+    """A Host that evaluates this node's checks: how the application makes one, so that code run
+    outside the CLI (a script driving the lab, a test's child process) needs no set-up call."""
+    register_all()
+    return Host(runner)

@@ -13,6 +13,7 @@ from typing import Any
 
 from cnitrace import __version__
 from cnitrace.core.capability import Check, Host
+from cnitrace.node import checks as node_checks
 from cnitrace.probes.ladder import Choice, choose_all
 
 SCHEMA_ID = "cnitrace.node.doctor"
@@ -44,7 +45,7 @@ DOCTOR_SCHEMA: dict[str, Any] = {
             "type": "object", "required": ["stage", "backend", "reason", "measured", "modelled", "rejected"],
             "properties": {
                 "stage": {"type": "string"},
-                "backend": {"enum": ["fentry", "kprobe", "tracepoint", "counters", None]},
+                "backend": {"enum": ["fentry", "kprobe", "nf_bpf", "tracepoint", "counters", None]},
                 "reason": {"type": "string"},
                 "measured": {"type": "array", "items": {"type": "string"}},
                 "modelled": {"type": "array", "items": {"type": "string"}},
@@ -84,9 +85,11 @@ class DoctorReport:
 
 def run_doctor(host: Host | None = None) -> DoctorReport:
     """Run every check (cached in the Host) and the ladder for every stage."""
-    host = host or Host()
+    if host is None:
+        node_checks.register_all()
+        host = Host()
     t0 = time.monotonic()
     names = [n for n in ORDER] + [c.name for c in host.all() if c.name not in ORDER]
-    checks = tuple(host.check(n) for n in names)
+    results = tuple(host.check(n) for n in names)
     stages = tuple(choose_all(host))
-    return DoctorReport(checks, stages, time.monotonic() - t0)
+    return DoctorReport(results, stages, time.monotonic() - t0)

@@ -14,7 +14,6 @@ import time
 from typing import Any, Callable
 
 from cnitrace.calibrate import rules as calibrate
-from cnitrace.core.capability import Host
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.node.detect import detect_cnis, gather_evidence
 from cnitrace.profile.config import ProfileConfig
@@ -22,6 +21,7 @@ from cnitrace.profile.document import attribute, build_document
 from cnitrace.profile.ovs import ovs_calibration
 from cnitrace.profile.target import Target, resolve_target
 from cnitrace.profile.window import backends_forecast, run_window
+from cnitrace.node import checks
 
 
 def detect(target: Target, runner: Runner) -> tuple[list[dict[str, Any]], str]:
@@ -47,7 +47,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                 say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """One profiling window; returns the validated profile document."""
     cfg.validate()
-    host = host or Host(runner)
+    host = host or checks.host(runner)
     started_at = time.time()
     target = resolve_target(cfg, runner)
     say(f"selection: {', '.join(i['name'] for i in target.interfaces)}")
