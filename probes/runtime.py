@@ -112,7 +112,7 @@ def cflags_for(spec: ProbeSpec, choice: "Choice", offsets: Mapping[str, int], fi
     if filt.mark is not None:
         out.update(CNIT_FILTER_MARK="1", CNIT_MARK_VALUE=hex(filt.mark & 0xFFFFFFFF),
                    CNIT_MARK_MASK=hex(filt.mark_mask & 0xFFFFFFFF))
-    if filt.ipv4:
+    if filt.ipv4 and "SKB_PROTOCOL" in offsets:   # stages that read no skb protocol (OVS) see every family
         out["CNIT_FILTER_IPV4"] = "1"
     if filt.has_tuple:
         out.update(CNIT_FILTER_TUPLE="1", CNIT_PROTO=str(filt.proto), CNIT_SADDR=hex(_be32(filt.saddr)),
