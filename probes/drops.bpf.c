@@ -34,13 +34,6 @@ static __always_inline void emit(void *ctx, void *ev, u32 size)
 }
 #endif
 
-#ifndef CNIT_NOT_DROP_A
-#define CNIT_NOT_DROP_A 0
-#endif
-#ifndef CNIT_NOT_DROP_B
-#define CNIT_NOT_DROP_B 1
-#endif
-
 struct drop_key {
     u64 location;
     u32 netns;

@@ -169,6 +169,14 @@ static __always_inline int cnit_pair_selected(const struct cnit_where *w)
 #ifndef CNIT_MARK_MASK
 #define CNIT_MARK_MASK 0xffffffff
 #endif
+/* kfree_skb reasons that are not drops (NOT_DROPPED_YET, CONSUMED; values from BTF) */
+#ifndef CNIT_NOT_DROP_A
+#define CNIT_NOT_DROP_A 0
+#endif
+#ifndef CNIT_NOT_DROP_B
+#define CNIT_NOT_DROP_B 1
+#endif
+
 #ifndef CNIT_FILTER_IPV4
 #define CNIT_FILTER_IPV4 0      /* IPv4 packets only (skb->protocol), without reading the header */
 #endif

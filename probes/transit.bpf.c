@@ -248,13 +248,6 @@ TRACEPOINT_PROBE(skb, consume_skb)
 }
 #endif
 
-#ifndef CNIT_NOT_DROP_A
-#define CNIT_NOT_DROP_A 0
-#endif
-#ifndef CNIT_NOT_DROP_B
-#define CNIT_NOT_DROP_B 1
-#endif
-
 /* skb:kfree_skb: a drop ends the packet's transit there; a free that is not a drop (reasons
  * NOT_DROPPED_YET / CONSUMED, values from BTF) only forgets it. Args as in drops.bpf.c. */
 static __always_inline int transit_freed(void *ctx, const void *skb, u32 reason)

@@ -214,14 +214,14 @@ class _Bench:
                 "    s.sendto(b'cnitrace-calibration', ('10.250.2.2', 5201))\n")
         self.r.run([sys.executable, "-c", code], netns=self.ns["c"], timeout=30)
 
-    def transit_ns(self, probes: ProbeSet, packets: int, settle_s: float) -> float:
+    def transit_ns(self, probes: ProbeSet, packets: int, settle_s: float, drain_s: float = 0.05) -> float:
         """Mean transit time of `packets` datagrams through the node, timed by `probes` (a transit
         ProbeSet on the node's client-side interface), after `settle_s` for the last ruleset's
         deferred freeing."""
         time.sleep(settle_s)
         probes.reset()
         self.send_udp(packets)
-        time.sleep(0.05)
+        time.sleep(drain_s)
         figs = [f for f in probes.snapshot() if f.stage == "transit"]
         count = sum(f.hist.count for f in figs)
         if count < packets // 2:
@@ -261,14 +261,7 @@ def measure(rules: int = 1000, repeats: int = 2, seconds: int = 1, backend: str 
             for n in (0, rules):
                 evals = b.load_rules(n, backend, style)
                 if method == "transit":
-                    probes.reset()
-                    b.send_udp(packets)
-                    time.sleep(0.1)
-                    figs = [f for f in probes.snapshot() if f.stage == "transit"]
-                    count = sum(f.hist.count for f in figs)
-                    if count < packets // 2:
-                        raise ToolError(f"calibration: only {count} of {packets} packets were timed")
-                    samples.append(Sample(evals, sum(f.hist.sum for f in figs) / count))
+                    samples.append(Sample(evals, b.transit_ns(probes, packets, settle_s=0.0, drain_s=0.1)))
                 else:
                     samples.append(Sample.from_pps(evals, b.pps(seconds)))
     return calibration_from_samples(samples, backend, platform.release(), cpu_model(), method, style)
