@@ -1,0 +1,1 @@
+"""Calico eBPF dataplane output: `calico-node -bpf counters dump` and `calico-node -bpf policy dump`."""

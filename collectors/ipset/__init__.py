@@ -1,0 +1,1 @@
+"""`ipset save` / `ipset list` output: sets, their types and sizes."""

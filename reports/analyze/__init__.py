@@ -1,0 +1,1 @@
+"""Rendering of `cnitrace analyze` and dump diffs: terminal, JSON and HTML."""
