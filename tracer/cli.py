@@ -88,23 +88,36 @@ def doctor(as_json: bool) -> int:
 # --- cleanup ----------------------------------------------------------------------------------
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
-def cleanup(as_json: bool) -> int:
-    """Remove every object a cnitrace run or lab left behind (after a kill, say)."""
+@click.option("--lab", "labs", multiple=True, metavar="NAME", help="Also remove this lab (repeatable).")
+@click.option("--all", "all_labs", is_flag=True, help="Also remove every lab.")
+@click.option("--force", is_flag=True, help="Also remove objects of runs that are still alive.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed and kept as JSON.")
+def cleanup(labs: tuple[str, ...], all_labs: bool, force: bool, as_json: bool) -> int:
+    """Remove what a killed cnitrace run or lab build left behind.
+
+    Objects of runs still alive (another profile, a test in progress) and finished labs are
+    kept and listed, unless named with --lab, or --all / --force is given.
+    """
 
     require_root()
-    result = do_cleanup(StateFile())
+    result = do_cleanup(StateFile(), labs=None if all_labs or force else frozenset(labs), force=force)
     if as_json:
         click.echo(json.dumps({
             "removed": [r.to_json() for r in result.removed],
             "failed": [{"record": r.to_json(), "error": e} for r, e in result.failed],
+            "kept": [{"record": r.to_json(), "why": why} for r, why in result.kept],
         }, indent=2))
     else:
         for r in result.removed:
             click.echo(f"removed {r.kind} {r.name}")
         for r, e in result.failed:
             click.echo(f"could not remove {r.kind} {r.name}: {e}", err=True)
-        if not result.removed and not result.failed:
+        kept: dict[tuple[str, str], int] = {}
+        for r, why in result.kept:
+            kept[(r.owner, why)] = kept.get((r.owner, why), 0) + 1
+        for (owner, why), n in kept.items():
+            click.echo(f"kept {n} object(s) of {owner}: {why}")
+        if not result.removed and not result.failed and not result.kept:
             click.echo("nothing to clean up")
     return ExitStatus.FAILURE if result.failed else ExitStatus.OK
 

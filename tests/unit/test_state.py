@@ -141,3 +141,92 @@ def test_record_is_durable_before_the_object_exists(sf, log_remover, tmp_path):
     assert [r.name for r in sf.live()] == ["orphan"]
     line = sf.path.read_text().splitlines()[0]
     assert json.loads(line)["op"] == "add"
+
+
+# --- node-wide cleanup respects the living ------------------------------------------------------
+
+RECORD_AND_WAIT = """
+import sys, time, pathlib
+from cnitrace.core import state as st
+st.REMOVERS['test-kind'] = lambda r, x: None
+st.StateFile(pathlib.Path(sys.argv[1])).record(sys.argv[2], 'test-kind', 'theirs')
+print('recorded', flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.fixture
+def other_run(tmp_path):
+    """Another live process that recorded an object (a second user's profile, a test run)."""
+    p = subprocess.Popen([sys.executable, "-c", RECORD_AND_WAIT, str(tmp_path), "run:other"],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "recorded"
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_cleanup_keeps_records_of_a_live_process_and_says_why(sf, log_remover, other_run):
+    sf.record("run:dead", "test-kind", "orphan")   # made by this process: not "another live run"
+    res = st.cleanup(sf, runner=RecordedRunner({}))
+    assert log_remover == ["orphan"]
+    assert [(r.name, why) for r, why in res.kept] == [("theirs", f"in use by pid {other_run.pid}")]
+    assert [r.name for r in sf.live()] == ["theirs"]
+
+
+def test_cleanup_removes_them_once_the_process_is_gone_or_forced(sf, log_remover, other_run):
+    assert st.cleanup(sf, runner=RecordedRunner({}), force=True).removed
+    other_run.kill()
+    other_run.wait()
+    sf.record("run:x", "test-kind", "later")
+    # now dead: removed without force
+    assert [r.name for r in st.cleanup(sf, runner=RecordedRunner({})).removed] == ["later"]
+
+
+def test_a_reused_pid_does_not_keep_a_dead_runs_records(sf, log_remover, other_run):
+    rec = sf.live()[0]
+    forged = st.Record("f1", "run:old", "test-kind", "stale", {}, 0.0, other_run.pid, "not-its-start-time")
+    assert rec.creator_alive() and not forged.creator_alive()
+
+
+def test_finished_labs_are_kept_unless_named_or_all(sf, log_remover):
+    with Session("lab:a", state=sf, keep=True) as s:
+        s.track("test-kind", "a1")
+    with Session("lab:b", state=sf, keep=True) as s:
+        s.track("test-kind", "b1")
+    res = st.cleanup(sf, runner=RecordedRunner({}))
+    assert not res.removed and {r.name for r, _ in res.kept} == {"a1", "b1"}
+    assert "cnitrace lab down --name a" in dict((r.name, w) for r, w in res.kept)["a1"]
+    st.cleanup(sf, runner=RecordedRunner({}), labs=frozenset({"a"}))
+    assert [r.name for r in sf.live()] == ["b1"]          # compact kept b's mark ...
+    assert not st.cleanup(sf, runner=RecordedRunner({})).removed
+    st.cleanup(sf, runner=RecordedRunner({}), labs=None)  # ... until --all
+    assert sf.live() == []
+
+
+def test_a_lab_build_interrupted_after_an_earlier_lab_is_not_kept(sf, log_remover):
+    """Records made after the keep mark belong to a later, unfinished `lab up` of that name."""
+    with Session("lab:a", state=sf, keep=True) as s:
+        s.track("test-kind", "first")
+    later = sf.record("lab:a", "test-kind", "half-built")
+    object.__setattr__(later, "created", later.created + 1)  # (the clock may not tick between)
+    marks = sf.marks()
+    assert st.spared(later, marks, frozenset()) is None
+    assert st.spared(sf.live()[0], marks, frozenset()) is not None
+
+
+def test_records_from_before_pids_keep_labs_and_check_run_pids(sf, log_remover):
+    old_lab = st.Record("o1", "lab:old", "test-kind", "x", {}, 0.0)
+    dead_run = st.Record("o2", "run:999999999", "test-kind", "y", {}, 0.0)
+    assert st.spared(old_lab, {}, frozenset()) and st.spared(old_lab, {}, None) is None
+    assert st.spared(dead_run, {}, frozenset()) is None
+
+
+def test_cli_cleanup_lists_what_it_kept(sf, log_remover, other_run, monkeypatch, capsys):
+    from cnitrace import cli
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    assert cli.main(["cleanup"]) == 0
+    assert f"kept 1 object(s) of run:other: in use by pid {other_run.pid}" in capsys.readouterr().out
+    assert cli.main(["cleanup", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["removed"] == [] and doc["kept"][0]["why"].startswith("in use by pid")

@@ -28,9 +28,24 @@ class Record:
     name: str
     data: dict[str, Any]
     created: float
+    pid: int = 0                 # the process that recorded it (0 in state files older than this field)
+    pid_start: str | None = None  # that process's kernel start time, so a reused pid is not "alive"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def creator_alive(self) -> bool:
+        """Whether the process that recorded this object still runs (and is not this process).
+
+        Records from before the pid field name their run in the owner (`run:<pid>`); those are
+        checked by pid alone."""
+        pid, start = self.pid, self.pid_start
+        if not pid and self.owner.startswith("run:") and self.owner[4:].isdigit():
+            pid = int(self.owner[4:])
+        if not pid or pid == os.getpid():
+            return False
+        now = process_start_time(pid)
+        return now is not None and (start is None or now == start)
 
 
 Remover = Callable[[Record, Runner], None]

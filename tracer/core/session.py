@@ -61,7 +61,9 @@ class Session:
                 fn = self._callbacks.pop()
                 with contextlib.suppress(Exception):
                     fn()
-            if not keep:
+            if keep:
+                self.state.keep(self.owner)
+            else:
                 self.result = cleanup(self.state, self.owner, self.runner)
         finally:
             for sig, old in self._old_handlers.items():

@@ -4,6 +4,11 @@ Records are appended (JSON lines, fsync'd, under a lock) *before* the object is 
 and a tombstone is appended after it is removed. `cleanup()` removes whatever is still
 live, newest first, so a run killed with -9 can be undone by `cnitrace cleanup`.
 Removers are idempotent: removing something already gone is success.
+
+Each record names the process that made it (pid and kernel start time). `cleanup` of the
+whole node leaves alone the objects of a process that still runs (another user's profile,
+a test run in progress) and the labs a finished `lab up` kept on purpose (a "keep" line
+marks them); it removes what a dead process left behind. `force` and naming a lab override.
 """
 
 from __future__ import annotations
@@ -52,9 +57,19 @@ class StateFile:
         """Record an object about to be created. Call this *before* creating it."""
         if kind not in REMOVERS:
             raise ValueError(f"no remover for kind {kind!r}")
-        rec = Record(uuid.uuid4().hex[:12], owner, kind, name, data, time.time())
+        pid = os.getpid()
+        rec = Record(uuid.uuid4().hex[:12], owner, kind, name, data, time.time(), pid, process_start_time(pid))
         self._append({"op": "add", **rec.to_json()})
         return rec
+
+    def keep(self, owner: str) -> None:
+        """Mark `owner`'s objects recorded so far as meant to outlive their process (a lab)."""
+        self._append({"op": "keep", "owner": owner, "at": time.time()})
+
+    def marks(self) -> dict[str, float]:
+        """owner → time of its latest keep mark (records made until then are kept on purpose)."""
+        with self._locked():
+            return self._marks_unlocked()
 
     def forget(self, rec: Record) -> None:
         self._append({"op": "del", "id": rec.id})
@@ -67,21 +82,38 @@ class StateFile:
             out = [r for r in out if r.owner == owner]
         return out
 
-    def _live_unlocked(self) -> list[Record]:
+    def _entries(self) -> Iterator[dict[str, Any]]:
         if not self.path.exists():
-            return []
-        recs: dict[str, Record] = {}
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-        for line in lines:
+            return
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 e = json.loads(line)
+            except ValueError:
+                continue   # a torn last line (kill -9 mid-write)
+            if isinstance(e, dict):
+                yield e
+
+    def _live_unlocked(self) -> list[Record]:
+        recs: dict[str, Record] = {}
+        for e in self._entries():
+            try:
                 if e["op"] == "add":
-                    recs[e["id"]] = Record(e["id"], e["owner"], e["kind"], e["name"], e["data"], e["created"])
+                    recs[e["id"]] = Record(e["id"], e["owner"], e["kind"], e["name"], e["data"], e["created"],
+                                           int(e.get("pid") or 0), e.get("pid_start"))
                 elif e["op"] == "del":
                     recs.pop(e["id"], None)
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError, ValueError):
                 continue
         return list(recs.values())
+
+    def _marks_unlocked(self) -> dict[str, float]:
+        """owner → time of its latest keep mark."""
+        marks: dict[str, float] = {}
+        for e in self._entries():
+            if e.get("op") == "keep" and isinstance(e.get("owner"), str):
+                with contextlib.suppress(TypeError, ValueError):
+                    marks[e["owner"]] = max(marks.get(e["owner"], 0.0), float(e.get("at", 0.0)))
+        return marks
 
     def compact(self) -> None:
         """Rewrite the file with live records only (or delete it when none are left).
@@ -93,22 +125,58 @@ class StateFile:
             if not live:
                 self.path.unlink(missing_ok=True)
                 return
+            owners = {r.owner for r in live}
+            marks = [{"op": "keep", "owner": o, "at": t} for o, t in self._marks_unlocked().items() if o in owners]
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps({"op": "add", **r.to_json()}, sort_keys=True) + "\n"
-                                   for r in live), encoding="utf-8")
+            tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n"
+                                   for e in [*({"op": "add", **r.to_json()} for r in live), *marks]),
+                           encoding="utf-8")
             os.replace(tmp, self.path)
+
+
+def _kept(rec: Record, marks: dict[str, float]) -> bool:
+    if rec.owner in marks:
+        return rec.created <= marks[rec.owner]
+    # State files from before keep marks: a lab's records carry no pid; treat them as kept.
+    return rec.owner.startswith("lab:") and not rec.pid
 
 
 @dataclasses.dataclass(frozen=True)
 class CleanupResult:
     removed: list[Record]
     failed: list[tuple[Record, str]]
+    kept: list[tuple[Record, str]] = dataclasses.field(default_factory=list)   # (record, why)
 
 
-def cleanup(state: StateFile, owner: str | None = None, runner: Runner = DEFAULT_RUNNER) -> CleanupResult:
-    """Remove every live record (of `owner`, or all), newest first; never raises."""
-    removed, failed = [], []
-    for rec in reversed(state.live(owner)):
+def spared(rec: Record, marks: dict[str, float], labs: frozenset[str] | None) -> str | None:
+    """Why a node-wide cleanup must leave `rec` alone, or None to remove it.
+
+    `labs`: lab names the user named (None: every lab, i.e. `--all`)."""
+    if rec.creator_alive():
+        return f"in use by pid {rec.pid or rec.owner[4:]}"
+    if _kept(rec, marks) and labs is not None and rec.owner.removeprefix("lab:") not in labs:
+        name = rec.owner.removeprefix("lab:")
+        return f"lab {name} (remove it with `cnitrace lab down --name {name}` or `cnitrace cleanup --lab {name}`)"
+    return None
+
+
+def cleanup(state: StateFile, owner: str | None = None, runner: Runner = DEFAULT_RUNNER, *,
+            labs: frozenset[str] | None = frozenset(), force: bool = False) -> CleanupResult:
+    """Remove live records newest first; never raises.
+
+    With `owner` (a run's own exit, `lab down`): every record of that owner. Without it (the
+    node-wide `cnitrace cleanup`): what dead processes left behind, plus the labs named in
+    `labs` (None for all); `force` removes records of live processes too."""
+    removed, failed, kept = [], [], []
+    recs = state.live(owner)
+    if owner is None and not force:
+        marks = state.marks()
+        todo = []
+        for rec in recs:
+            why = spared(rec, marks, labs)
+            (kept.append((rec, why)) if why else todo.append(rec))
+        recs = todo
+    for rec in reversed(recs):
         fn = REMOVERS.get(rec.kind)
         try:
             if fn is None:
@@ -120,4 +188,4 @@ def cleanup(state: StateFile, owner: str | None = None, runner: Runner = DEFAULT
         state.forget(rec)
         removed.append(rec)
     state.compact()
-    return CleanupResult(removed, failed)
+    return CleanupResult(removed, failed, kept)
