@@ -6,7 +6,7 @@ file descriptor: stats stay on while it is open and the kernel turns them off wh
 even if this process is killed -9 — so that is the default. The sysctl
 kernel.bpf_stats_enabled is the fallback for kernels before 5.8; its original value is
 recorded in the state file before it is changed and restored on exit, signal or
-`cnitrace cleanup`.
+`cnitrace cleanup` — by the last cnitrace run that needs it, when several run at once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 from cnitrace.core.errors import CnitraceError
+from cnitrace.core.files import exclusive
+from cnitrace.core.state import holders
 from cnitrace.probes import bpfsys
 
 SYSCTL = "kernel.bpf_stats_enabled"
@@ -59,16 +61,26 @@ def stats_enabled(session=None, mode: str = "auto") -> Iterator[str]:
             finally:
                 os.close(fd)
             return
-    original = read_sysctl()
-    if original == "1":
-        yield "already"  # someone else turned them on; leave it exactly as found
-        return
     if session is None:
         raise StatsUnavailable("enabling BPF stats through the sysctl needs a session to restore it")
-    rec = session.track("sysctl", SYSCTL, original=original)
+    with exclusive(session.state.dir / "bpf_stats"):
+        # Reference-counted through the state file: a second run finds the first one's record
+        # (live, or left by a killed run), inherits the value found before any cnitrace run,
+        # and the last one out restores it.
+        found = [r for r in session.state.live() if r.kind == "sysctl" and r.name == SYSCTL]
+        original = str(found[0].data["original"]) if found else read_sysctl()
+        if original == "1":
+            yield_mode = "already"  # someone else turned them on; leave it exactly as found
+            rec = None
+        else:
+            rec = session.track("sysctl", SYSCTL, original=original)
+            _SYSCTL_PATH.write_text("1\n")
+            yield_mode = "sysctl"
     try:
-        _SYSCTL_PATH.write_text("1\n")
-        yield "sysctl"
+        yield yield_mode
     finally:
-        _SYSCTL_PATH.write_text(original + "\n")
-        session.state.forget(rec)
+        if rec is not None:
+            with exclusive(session.state.dir / "bpf_stats"):
+                if not holders(session.state, "sysctl", SYSCTL, besides=rec.id):
+                    _SYSCTL_PATH.write_text(original + "\n")
+                session.state.forget(rec)

@@ -68,3 +68,33 @@ def test_fd_mode_does_not_fall_back(sysctl):
     with pytest.raises(stats.StatsUnavailable, match="old kernel"):
         with stats.stats_enabled(None, "fd"):
             pass
+
+
+def test_overlapping_runs_share_the_sysctl_and_the_last_one_restores(tmp_path, sysctl):
+    """Two profiles at once (issue 16): the first one out must not turn stats off under the second,
+    and the second must restore the value found before either, not the first one's '1'."""
+    a, b = FakeSession(tmp_path, sysctl), FakeSession(tmp_path, sysctl)
+    ca, cb = stats.stats_enabled(a, "sysctl"), stats.stats_enabled(b, "sysctl")
+    assert ca.__enter__() == "sysctl" and cb.__enter__() == "sysctl"
+    assert [r.data["original"] for r in a.state.live()] == ["0", "0"]
+    ca.__exit__(None, None, None)
+    assert sysctl.read_text().strip() == "1"        # b still needs them
+    cb.__exit__(None, None, None)
+    assert sysctl.read_text().strip() == "0" and a.state.live() == []
+
+
+def test_cleanup_after_a_killed_run_does_not_turn_stats_off_under_a_live_one(tmp_path, sysctl):
+    from cnitrace.core.records import Record
+    from cnitrace.core.runner import RecordedRunner
+    from cnitrace.core import state as st
+    live = FakeSession(tmp_path, sysctl)
+    # a run killed -9 while holding the sysctl: its record names a process that is gone
+    dead = Record("dead01", "run:999999999", "sysctl", stats.SYSCTL, {"original": "0"}, 0.0, 999999999, "1")
+    live.state._append({"op": "add", **dead.to_json()})
+    sysctl.write_text("1\n")
+    with stats.stats_enabled(live, "sysctl") as how:
+        assert how == "sysctl"
+        res = st.cleanup(live.state, owner="run:999999999", runner=RecordedRunner({}))
+        assert [r.id for r in res.removed] == ["dead01"]
+        assert sysctl.read_text().strip() == "1"    # released, not restored: the live run holds it
+    assert sysctl.read_text().strip() == "0" and live.state.live() == []

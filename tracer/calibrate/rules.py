@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from cnitrace.core.errors import ToolError
+from cnitrace.core.files import exclusive, write_atomic
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
 from cnitrace.traffic.generators import wait_listening
@@ -272,18 +273,30 @@ T = TypeVar("T")
 
 def cached(cache: Path, key: str, load: Callable[[dict], T], measure_now: Callable[[], T]) -> T:
     """Entry `key` of a JSON cache file, marked provenance "cached"; else measure_now(), stored
-    under `key` (an unreadable cache is measured over, never an error)."""
+    under `key` (an unreadable cache is measured over, never an error).
+
+    The check, the measurement and the write happen under one lock: a second run started
+    meanwhile waits and then reads the first one's entry instead of calibrating beside it."""
+    with exclusive(cache):
+        entries = _read_entries(cache)
+        if key in entries:
+            try:
+                return dataclasses.replace(load(entries[key]), provenance="cached")
+            except (ValueError, TypeError, KeyError):
+                pass       # an entry of an older layout: measured over
+        cal = measure_now()
+        entries = _read_entries(cache)   # keep entries other writers added (another key) meanwhile
+        entries[key] = cal.to_json()
+        write_atomic(cache, json.dumps(entries, indent=1))
+    return cal
+
+
+def _read_entries(cache: Path) -> dict:
     try:
         entries = json.loads(cache.read_text())
-        if key in entries:
-            return dataclasses.replace(load(entries[key]), provenance="cached")
-    except (OSError, ValueError, TypeError, KeyError):
-        entries = {}
-    cal = measure_now()
-    entries[key] = cal.to_json()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(entries, indent=1))
-    return cal
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
 def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, style: str = "plain", **kw) -> Calibration:

@@ -141,6 +141,21 @@ def _kept(rec: Record, marks: dict[str, float]) -> bool:
     return rec.owner.startswith("lab:") and not rec.pid
 
 
+# Objects several runs may hold at once (the bpf_stats sysctl): removing one run's record
+# restores the original value only when no other live run still holds the same object.
+SHARED_KINDS = frozenset({"sysctl"})
+
+
+def holders(state: StateFile, kind: str, name: str, *, besides: str = "") -> list[Record]:
+    """Live records of (kind, name) other than `besides` whose process still runs (or is this one)."""
+    return [r for r in state.live() if r.kind == kind and r.name == name and r.id != besides
+            and (r.creator_alive() or r.pid == os.getpid())]
+
+
+def _held_elsewhere(rec: Record, state: StateFile) -> bool:
+    return bool(holders(state, rec.kind, rec.name, besides=rec.id))
+
+
 @dataclasses.dataclass(frozen=True)
 class CleanupResult:
     removed: list[Record]
@@ -178,6 +193,10 @@ def cleanup(state: StateFile, owner: str | None = None, runner: Runner = DEFAULT
         recs = todo
     for rec in reversed(recs):
         fn = REMOVERS.get(rec.kind)
+        if rec.kind in SHARED_KINDS and _held_elsewhere(rec, state):
+            state.forget(rec)     # released: the run still holding it restores it when it ends
+            removed.append(rec)
+            continue
         try:
             if fn is None:
                 raise ValueError(f"unknown kind {rec.kind!r}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnitrace.core.errors import ToolError, UsageError
+from cnitrace.core.files import exclusive
 from cnitrace.lab.datapaths import registry
 from cnitrace.lab import policy, topology
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
@@ -90,8 +91,15 @@ def up(spec: LabSpec, *, runner: Runner = DEFAULT_RUNNER, state: StateFile | Non
     say = progress or (lambda msg: None)
     dp = preflight(spec, runner)
     state = state or StateFile()
-    if meta_path(spec.name).exists() or state.live(owner(spec.name)):
-        raise UsageError(f"lab {spec.name!r} already exists; run `cnitrace lab down --name {spec.name}` first")
+    # One builder per name: two `lab up --name X` at once would create the same namespaces, and
+    # the loser's cleanup would then remove the winner's. The lock makes the check and the build one step.
+    with exclusive(meta_path(spec.name)):
+        if meta_path(spec.name).exists() or state.live(owner(spec.name)):
+            raise UsageError(f"lab {spec.name!r} already exists; run `cnitrace lab down --name {spec.name}` first")
+        return _build(spec, dp, runner, state, say)
+
+
+def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFile, say: Callable[[str], None]) -> Lab:
     topo = topology.plan(spec, dp)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -176,9 +184,15 @@ def down(name: str, *, runner: Runner = DEFAULT_RUNNER, state: StateFile | None 
     """Remove everything the lab owns; returns the number of objects removed."""
     topology.validate_name(name)
     state = state or StateFile()
-    if not state.live(owner(name)) and not meta_path(name).exists():
+    recs = state.live(owner(name))
+    if not recs and not meta_path(name).exists():
         raise UsageError(f"no lab named {name!r} (see `cnitrace lab list`)")
+    builder = next((r for r in recs if r.creator_alive()), None)
+    if builder is not None:
+        raise UsageError(f"lab {name!r} is in use by pid {builder.pid} (still being built, or a sweep's); "
+                         f"wait for it, or `cnitrace cleanup --force`")
     result = cleanup(state, owner(name), runner)
+    meta_path(name).with_name(meta_path(name).name + ".lock").unlink(missing_ok=True)
     if result.failed:
         rec, why = result.failed[0]
         raise ToolError(f"could not remove {rec.kind} {rec.name}: {why}")
