@@ -17,6 +17,7 @@ import struct
 from typing import Any, Mapping
 
 from cnitrace.collectors.base import Parsed, Warnings, strip_provenance
+from cnitrace.collectors.pasted import paste_lines, prompt_command
 
 PROTO = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 
@@ -39,10 +40,14 @@ class PolicyEntry:
     packets: int | None = None
     bytes: int | None = None
     prefix_len: int | None = None
+    labels: tuple[str, ...] = ()   # the identity's labels, as `bpf policy get` text prints them
+    port_end: int | None = None    # last port of a port range ('80-90/TCP'); None for one port
 
     @property
     def key(self) -> tuple:
-        return ("policy", self.endpoint, self.direction, self.identity, self.proto, self.port)
+        """Identity -1 is a labelled identity whose number the text did not print: its labels key it."""
+        k = ("policy", self.endpoint, self.direction, self.identity, self.proto, self.port)
+        return (*k, self.labels) if self.identity < 0 else k
 
     @property
     def counters(self) -> Mapping[str, int]:
@@ -276,3 +281,105 @@ def entries_per_endpoint(entries: tuple[PolicyEntry, ...] | list[PolicyEntry]) -
     for e in entries:
         out[e.endpoint] = out.get(e.endpoint, 0) + 1
     return out
+
+
+# --- `cilium-dbg bpf policy get <ep>` / `--all` text tables -------------------------------------
+
+# Reserved identities have fixed numbers (pkg/identity/numericidentity.go), so a label-only table
+# still yields them; other labels keep identity -1 and are keyed by their labels.
+RESERVED = {"reserved:unknown": 0, "reserved:host": 1, "reserved:world": 2, "reserved:unmanaged": 3,
+            "reserved:health": 4, "reserved:init": 5, "reserved:remote-node": 6, "reserved:kube-apiserver": 7,
+            "reserved:ingress": 8, "reserved:world-ipv4": 9, "reserved:world-ipv6": 10}
+_PROTO_NUM = {v.upper(): k for k, v in PROTO.items()}
+_COLUMNS = re.compile(r"POLICY|DIRECTION|IDENTITY|LABELS \(source:key\[=value\]\)|PORT/PROTO|PROXY PORT|AUTH TYPE"
+                      r"|BYTES|PACKETS|PREFIX")
+_MAP_PATH = re.compile(r"^(/\S*cilium_policy\S*?):?$")
+_GET_CMD = re.compile(r"\bbpf policy (?:get|list)\s+(\d+)")
+
+
+def _port_proto(v: str) -> tuple[int, int, int | None]:
+    """'ANY' -> (0, 0, None); '80/TCP' -> (80, 6, None); '8/ICMP'; '80-90/TCP' -> (80, 6, 90)."""
+    if v.upper() == "ANY":
+        return 0, 0, None
+    port, _, proto = v.partition("/")
+    pnum = _PROTO_NUM.get(proto.upper(), int(proto) if proto.isdigit() else None)
+    if pnum is None:
+        raise ValueError(f"unknown protocol {proto!r}")
+    if port.upper() == "ANY":
+        return 0, pnum, None
+    first, dash, last = port.partition("-")
+    return int(first), pnum, int(last) if dash else None
+
+
+def _count(v: str) -> int | None:
+    return int(v) if v.isdigit() else None   # '-' when accounting is off
+
+
+def _text_entry(ep: str, row: dict[str, str], labels: list[str]) -> PolicyEntry:
+    port, proto, port_end = _port_proto(row["PORT/PROTO"])
+    ident = row.get("IDENTITY")
+    if ident is not None:
+        identity = int(ident)
+    elif len(labels) == 1 and labels[0].isdigit():
+        identity = int(labels[0])       # 1.0-era tables printed the number in LABELS
+    else:
+        identity = RESERVED.get(labels[0], -1) if len(labels) == 1 else -1
+    proxy = row.get("PROXY PORT", "NONE")
+    return PolicyEntry(
+        endpoint=ep, identity=identity, direction=row["DIRECTION"].lower(), proto=proto, port=port,
+        proxy_port=int(proxy) if proxy.isdigit() else 0, deny=row.get("POLICY", "Allow").lower() == "deny",
+        packets=_count(row["PACKETS"]), bytes=_count(row["BYTES"]),
+        prefix_len=_count(row["PREFIX"]) if "PREFIX" in row else None,
+        labels=tuple(x for x in labels if not x.isdigit()), port_end=port_end)
+
+
+def parse_policy_get_text(text: str, endpoint: str = "") -> Parsed[PolicyEntry]:
+    """Parse `cilium-dbg bpf policy get <ep>` / `cilium bpf policy get --all` tables of any version
+    (POLICY/IDENTITY/AUTH TYPE/PREFIX columns or not; one label per line, continuation lines
+    holding further labels). The endpoint comes from the `--all` map path heading or the command."""
+    w = Warnings()
+    out: list[PolicyEntry] = []
+    ep = endpoint
+    cols: list[str] = []
+    pending: tuple[dict[str, str], list[str]] | None = None
+
+    def flush() -> None:
+        nonlocal pending
+        if pending is not None:
+            try:
+                out.append(_text_entry(ep, *pending))
+            except (ValueError, KeyError, IndexError) as exc:
+                w.add(f"endpoint {ep or '?'}: {exc}")
+            pending = None
+
+    for no, s in paste_lines(text, keep_prompts=True):
+        if (m := _GET_CMD.search(s)):
+            flush()
+            ep = m.group(1)
+            continue
+        if (m := _MAP_PATH.match(s)):
+            flush()
+            ep = endpoint_of(m.group(1))
+            continue
+        found = _COLUMNS.findall(s)
+        if len(found) >= 4 and "DIRECTION" in found:
+            flush()
+            cols = found
+            continue
+        toks = s.split()
+        if cols and len(toks) == len(cols):
+            flush()
+            row = dict(zip(cols, toks))
+            if row.get("DIRECTION", "").lower() not in ("ingress", "egress"):
+                w.add(f"not a policy row: {s[:120]}", no)
+                continue
+            lab = row.get("LABELS (source:key[=value])")
+            pending = (row, [lab] if lab else [])
+        elif pending is not None and len(toks) == 1 and ":" in toks[0]:
+            pending[1].append(toks[0])   # the identity's next label
+        elif s in ("...", "…") or prompt_command(s) is not None or s.startswith(("Policy stats empty", "Defaulted container")):
+            continue
+        else:
+            w.add(f"unrecognised policy table line: {s[:120]}", no)
+    flush()
+    return Parsed(tuple(out), w.freeze())

@@ -16,6 +16,7 @@ import re
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from cnitrace.collectors.base import Parsed, Warnings, strip_provenance
+from cnitrace.collectors.pasted import is_fence, prompt_command
 
 
 def _int(value: str) -> int:
@@ -30,6 +31,8 @@ def _int(value: str) -> int:
 class OfFlow(NamedTuple):
     """One OpenFlow flow with its counters. `table` is an int, or a name when dumped with --names.
 
+    `stats` is False for a dump without counters (`--no-stats`, doc excerpts): n_packets/n_bytes
+    then read 0 but mean "not reported", so `counters` is empty and attribution skips the flow.
     A NamedTuple rather than a frozen dataclass: equally immutable, and five times cheaper to
     build, which is most of the budget for a 100,000-flow snapshot.
     """
@@ -43,6 +46,7 @@ class OfFlow(NamedTuple):
     n_bytes: int
     cookie: int = 0
     duration_s: float | None = None
+    stats: bool = True
 
     @property
     def key(self) -> tuple:
@@ -50,7 +54,7 @@ class OfFlow(NamedTuple):
 
     @property
     def counters(self) -> Mapping[str, int]:
-        return {"packets": self.n_packets, "bytes": self.n_bytes}
+        return {"packets": self.n_packets, "bytes": self.n_bytes} if self.stats else {}
 
     def structured(self, table_ids: Mapping[str, int] | None = None):
         """The flow as python-ovs parses it (ovs.flow.ofp.OFPFlow): match and actions as dicts.
@@ -144,17 +148,33 @@ def _fast_flow(raw: str, bridge: str) -> OfFlow | None:
 
 
 def _slow_flow(line: str, bridge: str) -> OfFlow:
-    info, match, actions = _split_flow(line)
-    if "n_packets" not in info or "n_bytes" not in info:
-        raise ValueError("no n_packets/n_bytes")
+    """Any flow line; without n_packets (`--no-stats`) it is a flow whose counters were not reported."""
+    info, match, actions = _split_flow(_REPLY.sub("", line, count=1))
     table_s = info.get("table", "0")
+    if not table_s:
+        raise ValueError("empty table=")
     table: int | str = int(table_s) if (table_s.isascii() and table_s.isdigit()) else table_s
     prio, match = _split_priority(match)
     dur = info.get("duration")
+    stats = "n_packets" in info or "n_bytes" in info
     return OfFlow(bridge=bridge, table=table, priority=prio, match=match, actions=actions,
-                  n_packets=_int(info["n_packets"]), n_bytes=_int(info["n_bytes"]),
+                  n_packets=_int(info.get("n_packets", "0")), n_bytes=_int(info.get("n_bytes", "0")),
                   cookie=_int(info["cookie"]) if "cookie" in info else 0,
-                  duration_s=float(dur.rstrip("s")) if dur else None)
+                  duration_s=float(dur.rstrip("s")) if dur else None, stats=stats)
+
+
+# 'NXST_FLOW reply (xid=0x4):' / 'OFPST_FLOW reply (OF1.3) (xid=0x2):', alone or glued to the first flow
+_REPLY = re.compile(r"^\s*(?:NXST|OFPST)_FLOW reply(?: \([^)]*\))*:\s*")
+# a command echoed in a paste ('1.#ovs-ofctl dump-flows br-int', 'kubectl exec ... antctl get of')
+_COMMAND = re.compile(r"\b(?:ovs-ofctl|ovs-appctl|ovs-dpctl|antctl|kubectl)\b")
+
+
+def _not_a_flow(line: str) -> bool:
+    """Lines a dump or a paste of one carries besides flows: reply headers, fences, prompts, commands."""
+    if "actions=" in line and not is_fence(line):
+        return False
+    return (not line or is_fence(line) or bool(_REPLY.match(line)) or line.startswith("FLOW")
+            or prompt_command(line) is not None or bool(_COMMAND.search(line)))
 
 
 def parse_flow_line(line: str, bridge: str = "") -> OfFlow:
@@ -163,23 +183,31 @@ def parse_flow_line(line: str, bridge: str = "") -> OfFlow:
 
 
 def parse_dump_flows(text: str, bridge: str = "") -> Parsed[OfFlow]:
-    """Parse `ovs-ofctl dump-flows BRIDGE` (also Antrea's `antctl get of` lines)."""
+    """Parse `ovs-ofctl dump-flows BRIDGE` in any OpenFlow version, with or without `--no-stats`
+    and `--names` (also Antrea's `antctl get of` lines, and pastes of either)."""
     text = strip_provenance(text)
     w = Warnings()
     out: list[OfFlow] = []
     append = out.append
+    no_stats = 0
     for no, raw in enumerate(text.splitlines(), 1):
         f = _fast_flow(raw, bridge)
         if f is not None:
             append(f)
             continue
         line = raw.strip()
-        if not line or line.startswith(("NXST_FLOW", "OFPST_FLOW", "FLOW")) and "actions=" not in line:
+        if _not_a_flow(line):
             continue
         try:
-            append(_slow_flow(line, bridge))
+            f = _slow_flow(line, bridge)
         except (ValueError, IndexError) as exc:
             w.add(f"unparsed flow ({exc}): {line[:120]}", no)
+            continue
+        no_stats += not f.stats
+        append(f)
+    if no_stats:
+        w.add(f"{no_stats} flow(s) without n_packets/n_bytes (--no-stats?): counters not reported, "
+              "not zero")
     return Parsed(tuple(out), w.freeze())
 
 
@@ -274,6 +302,8 @@ class Megaflow:
     packets: int
     bytes: int
     ufid: str | None = None
+    dp: str = ""              # 'ovs' or 'tc' (-m): which datapath holds it
+    offloaded: bool = False   # 'offloaded:yes': counted by the NIC/TC, never reaches the kernel datapath
 
     @property
     def key(self) -> tuple:
@@ -300,12 +330,14 @@ def mask_shape(match: str) -> str:
 
 
 def parse_dpctl_dump_flows(text: str, datapath: str = "") -> Parsed[Megaflow]:
+    """Parse `ovs-appctl dpctl/dump-flows [-m]` / `ovs-dpctl dump-flows` (also TC-offloaded flows)."""
     text = strip_provenance(text)
     w = Warnings()
     out: list[Megaflow] = []
     for no, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        if not line or line.startswith("flow-dump from"):
+        if not line or line.startswith("flow-dump from") or ", packets:" not in line and (
+                is_fence(line) or prompt_command(line) is not None or _COMMAND.search(line)):
             continue
         try:
             ufid = None
@@ -317,10 +349,11 @@ def parse_dpctl_dump_flows(text: str, datapath: str = "") -> Parsed[Megaflow]:
                 raise ValueError("no 'packets:'")
             pk, _, rest = rest.partition(", bytes:")
             by, _, rest = rest.partition(",")
-            _, _, actions = rest.partition("actions:")
+            info, _, actions = rest.partition("actions:")
             actions = actions.split(", dp-extra-info:")[0]
+            kv = dict(t.strip().partition(":")[::2] for t in info.split(",") if ":" in t)
             out.append(Megaflow(datapath, match.strip(), actions.strip(), _int(pk.strip()),
-                                _int(by.strip()), ufid))
+                                _int(by.strip()), ufid, kv.get("dp", ""), kv.get("offloaded") == "yes"))
         except ValueError as exc:
             w.add(f"unparsed megaflow ({exc}): {line[:120]}", no)
     return Parsed(tuple(out), w.freeze())
@@ -355,12 +388,16 @@ class Datapath:
 
 @dataclasses.dataclass(frozen=True)
 class DpPort:
+    """A datapath port. dpif/show knows its bridge and OpenFlow number; dpctl/show only the
+    datapath port number, its type and the type's configuration ('packet_type=ptap')."""
+
     datapath: str
     bridge: str
     name: str
     ofport: int | None
     dp_port: int | None
     type: str
+    config: str = ""
 
 
 _DP_HDR = re.compile(r"^(\S+@\S+?):(.*)$")
@@ -404,44 +441,69 @@ def parse_dpif_show(text: str) -> tuple[Parsed[Datapath], tuple[DpPort, ...]]:
     return Parsed(tuple(dps), w.freeze()), tuple(ports)
 
 
-def parse_dpctl_show(text: str) -> Parsed[Datapath]:
-    """Parse `ovs-appctl dpctl/show`: lookups, flow count and (kernel datapath) mask stats."""
-    text = strip_provenance(text)
+_DPCTL_HDR = re.compile(r"^([\w.-]+@[\w.-]+):$")
+_DPCTL_PORT = re.compile(r"^port (\d+): (\S+)(?: \(([^:)]+)(?::\s*([^)]*))?\))?$")
+
+
+def _dpctl_show(text: str) -> tuple[list[Datapath], list[DpPort], Warnings]:
+    """One pass over `ovs-appctl dpctl/show [-s]` / `ovs-dpctl show`: datapaths and their ports.
+    Per-port statistics lines (-s) and the 3.x cache lines are skipped; pasted fences too."""
     w = Warnings()
-    out: list[Datapath] = []
+    dps: list[Datapath] = []
+    ports: list[DpPort] = []
     cur: dict[str, Any] | None = None
 
     def flush() -> None:
         if cur is not None:
             if "hit" in cur:
-                out.append(Datapath(cur["name"], cur["hit"], cur["missed"], cur.get("lost", 0),
+                dps.append(Datapath(cur["name"], cur["hit"], cur["missed"], cur.get("lost", 0),
                                     cur.get("flows"), cur.get("masks_hit"), cur.get("masks_total")))
             else:
                 w.add(f"datapath {cur['name']} without lookups")
 
-    for no, line in enumerate(text.splitlines(), 1):
-        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+    for no, line in enumerate(strip_provenance(text).splitlines(), 1):
+        s = line.strip()
+        if (h := _DPCTL_HDR.match(s)):
             flush()
-            cur = {"name": line.strip()[:-1]}
+            cur = {"name": h.group(1)}
         elif cur is None:
             continue
-        else:
-            s = line.strip()
-            if s.startswith("lookups:"):
-                c = _kv_counts(s)
-                if "hit" not in c or "missed" not in c:
-                    w.add(f"bad lookups line: {s[:120]}", no)
-                    continue
-                cur.update(c)
-            elif s.startswith("flows:"):
-                digits = re.findall(r"\d+", s)
-                if digits:
-                    cur["flows"] = int(digits[0])
-            elif s.startswith("masks:"):
-                c = _kv_counts(s)
-                cur["masks_hit"], cur["masks_total"] = c.get("hit"), c.get("total")
+        elif s.startswith("lookups:"):
+            c = _kv_counts(s)
+            if "hit" not in c or "missed" not in c:
+                w.add(f"bad lookups line: {s[:120]}", no)
+                continue
+            cur.update(c)
+        elif s.startswith("flows:"):
+            digits = re.findall(r"\d+", s)
+            if digits:
+                cur["flows"] = int(digits[0])
+        elif s.startswith("masks:"):
+            c = _kv_counts(s)
+            cur["masks_hit"], cur["masks_total"] = c.get("hit"), c.get("total")
+        elif s.startswith("port "):
+            p = _DPCTL_PORT.match(s)
+            if p:
+                ports.append(DpPort(cur["name"], "", p.group(2), None, int(p.group(1)),
+                                    (p.group(3) or "system").strip(), (p.group(4) or "").strip()))
+            else:
+                w.add(f"unparsed port line: {s[:120]}", no)
     flush()
-    return Parsed(tuple(out), w.freeze())
+    return dps, ports, w
+
+
+def parse_dpctl_show(text: str) -> Parsed[Datapath]:
+    """Parse `ovs-appctl dpctl/show`: lookups, flow count and (kernel datapath) mask stats."""
+    dps, _, w = _dpctl_show(text)
+    return Parsed(tuple(dps), w.freeze())
+
+
+def parse_dpctl_show_ports(text: str) -> Parsed[DpPort]:
+    """The ports `ovs-appctl dpctl/show` / `ovs-dpctl show` list: 'port 2: vxlan_sys_4789 (vxlan:
+    packet_type=ptap)' -> DpPort(dp_port=2, type='vxlan', config='packet_type=ptap'); a port
+    printed without a type is a plain netdev ('system', as dpif/show calls it)."""
+    _, ports, w = _dpctl_show(text)
+    return Parsed(tuple(ports), w.freeze())
 
 
 # --- upcall / revalidator (ovs-appctl upcall/show) ---------------------------------------------

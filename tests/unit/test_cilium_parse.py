@@ -109,3 +109,58 @@ def test_fuzz_byte_layouts(pairs):
     assert len(r.records) == good
     if pairs:  # (an empty dump is one warning: nothing to read)
         assert len(r.warnings) == len(pairs) - good
+
+
+# --- `bpf policy get` text tables (issue #13) -------------------------------------------------
+
+def _fx(name: str) -> str:
+    text = (Path(__file__).parent.parent / "fixtures" / "cilium" / name).read_text()
+    assert text.startswith("# provenance:")
+    return text
+
+
+def test_policy_get_text_current_columns():
+    r = p.parse_policy_get_text(_fx("cilium-40247-bpf-policy-get.txt"))
+    assert len(r.records) == 5 and {e.endpoint for e in r.records} == {"2558"}  # from the quoted command
+    icmp = r.records[0]
+    assert (icmp.identity, icmp.direction, icmp.proto, icmp.port, icmp.prefix_len) == (0, "ingress", 1, 8, 24)
+    assert (icmp.packets, icmp.bytes, icmp.deny, icmp.labels) == (29778, 1965348, False, ("reserved:unknown",))
+    assert [e.port for e in r.records[1:]] == [53, 160, 161, 886] and all(e.proto == 6 for e in r.records[1:])
+    assert len(r.warnings) == 1 and "nothing out of the ordinary" in r.warnings[0]  # the prose, reported
+
+
+def test_policy_get_text_older_tables_and_all_endpoints():
+    labels = p.parse_policy_get_text(_fx("cilium-7958-bpf-policy-get.txt"))
+    assert labels.warnings == () and [(e.direction, e.identity, e.bytes) for e in labels.records] == [
+        ("ingress", 1, 0), ("ingress", 2, 0), ("ingress", 3, 0), ("ingress", 4, 0), ("ingress", 5, 0),
+        ("egress", 1, 3714), ("egress", 2, 70)]   # reserved labels -> their fixed identities
+    assert {e.endpoint for e in labels.records} == {"1727"}
+    every = p.parse_policy_get_text(_fx("cilium-7358-bpf-policy-get-all.txt"))
+    assert every.warnings == () and [(e.endpoint, e.identity, e.port, e.proxy_port, e.packets) for e in every.records] == [
+        ("3037", 1, 0, 0, 0), ("3037", 56648, 80, 14949, 0), ("3037", 56648, 0, 0, 8)]
+    oldest = p.parse_policy_get_text(_fx("cilium-3114-bpf-policy-get.txt"))
+    assert [(e.endpoint, e.identity, e.port, e.proto, e.proxy_port) for e in oldest.records] == [("29898", 12345, 80, 6, 0)]
+
+
+def test_policy_get_text_multi_label_identities_and_unavailable_counters():
+    """Continuation lines add labels to the entry above; '-' counters (accounting off) are None;
+    the identity number column wins over labels. Built from the 40247 row layout."""
+    head = "POLICY   DIRECTION   IDENTITY   LABELS (source:key[=value])   PORT/PROTO   PROXY PORT   AUTH TYPE   BYTES   PACKETS   PREFIX"
+    text = "\n".join([head,
+                      "Allow    Ingress     33807      k8s:class=tiefighter          80/TCP       NONE         disabled    2914    24        0",
+                      "                                k8s:org=empire",
+                      "Deny     Egress      0          reserved:unknown              ANY          NONE         disabled    -       -         0"])
+    a, b = p.parse_policy_get_text(text, endpoint="7").records
+    assert (a.identity, a.labels, a.packets) == (33807, ("k8s:class=tiefighter", "k8s:org=empire"), 24)
+    assert (b.deny, b.packets, b.bytes, b.counters) == (True, None, None, {})
+    unnamed = p.parse_policy_get_text(text.replace("IDENTITY   ", "").replace("33807      ", "").replace("0          reserved", "reserved"))
+    assert unnamed.records[0].identity == -1 and unnamed.records[0].key[-1] == ("k8s:class=tiefighter", "k8s:org=empire")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["cilium-40247-bpf-policy-get.txt", "cilium-7358-bpf-policy-get-all.txt"]),
+       st.integers(0, 2000), st.text(alphabet="ANYTCP/0123456789 IngressEgress-:\n", max_size=30))
+def test_fuzz_policy_get_text(name, cut, junk):
+    text = _fx(name)
+    assert len(p.parse_policy_get_text(text[:cut] + junk + text[cut:]).warnings) <= 51
+    p.parse_policy_get_text(junk)

@@ -218,3 +218,116 @@ def test_fuzz_truncated_real_dump_keeps_complete_lines(cut, junk):
     complete = body[:cut].count("\n")  # lines that ended before the cut are intact
     assert len(r.records) >= complete
     assert len(r.records) <= len(body.splitlines())
+
+
+# --- dumps without counters, other OpenFlow versions, pastes, ports (issue #13) -----------------
+
+def _structure(flows):
+    return [(f.table, f.priority, f.match, f.actions, f.cookie) for f in flows]
+
+
+def test_no_stats_flows_parse_like_the_dump_with_counters():
+    """`--no-stats` drops duration/n_packets/n_bytes and, for table 0, table=: the same 7 flows."""
+    bare = p.parse_dump_flows(fx("host-dump-flows-no-stats.txt"), "b")
+    full = p.parse_dump_flows(fx("host-dump-flows-cookies.txt"), "b")
+    assert len(bare.records) == 7 and len(bare.warnings) == 1 and "not zero" in bare.warnings[0]
+    assert full.warnings == () and all(f.stats for f in full.records)
+    assert sorted(_structure(bare.records)) == sorted(_structure(full.records))
+    assert {f.key for f in bare.records} == {f.key for f in full.records}
+    assert all(not f.stats and f.counters == {} for f in bare.records)
+    idle = [f for f in bare.records if f.match == "in_port=2"][0]
+    assert (idle.table, idle.cookie, idle.actions) == (0, 0x1234, "resubmit(,10)")  # idle_timeout= is not match
+
+
+def test_named_tables_openflow15_and_13_with_flags():
+    names = p.parse_dump_flows(fx("host-dump-flows-of15-no-stats-names.txt"), "b").records
+    assert [f.table for f in names] == ["Classifier"] * 3 + ["SpoofGuard"] * 4
+    ct = [f for f in names if f.priority == 200][0]
+    assert (ct.match, ct.cookie, ct.actions) == ("udp,tp_dst=9999", 0xA5A5, 'ct(commit,zone=7),output:"cnit-h2-v2h"')
+    imp = [f for f in names if f.match == "ip,nw_dst=10.98.0.2"][0]
+    assert imp.priority == 100  # importance=7 is flow info, not match
+    counted = p.parse_dump_flows(fx("host-dump-flows-of15-names.txt"), "b")
+    assert counted.warnings == () and {f.key for f in counted.records} == {f.key for f in names}
+    of13 = p.parse_dump_flows(fx("host-dump-flows-of13.txt"), "b")
+    of10 = p.parse_dump_flows(fx("host-dump-flows-cookies.txt"), "b")
+    assert of13.warnings == () and [(f.key, f.n_packets) for f in of13.records] == [
+        (f.key, f.n_packets) for f in of10.records]
+    assert sum(f.n_packets for f in of13.records if f.table == 10) == 14
+    bare13 = p.parse_dump_flows(fx("host-dump-flows-of13-no-stats.txt"), "b").records
+    assert sorted(_structure(bare13)) == sorted(_structure(of13.records))
+
+
+def test_antrea_doc_flows_without_counters():
+    r = p.parse_dump_flows(fx("antrea-pipeline-doc-flows.txt"), "br-int")
+    assert len(r.records) == 33 and not any(f.stats for f in r.records)
+    assert r.records[3].table == "Classifier" and r.records[3].actions.endswith("goto_table:SpoofGuard")
+    assert len(r.warnings) == 1
+
+
+def test_pasted_dump_with_prompts_and_glued_reply_header():
+    r = p.parse_dump_flows(fx("ovs-145-dump-flows-of10-of13.txt"), "br-int-R")
+    assert r.warnings == ()
+    assert [(f.table, f.n_packets, f.actions) for f in r.records] == [
+        (50, 3361843122, "drop"), (50, 264937817, "group:10")]
+    line = fx("ovs-145-dump-flows-of10-of13.txt").splitlines()[3]
+    (glued,) = p.parse_dump_flows("NXST_FLOW reply (xid=0x4): " + line + "\r\n", "br-int-R").records
+    assert glued == r.records[0]
+
+
+def test_attribution_does_not_count_flows_without_counters():
+    from cnitrace.attribution.datapath import ovs_work
+    from cnitrace.collectors.base import Snapshot
+    table = p.OfTable("b", 10, "SpoofGuard", 4, 0, 0)
+    busy = p.OfTable("b", 10, "SpoofGuard", 4, 14, 14)
+    bare = p.parse_dump_flows(fx("host-dump-flows-no-stats.txt"), "b").records
+    (work,) = ovs_work(Snapshot("ovs", (table, *bare)), Snapshot("ovs", (busy, *bare)))
+    assert work.lookups == 14 and work.top_flows == () and work.subtables == 3
+    full = p.parse_dump_flows(fx("host-dump-flows-cookies.txt"), "b").records
+    (work,) = ovs_work(Snapshot("ovs", (table, *bare)), Snapshot("ovs", (busy, *full)))
+    assert work.top_flows == ()  # before had no counters: a delta from 'unknown' is not a count
+    zero = tuple(f._replace(n_packets=0, n_bytes=0) for f in full)
+    (work,) = ovs_work(Snapshot("ovs", (table, *zero)), Snapshot("ovs", (busy, *full)))
+    assert sum(h.packets for h in work.top_flows) == 14
+
+
+def test_dpctl_show_ports_kernel_vxlan_and_netdev():
+    doc = fx("openstack-notes-ovs-dpctl-show-vxlan.txt")
+    (dp,) = p.parse_dpctl_show(doc).records
+    assert (dp.name, dp.hit, dp.missed, dp.masks_hit) == ("system@ovs-system", 765, 147, 1870)
+    ports = p.parse_dpctl_show_ports(doc)
+    assert ports.warnings == () and [x.dp_port for x in ports.records] == list(range(9))
+    vx = ports.records[7]
+    assert (vx.name, vx.type, vx.config, vx.datapath) == ("vxlan_sys_4789", "vxlan", "packet_type=ptap", dp.name)
+    assert [x.type for x in ports.records].count("internal") == 5 and ports.records[2].type == "system"
+    stats = p.parse_dpctl_show_ports(fx("host-dpctl-show-s.txt"))
+    assert stats.warnings == () and [(x.dp_port, x.name, x.type) for x in stats.records] == [
+        (0, "ovs-netdev", "tap"), (1, "cnit-h2-br", "tap"), (2, "cnit-h2-v1h", "system"), (3, "cnit-h2-v2h", "system")]
+    # dpctl/show and dpif/show of one capture agree on datapath port numbers
+    _, dpif = p.parse_dpif_show(fx("host-dpif-show.txt"))
+    dpctl = p.parse_dpctl_show_ports(fx("host-dpctl-show.txt")).records
+    assert {x.name: x.dp_port for x in dpif} == {x.name: x.dp_port for x in dpctl if x.name in {y.name for y in dpif}}
+
+
+def test_megaflows_offloaded_to_tc_and_with_tcp_flags():
+    r = p.parse_dpctl_dump_flows(fx("ovn-173-dpctl-dump-flows-m-offloaded.txt"), "system@ovs-system")
+    (m,) = r.records
+    assert (m.packets, m.bytes, m.dp, m.offloaded) == (36, 3024, "tc", True)
+    assert m.ufid == "25030bd6-d82f-473f-b8b3-40aebe04e33a" and m.actions.endswith("ct(zone=1,nat),recirc(0x21)")
+    assert len(r.warnings) == 1 and "when 172.31" in r.warnings[0]  # the prose line, not the prompt
+    f = p.parse_dpctl_dump_flows(fx("ovs-issues-248-dpctl-dump-flows-flags.txt"))
+    assert f.warnings == () and [(x.packets, x.actions) for x in f.records] == [
+        (18588510, "set(tunnel(tun_id=0x2,src=192.168.4.13,dst=192.168.4.12,ttl=64,tp_dst=4792,flags(df|key))),"
+                   "3,36,push_vlan(vid=2,pcp=0),12,pop_vlan,33,21,7"), (8, "11")]
+    assert all(not x.offloaded for x in f.records)
+    assert {x.dp for x in p.parse_dpctl_dump_flows(fx("host-dpctl-dump-flows-m.txt")).records} == {"ovs"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["host-dump-flows-of15-no-stats-names.txt", "ovs-145-dump-flows-of10-of13.txt",
+                        "openstack-notes-ovs-dpctl-show-vxlan.txt", "ovn-173-dpctl-dump-flows-m-offloaded.txt"]),
+       st.integers(0, 3000), st.text(alphabet="=,() :\r\n\tactionsprioty0x1.\"", max_size=30))
+def test_fuzz_mutated_real_dumps_never_raise(name, cut, junk):
+    text = fx(name)
+    mutated = text[:cut] + junk + text[cut:]
+    for fn in (p.parse_dump_flows, p.parse_dpctl_show_ports, p.parse_dpctl_show, p.parse_dpctl_dump_flows):
+        assert len(fn(mutated).warnings) <= 51

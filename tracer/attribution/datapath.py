@@ -45,6 +45,8 @@ def ovs_work(before: Any, after: Any, top_flows: int = 3) -> list[OvsTableWork]:
         if isinstance(r, OfFlow):
             shapes.setdefault((r.bridge, str(r.table)), set()).add(match_shape(r.match))
             o = old.get(r.key)
+            if not r.stats or (o is not None and not o.stats):
+                continue  # a dump without counters (--no-stats): packets unknown, not zero
             d = counter_delta(o.n_packets if o else 0, r.n_packets).value
             if d:
                 text = f"cookie={r.cookie:#x} prio={r.priority} {r.match}".strip()
