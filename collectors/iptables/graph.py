@@ -114,7 +114,7 @@ def nodes_of(ruleset: Ruleset) -> dict[Table, dict[str, Node]]:
         graph: dict[str, Node] = {}
         for name, c in cs.items():
             steps = tuple(step_of(r, user) for r in sorted(rules.get((*ft, name), ()), key=lambda r: r.position))
-            graph[name] = Node(name, steps, c.builtin, c.packets if c.builtin else None)
+            graph[name] = Node(name, steps, c.builtin, c.packets if c.builtin and c.counted else None)
         out[ft] = graph
     return out
 

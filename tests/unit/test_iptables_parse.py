@@ -8,14 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cnitrace.collectors.base import MAX_WARNINGS
 from cnitrace.collectors.iptables.graph import costs_by_table
-from cnitrace.collectors.iptables.parse import Chain, Rule, detect_backend, parse, parse_ruleset
+from cnitrace.collectors.iptables.parse import (NO_RULE_COUNTERS, POLICY_UNKNOWN, Chain, Rule, detect_backend,
+                                                detect_family, guess_table, parse, parse_ruleset)
 
 FIX = Path(__file__).parent.parent / "fixtures" / "iptables"
 
 
 def load(name: str) -> str:
-    text = FIX / name
+    text = FIX / name if "/" not in name else FIX.parent / name
     body = text.read_text(encoding="utf-8")
     assert body.startswith("# provenance: "), f"{name} lacks its provenance header"
     return body
@@ -25,32 +27,44 @@ def rules_of(rs, chain):
     return [r for r in rs.rules if r.chain == chain]
 
 
-# name, chains, rules, warnings expected (substring or None)
+# name, chains, rules, rule counters, warning expected (substring or None besides the counters one)
 REAL = [
-    ("kuberouter_kube-router-341.save", 8, 11, None),
-    ("kuberouter_kube-router-1069.save", 17, 15, "no COMMIT"),
-    ("weavenet_weave-3452.save", 12, 15, "no COMMIT"),
-    ("kubeproxy_kubernetes-75893.save", 25, 8, "no COMMIT"),
-    ("calico_weave-3588.save", 36, 2, "without a *table header"),
-    ("calico_amazon-vpc-cni-k8s-34.save", 3, 12, "without a *table header"),
-    ("cilium_cilium-31565.save", 6, 14, "without a *table header"),
-    ("antrea_antrea-2635.restore", 5, 4, "no COMMIT"),
-    ("calico_nft_backend.save", 6, 14, None),
-    ("local_legacy_v4.save", 15, 12, None),
-    ("local_nft_v4.save", 15, 12, None),
-    ("local_legacy_v6.save", 3, 2, None),
-    ("local_nft_v6.save", 3, 2, None),
+    ("kuberouter_kube-router-341.save", 8, 11, False, None),
+    ("kuberouter_kube-router-1069.save", 17, 15, False, "no COMMIT"),
+    ("weavenet_weave-3452.save", 12, 15, False, "no COMMIT"),
+    ("kubeproxy_kubernetes-75893.save", 25, 8, False, "no COMMIT"),
+    ("calico_weave-3588.save", 36, 2, False, "no *table header: assumed the nat table"),
+    ("calico_amazon-vpc-cni-k8s-34.save", 3, 12, False, "no *table header: assumed the filter table (cali-fw-"),
+    ("cilium_cilium-31565.save", 6, 14, False, "no *table header: assumed the filter table"),
+    ("antrea_antrea-2635.restore", 5, 4, False, "no COMMIT"),
+    ("calico_nft_backend.save", 6, 14, True, None),
+    ("local_legacy_v4.save", 15, 12, True, None),
+    ("local_nft_v4.save", 15, 12, True, None),
+    ("local_legacy_v6.save", 3, 2, True, None),
+    ("local_nft_v6.save", 3, 2, True, None),
+    ("local_legacy_v4_noc.save", 15, 12, False, None),
+    ("local_legacy_v6_noc.save", 3, 2, False, None),
+    ("kubernetes-72370_prompt_fence_noc.save", 8, 17, False, "line outside any table ignored: 'On Debian"),
+    ("kind-blog_prompt_noc.save", 17, 7, False, "no COMMIT"),
+    ("myk8s_grep_prompts.txt", 5, 12, False, "no *table header: assumed the nat table (KUBE-"),
+    ("kuberouter_kube-router-425_nat_rules.txt", 1, 9, False, "no *table header: assumed the nat table"),
+    ("local_legacy_v4_grep.txt", 4, 9, False, "no *table header: assumed the filter table"),
+    ("local_legacy_v4_S.txt", 6, 10, False, "no *table header: assumed the filter table"),
+    ("local_nft_v4_S_v.txt", 6, 10, True, "no *table header: assumed the filter table"),
 ]
 
 
-@pytest.mark.parametrize("name,n_chains,n_rules,warning", REAL)
-def test_real_dumps(name, n_chains, n_rules, warning):
+@pytest.mark.parametrize("name,n_chains,n_rules,counted,warning", REAL)
+def test_real_dumps(name, n_chains, n_rules, counted, warning):
     rs, warnings = parse_ruleset(load(name))
     assert (len(rs.chains), len(rs.rules)) == (n_chains, n_rules)
+    assert rs.rule_counters is counted
+    assert (NO_RULE_COUNTERS in warnings) is (not counted)
+    rest = [w for w in warnings if w != NO_RULE_COUNTERS]
     if warning is None:
-        assert warnings == ()
+        assert rest == []
     else:
-        assert any(warning in w for w in warnings), warnings
+        assert any(warning in w for w in rest), warnings
 
 
 def test_weave_policy_counters_and_targets():
@@ -165,7 +179,12 @@ LINE = st.one_of(
     st.sampled_from(["*filter", "*nat", "COMMIT", ":INPUT ACCEPT [1:2]", ":X - [0:0]", "-A X -j Y",
                      "[3:4] -A INPUT -j X", "-A X -g X", '-A X -m comment --comment "a -j B" -j C',
                      "[99999999999999999999:1] -A X -j RETURN", ":INPUT ACCEPT", "-A", "[", "-A X -j",
-                     "-A X -c ² 3 -j DROP", "-A X -c 1 2", ":X - [٣:1]", "[١:2] -A X -j Y"]),
+                     "-A X -c ² 3 -j DROP", "-A X -c 1 2", ":X - [٣:1]", "[١:2] -A X -j Y",
+                     # pasting: prompts, fences, truncation, indentation, CRLF, -S forms, headerless nat
+                     "$ sudo iptables-save", "root@node:~# ip6tables-save -c", "[root@n ~]# iptables -S", "```",
+                     "````bash", "```-A X -j Y", "...", "[...]", "<snip>", "   -A KUBE-SVC-X -j KUBE-SEP-Y\r",
+                     "-P INPUT DROP -c 5 6", "-P FORWARD", "-N", ":KUBE-SEP-A - [0:0]", "-A X -j DNAT --to 1.2.3.4",
+                     '-A X -m comment --comment "unterminated -j Z', "-A X -g", "-A X -m comment --comment"]),
 )
 
 
@@ -173,7 +192,8 @@ LINE = st.one_of(
 @given(st.lists(LINE, max_size=40))
 def test_fuzz_never_crashes(lines):
     text = "\n".join(lines)
-    parsed = parse(text)
+    parsed = parse(text, family=None)
+    assert len(parsed.warnings) <= MAX_WARNINGS + 1
     for rec in parsed.records:
         assert isinstance(rec, (Chain, Rule))
         assert rec.packets >= 0 and rec.bytes >= 0
@@ -189,5 +209,173 @@ def test_fuzz_bytes_decoded_with_replacement(data):
     parse(data.decode("utf-8", errors="replace"))
 
 
+MUTABLE = ["kind-blog_prompt_noc.save", "myk8s_grep_prompts.txt", "local_legacy_v4_c.save", "local_nft_v4_S_v.txt"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(MUTABLE), st.lists(st.tuples(st.integers(0, 200), st.sampled_from(
+    ["drop", "dup", "cut", "indent", "noise"]), st.text(max_size=12)), max_size=12))
+def test_fuzz_mutated_real_dumps(name, edits):
+    lines = load(name).splitlines()
+    for at, op, junk in edits:
+        i = at % (len(lines) or 1)
+        if not lines:
+            break
+        if op == "drop":
+            del lines[i]
+        elif op == "dup":
+            lines.insert(i, lines[i])
+        elif op == "cut":
+            lines[i] = lines[i][: len(lines[i]) // 2]
+        elif op == "indent":
+            lines[i] = "\t " + lines[i] + "\r"
+        else:
+            lines.insert(i, junk)
+    rs, warnings = parse_ruleset("\n".join(lines), family=None)
+    assert len(warnings) <= MAX_WARNINGS + 1
+    for r in rs.rules:
+        assert r.position >= 1 and r.nth >= 1 and r.packets >= 0
+    costs_by_table(rs)
+
+
 def test_not_text_is_a_warning():
     assert parse(None).warnings  # type: ignore[arg-type]
+
+
+# --- what people paste: #13 ---------------------------------------------------------------------
+
+def test_saved_without_c_rules_unknown_but_policy_counters_kept():
+    # Two saves of one netns, a moment apart: with and without -c.
+    with_c, w1 = parse_ruleset(load("local_legacy_v4_c.save"))
+    without, w2 = parse_ruleset(load("local_legacy_v4_noc.save"))
+    assert with_c.rule_counters and w1 == ()
+    assert not without.rule_counters and w2 == (NO_RULE_COUNTERS,)
+    assert [r.key for r in without.rules] == [r.key for r in with_c.rules]
+    goto = next(r for r in with_c.rules if r.chain == "cnit-FORWARD" and r.position == 2)
+    assert {r.packets for r in without.rules} == {0} and goto.packets == 40003
+    # iptables-save prints the built-in chains' policy counters even without -c
+    policy = {(c.table, c.name): (c.packets, c.bytes, c.counted) for c in without.chains if c.builtin}
+    assert policy == {(c.table, c.name): (c.packets, c.bytes, True) for c in with_c.chains if c.builtin}
+    assert policy[("filter", "INPUT")] == (80012, 12480708, True)
+
+
+def test_public_save_without_c_from_a_kind_node():
+    rs, _ = parse_ruleset(load("kind-blog_prompt_noc.save"))
+    pre = next(c for c in rs.chains if (c.table, c.name) == ("mangle", "PREROUTING"))
+    assert (pre.policy, pre.packets, pre.bytes, pre.counted) == ("ACCEPT", 1789547, 356082101, True)
+    assert not rs.rule_counters
+    # the torn last rule keeps its chain, and its comment runs to the end of the text
+    last = rs.rules[-1]
+    assert (last.chain, last.target, last.comment) == ("OUTPUT", None, "kub")
+
+
+def test_headerless_grep_keeps_its_chain_declarations():
+    rs, warnings = parse_ruleset(load("local_legacy_v4_grep.txt"))
+    chains = {c.name: c for c in rs.chains}
+    # :cnit-* lines before the first rule are declarations, not "lines outside any table"
+    assert [n for n in chains] == ["cnit-FORWARD", "cnit-pol", "cnit-wl", "INPUT"]
+    assert all(chains[n].policy is None for n in ("cnit-FORWARD", "cnit-pol", "cnit-wl"))
+    # INPUT is only used by a rule: a base chain whose policy is unknown, not an invented ACCEPT
+    inp = chains["INPUT"]
+    assert inp.builtin and inp.policy == POLICY_UNKNOWN and not inp.counted
+    assert not any("outside any table" in w for w in warnings)
+    assert any("undeclared chain 'INPUT'" in w and "policy is unknown" in w for w in warnings)
+    costs, _ = costs_by_table(rs)
+    c = next(v for k, v in costs.items() if k[2:] == ("filter", "INPUT"))
+    assert c.entering is None and any("policy counter" in n for n in c.notes)
+
+
+def test_undeclared_builtin_in_a_real_save_is_not_given_a_policy():
+    rs, _ = parse_ruleset(load("cilium_cilium-31565.save"))
+    builtins = {c.name: c.policy for c in rs.chains if c.builtin}
+    assert builtins == {"INPUT": POLICY_UNKNOWN, "FORWARD": POLICY_UNKNOWN, "OUTPUT": POLICY_UNKNOWN}
+
+
+def test_iptables_S_v_carries_policy_and_rule_counters():
+    rs, _ = parse_ruleset(load("local_nft_v4_S_v.txt"))
+    inp = next(c for c in rs.chains if c.name == "INPUT")
+    assert (inp.policy, inp.packets, inp.bytes, inp.counted) == ("ACCEPT", 80012, 12480708, True)
+    goto = next(r for r in rs.rules if r.chain == "cnit-FORWARD" and r.position == 2)
+    assert (goto.packets, goto.bytes, goto.goto, goto.target) == (40003, 5120114, True, "cnit-wl")
+    assert "-c " not in goto.spec
+    plain, _ = parse_ruleset(load("local_legacy_v4_S.txt"))
+    assert not plain.rule_counters
+    assert {c.counted for c in plain.chains if c.builtin} == {False}
+
+
+@pytest.mark.parametrize("name,table,why", [
+    ("myk8s_grep_prompts.txt", "nat", "KUBE-"),
+    ("kuberouter_kube-router-425_nat_rules.txt", "nat", "KUBE-"),
+    ("calico_weave-3588.save", "nat", "MASQUERADE"),
+    ("cilium_cilium-31565.save", "filter", "CILIUM_"),
+    ("local_legacy_v4_grep.txt", "filter", "no table-specific"),
+])
+def test_table_of_headerless_text(name, table, why):
+    lines = load(name).splitlines()[1:]
+    got, reason = guess_table(lines)
+    assert got == table and why in reason
+    rs, warnings = parse_ruleset(load(name))
+    assert rs.rules[0].table == table
+    assert any(f"assumed the {table} table" in w for w in warnings)
+
+
+def test_table_guess_raw_from_antrea_notrack_rules():
+    # Antrea's raw-table rules without their `*raw` line (a grep of them).
+    lines = [x for x in load("antrea_antrea-2635.restore").splitlines() if "ANTREA-PREROUTING" in x
+             or "ANTREA-OUTPUT -m comment --comment \"Antrea: do not track" in x]
+    assert any("NOTRACK" in x for x in lines)
+    assert guess_table(lines) == ("raw", "NOTRACK targets")
+    # built-in chains rule tables out: POSTROUTING alone is not in filter
+    assert guess_table(["-A POSTROUTING -o eth0 -j ACCEPT"])[0] == "nat"
+    assert guess_table(["-A FORWARD -j KUBE-SERVICES"])[0] == "filter"
+
+
+def test_kube_proxy_grep_with_prompts_and_fences():
+    rs, warnings = parse_ruleset(load("myk8s_grep_prompts.txt"))
+    assert not any("unexpected" in w or "outside" in w for w in warnings), warnings
+    svc = [r for r in rs.rules if r.chain == "KUBE-SVC-HFJG5QJDKA2NKYX2"]
+    assert [r.target for r in svc] == ["KUBE-SEP-IVTV3JKMDAKRFCBH", "KUBE-SEP-PFJDNPXONEKPWG5A",
+                                       "KUBE-SEP-SIUA6YONSJ3WPF22"]
+    # the KUBE-SERVICES rule appears in two greps: the same rule twice, numbered apart
+    dup = [r for r in rs.rules if r.target == "KUBE-SVC-HFJG5QJDKA2NKYX2"]
+    assert [r.nth for r in dup] == [1, 2] and dup[0].comment == "default/deploy1: cluster IP"
+
+
+def test_prompt_fence_prose_indentation_and_crlf():
+    text = load("kubernetes-72370_prompt_fence_noc.save")
+    rs, warnings = parse_ruleset(text)
+    assert [w for w in warnings if w.startswith("line")] == ["line 2: line outside any table ignored: "
+                                                           "'On Debian (Real Host)'"]
+    fw = [r for r in rs.rules if r.chain == "KUBE-FIREWALL"]
+    assert [r.nth for r in fw] == [1, 2, 3, 1]       # the last one is torn: a different spec
+    # the same paste indented as in a doc and with Windows line endings parses the same
+    lines = text.split("\n")
+    pasted = "\r\n".join([lines[0]] + ["    " + x if x else x for x in lines[1:]])
+    again, w2 = parse_ruleset(pasted)
+    assert again == rs and w2 == warnings
+
+
+@pytest.mark.parametrize("marker", ["...", "…", "[...]", "<snip>", "(truncated)", "[snip]"])
+def test_truncation_marker_is_one_warning(marker):
+    lines = load("local_legacy_v4_noc.save").split("\n")
+    at = next(i for i, x in enumerate(lines) if x.startswith("-A cnit-pol"))
+    cut = "\n".join(lines[:at] + [marker] + lines[at + 2:])
+    rs, warnings = parse_ruleset(cut)
+    assert f"dump truncated at line {at + 1}" in warnings
+    assert not any("unexpected" in w or "bad counters" in w for w in warnings)
+    assert len(rs.rules) == 10
+
+
+def test_family_from_the_text():
+    v6 = load("local_legacy_v6_noc.save")
+    assert detect_family(v6) == "ipv6"
+    body = "\n".join(x for x in v6.splitlines() if not x.startswith("#"))
+    assert "ip6tables" not in body and detect_family(body) == "ipv6"       # from fe80::/10
+    assert detect_family(load("local_legacy_v4_noc.save")) == "ipv4"
+    assert detect_family("*filter\n-A INPUT -m mac --mac-source 00:11:22:33:44:55 -j DROP\nCOMMIT\n") == "ipv4"
+    rs, _ = parse_ruleset(body, family=None)
+    assert {r.family for r in rs.rules} == {"ipv6"}
+    # both saves pasted one after the other: each takes the family its header names
+    both, _ = parse_ruleset(load("local_legacy_v4_noc.save") + v6, family=None)
+    assert {(r.table, r.family) for r in both.rules} == {("filter", "ipv4"), ("nat", "ipv4"), ("mangle", "ipv4"),
+                                                        ("filter", "ipv6")}
