@@ -331,7 +331,7 @@ def ruleset_delta(before: Ruleset, after: Ruleset) -> tuple[Ruleset, tuple[str, 
     rules = [since(r) for r in after.rules]
     if resets:
         w.add(f"{resets} counter(s) went backwards (reset); counted from zero since the reset")
-    return Ruleset(tuple(chains), tuple(rules)), w.freeze()
+    return dataclasses.replace(after, chains=tuple(chains), rules=tuple(rules)), w.freeze()
 
 
 def walk_order(graph: Mapping[str, Node], start: str) -> list[str]:

@@ -190,3 +190,12 @@ def test_nft_backend_zero_policy_counter_is_flagged():
     d_legacy, _ = ruleset_delta(*(parse_ruleset(t, backend="legacy")[0] for t in (text, text)))
     costs, _ = costs_by_table(d_legacy)
     assert not any("uncounted" in n for n in costs[("legacy", "ipv4", "filter", "INPUT")].notes)
+
+
+def test_a_delta_keeps_whether_the_dump_had_rule_counters():
+    from cnitrace.collectors.iptables.parse import parse_ruleset
+    text = "*filter\n:INPUT ACCEPT [5:300]\n:cali-x - [0:0]\n-A INPUT -j cali-x\n-A cali-x -p tcp -j ACCEPT\nCOMMIT\n"
+    rs, _ = parse_ruleset(text)
+    assert rs.rule_counters is False
+    delta, _ = ruleset_delta(rs, rs)
+    assert delta.rule_counters is False and len(delta.rules) == 2
