@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup provision demo test test-unit test-host test-vm bench clean
+.PHONY: setup provision demo test test-unit test-host test-faults test-vm bench clean
 
 setup: provision $(STAMP)
 
@@ -21,9 +21,10 @@ demo: setup
 	$(VENV)/bin/cnitrace doctor
 	$(VENV)/bin/cnitrace demo --html cnitrace-demo.html --json cnitrace-demo.json
 
-# All three tiers; a tier that skips or does not run fails the build (CNITRACE_STRICT_TIERS).
+# All tiers (unit, host, the fault matrix, vm); a tier that skips or does not run fails the
+# build (CNITRACE_STRICT_TIERS).
 test: setup
-	CNITRACE_STRICT_TIERS=1 $(PYTEST) tests/unit tests/host
+	CNITRACE_STRICT_TIERS=1 $(PYTEST) tests/unit tests/host tests/faults
 	CNITRACE_STRICT_TIERS=1 $(PY) -m cnitrace.vagrant.microvm --timeout 1500 -- $(abspath $(PYTEST)) -p no:cacheprovider --color=no $(abspath tests/vm)
 
 test-unit: setup
@@ -31,6 +32,9 @@ test-unit: setup
 
 test-host: setup
 	$(PYTEST) tests/host
+
+test-faults: setup
+	$(PYTEST) tests/faults
 
 test-vm: setup
 	$(PY) -m cnitrace.vagrant.microvm -- $(abspath $(PYTEST)) -p no:cacheprovider $(abspath tests/vm)

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any, Iterator, Literal
 
 SCHEMA_VERSION = 1   # profile.schema.json pins it: bump both on an incompatible change
+CHANGED = "changed during window"   # how a figure whose objects changed under the profiler is marked (basis)
 
 Provenance = Literal["measured", "modelled", "both"]
 
@@ -154,6 +155,10 @@ def overhead_text(overhead: dict[str, Any]) -> str:
         if k == "nf_brackets" and isinstance(v, dict):
             floor = f", {fmt_ns(v['floor_ns'])} each per packet (subtracted)" if v.get("floor_ns") else ""
             parts.append(f"netfilter brackets {v['brackets']}{floor}, {v.get('untimed', 0)} untimed")
+        elif k == "mid_snapshots" and isinstance(v, dict):
+            parts.append(f"mid-window rule snapshots skipped ({v['skipped']})" if v.get("skipped") else
+                         f"{v.get('count', 0)} mid-window rule snapshots"
+                         + (f" ({v['mean_s'] * 1000:.0f} ms each, every ≥ {v['interval_s']:g} s)" if v.get("mean_s") else ""))
         else:
             parts.append(f"{k} {v}")
     return ", ".join(parts) or "—"

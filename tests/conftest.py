@@ -2,7 +2,7 @@
 
 `@pytest.mark.requires("tracepoints", "tc_bpf")` skips with the capability model's own
 reason — the same checks `cnitrace doctor` prints. Under CNITRACE_STRICT_TIERS=1 (set by
-`make test`, which CI runs) a skip in the host or vm tier is a failure, and so is a tier
+`make test`, which CI runs) a skip in a root tier (host, vm, faults) is a failure, and so is a tier
 that collected tests but passed none: a missing capability fails CI loudly.
 """
 
@@ -17,14 +17,14 @@ from cnitrace.node import checks
 
 checks.register_all()   # the capability registry, installed at start-up as the CLI does
 STRICT = os.environ.get("CNITRACE_STRICT_TIERS") == "1"
-ROOT_TIERS = ("host", "vm")
+ROOT_TIERS = ("host", "vm", "faults")
 _HOST = None
 
 
 def tier_of(path: str | os.PathLike) -> str | None:
     parts = Path(path).resolve().parts
     for i, part in enumerate(parts[:-1]):
-        if part == "tests" and parts[i + 1] in ("unit", "host", "vm"):
+        if part == "tests" and parts[i + 1] in ("unit", *ROOT_TIERS):
             return parts[i + 1]
     return None
 

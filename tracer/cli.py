@@ -7,9 +7,12 @@ prints a traceback unless --debug is given.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
+import time
+from pathlib import Path
 
 import click
 
@@ -25,6 +28,8 @@ from cnitrace.core.state import StateFile
 from cnitrace.core.state import cleanup as do_cleanup
 from cnitrace.lab import manager
 from cnitrace.lab.model import MAX_RULES, LabSpec
+from cnitrace.lab.replay_plan import replay_summary
+from cnitrace.lab.replay_plan import report_text as replay_report_text
 from cnitrace.node.doctor import run_doctor
 from cnitrace.probes import command
 from cnitrace.probes.command import parse_force
@@ -35,6 +40,10 @@ from cnitrace.reports.doctor import render_doctor
 from cnitrace.reports.snapshot import render_snapshot
 from cnitrace.reports.document import fmt_ns
 from cnitrace.reports.load import load_profile
+from cnitrace.analyze.inputs import is_profile_document
+from cnitrace.analyze.run import analyze_paths, diff_paths
+from cnitrace.reports.analyze.html import render_html as render_analysis_html
+from cnitrace.reports.analyze.terminal import render_analysis, render_diff
 from cnitrace.reports.profile.diff import diff_docs
 from cnitrace.reports.profile.html import render_html as render_profile_html
 from cnitrace.reports.profile.terminal import render_profile
@@ -220,18 +229,60 @@ def report(file: str, html_out: str | None) -> int:
 
 
 @cli.command()
-@click.argument("before", type=click.Path(dir_okay=False))
-@click.argument("after", type=click.Path(dir_okay=False))
+@click.argument("before")
+@click.argument("after")
 @click.option("--top", default=15, show_default=True, type=click.IntRange(1, 1000), help="Rows to show.")
-def diff(before: str, after: str, top: int) -> int:
-    """Show what grew between two saved profile runs."""
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the diff as JSON here.")
+def diff(before: str, after: str, top: int, json_out: str | None) -> int:
+    """Show what grew between two saved profile runs, or between two sets of node dumps.
 
+    BEFORE and AFTER are profile JSON documents, or node dumps (as `analyze` reads them: a file, a
+    directory, or a comma-separated list), e.g. before and after an incident or a policy rollout.
+    """
+
+    kinds = {is_profile_document(before), is_profile_document(after)}
+    if kinds == {False}:
+        doc = diff_paths(before, after, top=top)
+        render_diff(doc, top=top)
+        _write_outputs(doc, json_out, None)
+        return ExitStatus.OK
+    if kinds == {True, False}:
+        raise UsageError("diff: one side is a saved profile and the other node dumps; give two of a kind")
     changes = diff_docs(load_profile(before), load_profile(after))
     click.echo(f"{'node':58} {'before':>10} {'after':>10} {'change':>12}")
     for c in changes[:top]:
         ratio = f" ×{c.ratio:.2f}" if c.ratio else ""
         change = ("+" if c.delta_ns >= 0 else "-") + fmt_ns(abs(c.delta_ns))
         click.echo(f"{c.path[-58:]:58} {fmt_ns(c.before_ns):>10} {fmt_ns(c.after_ns):>10} {change:>12}{ratio}")
+    _write_outputs({"kind": "profile-diff", "changes": [
+        {"path": c.path, "kind": c.kind, "before_ns": c.before_ns, "after_ns": c.after_ns, "delta_ns": c.delta_ns}
+        for c in changes]}, json_out, None)
+    return ExitStatus.OK
+
+
+# --- analyze ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the JSON document here.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+@click.option("--calibrate", is_flag=True,
+              help="Measure this node's ns per rule shape first (root; cached) instead of the reference figures.")
+def analyze(files: tuple[str, ...], json_out: str | None, html_out: str | None, calibrate: bool) -> int:
+    """Analyse saved node output offline: the CNI, kube-proxy mode, rulesets and their static cost.
+
+    Reads iptables-save (-c or not), iptables -L -v, nft list ruleset (text or -j), ipset, ovs-ofctl
+    dump-flows, dpctl, conntrack -S/-L, bpftool, tc filter show, cilium status / bpf policy get and
+    calico-node -bpf dumps, detected from their content. FILE may be a directory or a comma-separated
+    list; all files are one node, and one file may hold several pasted outputs, each after its prompt.
+    Costs use this node's cached calibration if it has one, else stated reference figures.
+    """
+
+    if calibrate:
+        require_root()
+    result = analyze_paths(files, calibrate=calibrate)
+    render_analysis(result.doc)
+    _write_outputs(result.doc, json_out, html_out, render_analysis_html)
     return ExitStatus.OK
 
 
@@ -243,26 +294,45 @@ def lab() -> None:
 
 
 @lab.command("up")
-@click.option("--datapath", "-d", required=True, help="calico, kube-router, nft, flannel, antrea, cilium.")
+@click.option("--datapath", "-d", default=None,
+              help="calico, kube-router, nft, flannel, antrea, cilium (with --replay: the pods' shape; default: the dump's).")
 @click.option("--rules", "-n", default=0, show_default=True, type=int, help=f"Port-range rules (0..{MAX_RULES}).")
 @click.option("--pods", default=1, show_default=True, type=int, help="Client pods (1..250).")
 @click.option("--l7", is_flag=True, help="Detour allowed HTTP through a real L7 proxy (GET / only).")
 @click.option("--l7-proxy", default="nginx", show_default=True, help="nginx or haproxy.")
-@click.option("--backend", default="legacy", show_default=True, help="iptables backend: legacy or nft.")
+@click.option("--backend", default=None, help="iptables backend: legacy or nft [default: legacy; with --replay: the dump's].")
 @click.option("--match-position", type=int, default=None, help="Rules before the allow rule (default: N, last).")
+@click.option("--replay", "replay_files", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Load a real node's iptables-save, nft list ruleset (text or -j) or ipset save (repeatable).")
+@click.option("--report", "report_out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="With --replay: write every rewrite (original -> new, or dropped: reason) here.")
 @click.option("--name", default="lab", show_default=True, help="Lab name (namespaces cnit-NAME-*).")
 @click.option("--json", "as_json", is_flag=True, help="Print the lab description as JSON.")
-def lab_up(datapath: str, rules: int, pods: int, l7: bool, l7_proxy: str, backend: str,
-           match_position: int | None, name: str, as_json: bool) -> int:
+def lab_up(datapath: str | None, rules: int, pods: int, l7: bool, l7_proxy: str, backend: str | None,
+           match_position: int | None, replay_files: tuple[str, ...], report_out: str | None, name: str,
+           as_json: bool) -> int:
     """Build a lab; it stays up until `cnitrace lab down`."""
 
-    spec = LabSpec(name=name, datapath=datapath, rules=rules, pods=pods, l7=l7, backend=backend,
-                   match_position=match_position, l7_proxy=l7_proxy)
+    t0 = time.monotonic()
+    if not replay_files and not datapath:
+        raise UsageError("lab up needs --datapath NAME (or --replay FILE)")
+    if report_out and not replay_files:
+        raise UsageError("--report needs --replay FILE")
+    spec = (LabSpec(name=name, datapath="replay", pods=pods, rules=rules, l7=l7, backend=backend or "",
+                    match_position=match_position, replay=tuple(replay_files), shape=datapath or "")
+            if replay_files else
+            LabSpec(name=name, datapath=datapath, rules=rules, pods=pods, l7=l7, backend=backend or "legacy",
+                    match_position=match_position, l7_proxy=l7_proxy))
     manager.preflight(spec)      # bad input is refused the same way with or without root
     require_root()
     built = manager.up(spec, progress=None if as_json else (lambda m: click.echo(f"  {m}", err=True)))
+    if report_out:
+        with open(report_out, "w", encoding="utf-8") as f:
+            f.write(replay_report_text(json.loads(Path(built.topo.extra["replay"]["report"]).read_text())))
     if as_json:
         click.echo(json.dumps(built.to_json(), indent=2, sort_keys=True))
+    elif replay_files:
+        click.echo("\n".join(replay_summary(built, time.monotonic() - t0, report_out)))
     else:
         t = built.topo
         click.echo(f"lab {name} up: {datapath} with {rules} rules, server {t.server.ip} "
@@ -365,6 +435,9 @@ def probe(stages, ifaces, netns, proto, saddr, daddr, sport, dport, mark, durati
         click.echo(f"{f['stage']:10} {key}: n={f['count']} mean={f['mean']:.0f} {unit} "
                    f"p50={f['p50']:.0f} p99={f['p99']:.0f} [{f['backend']}]")
     click.echo(f"attached in {result['attach_seconds']:.2f} s")
+    if result["events"]["enabled"]:
+        ev = result["events"]
+        click.echo(f"events: {ev['received']} received, {ev['lost']} lost (the kernel's buffer was full)")
     return ExitStatus.OK
 
 
@@ -405,7 +478,9 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
     with Session() as session:
         result = registry.run(req, ctx, session)
     if as_json:
-        click.echo(json.dumps(result.document, indent=1, sort_keys=True))
+        out = click.get_text_stream("stdout")   # streamed: a 100,000-rule document is ~80 MB
+        registry.write_json(result.document, out.write)
+        out.write("\n")
     else:
         render_snapshot(result)
     return ExitStatus.OK
@@ -472,6 +547,9 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, backend, quick, attr
 def main(argv: list[str] | None = None) -> int:
     """Entry point and the one error boundary."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    # A 100,000-rule snapshot allocates millions of small objects and no cycles: the default
+    # young-generation threshold (700) makes the collector rescan them all ~every millisecond.
+    gc.set_threshold(100_000, 50, 100)
     try:
         rv = cli.main(args=argv, prog_name="cnitrace", standalone_mode=False)
     except click.exceptions.Abort:

@@ -50,7 +50,7 @@ QEMU = "qemu-system-x86_64"
 GUEST_MODULES = ("netfs", "9pnet", "9pnet_virtio", "9p", "overlay")
 # Bump when the initramfs layout changes so cached images are rebuilt.
 INITRAMFS_FORMAT = "1"
-CACHE_DIR = Path("/var/cache/cnitrace/microvm")
+CACHE_DIR = Path(os.environ.get("CNITRACE_CACHE_DIR", "/var/cache/cnitrace")) / "microvm"
 TIMEOUT_STATUS = 124
 VM_ERROR_STATUS = 125
 
@@ -214,6 +214,12 @@ def elf_is_static(data: bytes) -> bool:
     return True
 
 
+def newc_complete(head: bytes, tail: bytes) -> bool:
+    """Whether an archive's first and last bytes are those of a whole `newc_archive`: the newc
+    magic, and the TRAILER!!! entry followed only by padding (a truncated copy has neither)."""
+    return head.startswith(b"070701") and tail.rstrip(b"\0").endswith(b"TRAILER!!!")
+
+
 def initramfs_cache_name(kver: str, init_sh: bytes, module_paths: Sequence[str]) -> str:
     """Cache key: kernel version + hash of /init and of what goes next to it."""
     h = hashlib.sha256(INITRAMFS_FORMAT.encode() + b"\0" + init_sh + b"\0" + "\n".join(module_paths).encode())
@@ -352,7 +358,9 @@ def base_initramfs(kver: str, *, cache_dir: Path = CACHE_DIR, paths: KernelPaths
     init_sh = _init_sh()
     target = cache_dir / initramfs_cache_name(kver, init_sh, order)
     if target.is_file():
-        return target
+        if _cached_image_ok(target):
+            return target
+        print(f"microvm: warning: the cached initramfs {target} is damaged; building it again", file=sys.stderr)
     try:
         bb = busybox.read_bytes()
     except OSError:
@@ -382,6 +390,16 @@ def base_initramfs(kver: str, *, cache_dir: Path = CACHE_DIR, paths: KernelPaths
             with contextlib.suppress(OSError):
                 stale.unlink()
     return target
+
+
+def _cached_image_ok(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 1024))
+            return newc_complete(head, f.read())
+    except OSError:
+        return False
 
 
 def job_archive(argv: Sequence[str], cwd: str, env: Mapping[str, str], nonce: str) -> bytes:

@@ -7,7 +7,7 @@ from typing import Any
 
 import jinja2
 
-from cnitrace.reports.document import Node, calibration_text, fmt_ns, ovs_calibration_text
+from cnitrace.reports.document import CHANGED, Node, calibration_text, fmt_ns, ovs_calibration_text
 
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f")
 
@@ -56,5 +56,6 @@ def render_html(doc: dict[str, Any]) -> str:
     rows = [(d, n) for d, n in root.walk() if n.kind != "root"]
     return env.get_template("profile.html.j2").render(
         doc=doc, root=root, rows=rows, fmt_ns=fmt_ns, ovs_calibration_text=ovs_calibration_text, calibration_text=calibration_text,
+        changed=CHANGED,
         stage_svg=jinja2.utils.markupsafe.Markup(stage_bars(root)),
         chain_svg=jinja2.utils.markupsafe.Markup(chain_bars(root)))

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cnitrace.reports.document import Node, calibration_text, fmt_ns, overhead_text, ovs_calibration_text
+from cnitrace.reports.document import CHANGED, Node, calibration_text, fmt_ns, overhead_text, ovs_calibration_text
 
 WIDTH = 100
 
@@ -25,6 +25,8 @@ def _rows(root: Node, depth: int = 0, parent: Node | None = None):
 def source_text(n: Node) -> str:
     """Where a figure came from, in the words the legend uses: measured / modelled / both with
     model/measured, or apportioned (a measured table's time split by the model's shares)."""
+    if n.basis and n.basis.startswith(CHANGED):
+        return "changed: " + next((w for w in ("excluded", "re-based") if w in n.basis), n.provenance)
     if n.basis and "apportioned" in n.basis:
         return "apportioned"
     m = n.model_vs_measured
@@ -89,6 +91,8 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
         for x in doc["drops"]:
             d.add_row(x["reason"], f"{x['count']:,}", x.get("where") or "", x["provenance"])
         con.print(d)
+    if doc.get("replay"):
+        render_exercised(doc["replay"], con)
     if doc["evaluation_order"]:
         con.print("evaluation order: " + " → ".join(doc["evaluation_order"][:12]))
     ct = doc.get("conntrack")
@@ -97,6 +101,48 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
                   f"insert_failed {ct.get('insert_failed', 0)}, drop {ct.get('drop', 0)}")
     con.print(f"lost events: {doc['lost_events']}   tool overhead: {overhead_text(doc['overhead'])}")
     con.print("source: measured = timed by a probe; modelled = counters × this node's calibrated cost per rule "
-              "shape; m/M = modelled / measured; apportioned = a measured table's time split by the model's shares")
+              "shape; m/M = modelled / measured; apportioned = a measured table's time split by the model's shares"
+              + ("; changed = its objects changed during the window (below)" if (doc.get("changes") or {}).get("count")
+                 else ""))
+    if (doc.get("changes") or {}).get("count"):
+        render_changes(doc["changes"], con)
     for w in doc["warnings"]:
         con.print(f"[yellow]warning:[/yellow] {w}")
+
+
+CHANGES_SHOWN = 10
+
+
+def render_changes(ch: dict[str, Any], con: Console, limit: int = CHANGES_SHOWN) -> None:
+    """One line per object the node changed during the window (capped, with the count), each with
+    what it did to the figures; the measured figures' validity said once."""
+    mid = ch.get("mid_snapshots") or {}
+    watched = (f"{mid['count']} mid-window snapshots" if mid.get("count") is not None
+               else f"no mid-window snapshot ({mid['skipped']})" if mid.get("skipped") else "before/after only")
+    con.print(f"[bold yellow]changed during the window:[/bold yellow] {ch['count']} object(s), watched by {watched}; "
+              f"{ch.get('measured', '')}", overflow="fold")
+    for o in ch["objects"][:limit]:
+        con.print(f"  • {o['label']}: {'; '.join(o['what'])} — {o['effect']}", overflow="fold")
+    if ch["count"] > limit:
+        con.print(f"  … and {ch['count'] - limit} more (see --json)")
+
+
+def render_exercised(r: dict[str, Any], con: Console) -> None:
+    """A replay lab's exercised rules: N of M, the chains packets reached (with their cost), what was never hit."""
+    rep = r.get("replayed") or {}
+    con.print(f"[bold]replayed ruleset:[/bold] {r['exercised']:,} of {r['rules']:,} rules exercised "
+              f"({r['never_exercised']:,} never); {r.get('probe_port_rules', 0):,} exercised rules match a probed port"
+              + (f"; {r['not_countable']:,} nft rules without a counter" if r.get("not_countable") else "")
+              + (f"; {r['ipv6_not_probed']:,} IPv6 rules not probed" if r.get("ipv6_not_probed") else "")
+              + (f"; loaded {rep.get('rules_loaded', 0):,} of {rep.get('rules_in', 0):,} "
+                 f"({rep.get('dropped', 0):,} dropped, see {rep.get('report')})" if rep else ""))
+    if r["top_chains"]:
+        t = Table(title="top exercised chains", width=WIDTH)
+        for col, just in (("chain", "left"), ("table", "left"), ("exercised", "right"), ("packets", "right"),
+                          ("ns/pkt", "right"), ("source", "left")):
+            t.add_column(col, justify=just, overflow="fold")
+        for c in r["top_chains"]:
+            src = "apportioned" if c.get("basis") and "apportioned" in c["basis"] else (c.get("provenance") or "—")
+            t.add_row(c["chain"][:40], c["table"], f"{c['exercised']}/{c['rules']}", f"{c.get('packets', 0):,}",
+                      fmt_ns(c.get("ns_per_packet")), src)
+        con.print(t)

@@ -7,7 +7,7 @@ import pytest
 
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
-from tests.host.nodestate import node_state
+from tests.support.nodestate import settled_node_state
 from tests.support.netns import Namespaces, unique
 
 
@@ -22,23 +22,6 @@ def netns():
 def unique_name():
     """A fresh cnit-prefixed short name (for labs, bridges, pins) so parallel runs never collide."""
     return lambda: unique("cnit", 4)
-
-
-def settled_node_state(timeout: float = 10.0) -> dict:
-    """node_state() once it stops changing: the kernel frees a deleted namespace's tc programs and
-    links asynchronously (a workqueue), so a snapshot right after an earlier test's teardown can
-    still list objects that are already on their way out."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    prev = node_state()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        cur = node_state()
-        if cur == prev:
-            return cur
-        prev = cur
-    return prev
 
 
 @pytest.fixture

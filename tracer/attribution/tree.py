@@ -14,7 +14,7 @@ import dataclasses
 from typing import Iterable, Mapping, Sequence
 
 from cnitrace.calibrate.shapes import ShapeCosts
-from cnitrace.reports.document import Node, compute_shares
+from cnitrace.reports.document import CHANGED, Node, compute_shares
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,13 @@ class ChainWork:
     unpinned_entering: float = 0.0
     base_packets: float | None = None
     base_unknown: int = 0
+    # the chain changed during the window (attribution.changes): `mark` is its basis ("re-based over N
+    # intervals" or "excluded"), `excluded` drops its figures from the model; `rule_count` bounds its
+    # evaluations (a packet entering it meets each rule at most once)
+    rule_count: int | None = None
+    mark: str | None = None
+    excluded: bool = False
+    change: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +136,15 @@ BASIS_APPORTIONED = "measured (table), apportioned (chain)"
 BASIS_TABLE = "measured (table)"
 
 
+def excluded(node: Node, why: str) -> Node:
+    """A node whose figure cannot be vouched for (its counters changed under the profiler): no
+    figure at all rather than a wrong one, and a basis that says why."""
+    node.ns_per_packet = node.measured_ns = node.modelled_ns = node.apportioned_ns = None
+    node.evaluations_per_packet = None
+    node.basis = f"{CHANGED}: excluded ({why})"
+    return node
+
+
 def apportion(measured_ns: float, modelled: Mapping[str, float]) -> dict[str, float]:
     """Split a measured total among parts by their modelled shares (pure): the parts add up to
     `measured_ns`. Parts with no modelled cost get none; with no model at all, an equal split."""
@@ -194,6 +210,19 @@ def _per_packet(total_ns: float, packets: int) -> float | None:
     return total_ns / packets if packets else None
 
 
+def within_rules(c: ChainWork) -> tuple[ChainWork, str | None]:
+    """A chain's evaluations bounded by what its rules allow (each packet entering meets each rule
+    at most once), scaled down with its classes and a warning when the counters claim more (pure).
+    A chain without counted packets is left alone: native nft's entering is then unknown, not zero."""
+    if c.rule_count is None or c.packets <= 0 or c.evaluations <= c.rule_count * c.packets:
+        return c, None
+    cap = c.rule_count * c.packets
+    scale = cap / c.evaluations if c.evaluations else 0.0
+    why = (f"{c.chain} ({c.table}): {c.evaluations:,} rule evaluations counted for {c.packets:,} packets, more than "
+           f"its {c.rule_count} rules allow: clamped to {cap:,}")
+    return dataclasses.replace(c, evaluations=cap, classes=tuple((k, v * scale) for k, v in c.classes)), why
+
+
 def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                     measured: Sequence[TableTime] = (), top_rules: int = 3) -> Node:
     """The netfilter stage: per table, per chain, modelled from evaluations (priced by rule shape
@@ -210,12 +239,23 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
             cs = with_calls(cs, meas[table].calls)   # native nft: the bracket counted the base chains' packets
         if not any(c.packets or c.evaluations for c in cs):
             continue    # native nft with nothing counted nor measured: no figure to show
+        bounded = [within_rules(c) for c in cs]
+        cs = [c for c, _ in bounded]
+        clamped = {c.chain: why for c, why in bounded if why}
         tnode = Node("table", table, packets=max((c.packets for c in cs), default=0))
         for c in sorted(cs, key=lambda c: -cal.chain_ns(c.evaluations, c.classes)):
             if c.packets == 0 and c.evaluations == 0:
                 continue
+            if c.excluded:
+                tnode.children.append(Node("chain", c.chain, packets=c.packets, provenance="modelled", basis=c.mark,
+                                           detail={"table": table, "change": c.change}))
+                continue
             modelled = _per_packet(cal.chain_ns(c.evaluations, c.classes), packets)
             detail: dict = {"table": table, "evaluations": c.evaluations}
+            if c.mark:
+                detail["change"] = c.change
+            if c.chain in clamped:
+                detail["warning"] = clamped[c.chain]
             if c.classes and cal.shapes is not None:
                 detail["classes"] = {k: (v / packets if packets else None) for k, v in c.classes}
                 detail["ns_per_evaluation"] = (cal.chain_ns(c.evaluations, c.classes) / c.evaluations
@@ -223,7 +263,7 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                 detail["model"] = "rule evaluations by shape x this node's calibrated ns per shape"
             cnode = Node("chain", c.chain, packets=c.packets, ns_per_packet=modelled, modelled_ns=modelled,
                          evaluations_per_packet=(c.evaluations / c.packets) if c.packets else 0.0,
-                         provenance="modelled", detail=detail)
+                         provenance="modelled", detail=detail, basis=c.mark)
             for r in sorted(c.rules, key=lambda r: -r.packets)[:top_rules]:
                 if r.packets:
                     rm = (_per_packet(cal.chain_ns(0, r.classes), packets)
@@ -233,8 +273,14 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                                                provenance="modelled", detail={"rule": r.text}))
             tnode.children.append(cnode)
         modelled_t = sum(n.modelled_ns or 0.0 for n in tnode.children) if tnode.children else None
+        gone = [c.chain for c in cs if c.excluded and (c.packets or c.evaluations)]
+        if gone:    # the model misses these chains: a partial sum, never set against a measurement
+            tnode.detail["excluded"] = gone
+            tnode.basis = f"modelled without {len(gone)} chain(s) that changed (excluded)"
+            if table in meas:
+                modelled_t = None
         tnode.modelled_ns = modelled_t
-        tnode.evaluations_per_packet = (sum(c.evaluations for c in cs) / packets) if packets else None
+        tnode.evaluations_per_packet = (sum(c.evaluations for c in cs if not c.excluded) / packets) if packets else None
         tm = meas.pop(table, None)
         if tm is not None:
             # measured time per call × calls per packet of the selection's traffic
@@ -245,8 +291,13 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
             tnode.detail["calls"] = tm.calls
             if mns is not None and modelled_t:
                 apportion_table(tnode, mns)
+                for cnode, c in ((n, next((w for w in cs if w.chain == n.name), None)) for n in tnode.children):
+                    if c is not None and c.mark and not c.excluded:    # re-based, then apportioned
+                        cnode.basis = f"{c.mark}; {BASIS_APPORTIONED}"
             else:
                 tnode.measured_ns = mns
+                if gone:
+                    tnode.basis = f"{BASIS_TABLE}; chains not apportioned: {len(gone)} changed (excluded)"
         tnode.ns_per_packet = tnode.measured_ns if tnode.measured_ns is not None else modelled_t
         stage.children.append(tnode)
     for tm in meas.values():  # tables measured but with no rule counters (e.g. nft chains without counters)
@@ -419,6 +470,29 @@ def _roll_up(stage: Node) -> None:
     modelled = [c.modelled_ns for c in stage.children if c.modelled_ns is not None]
     stage.measured_ns = sum(measured) if measured else None
     stage.modelled_ns = sum(modelled) if modelled else None
+
+
+_FIGURES = ("ns_per_packet", "measured_ns", "modelled_ns", "apportioned_ns", "p50_ns", "p99_ns",
+            "evaluations_per_packet")
+
+
+def clamp_tree(root: Node) -> list[str]:
+    """The last guard before the report (pure): no negative figure, no share above 100 %. Each clamp
+    is a warning naming the node: a bug or a counter that changed under the profiler, never silent."""
+    warnings = []
+    for _, n in root.walk():
+        bad = [f for f in _FIGURES if (getattr(n, f) or 0.0) < 0]
+        for f in bad:
+            setattr(n, f, 0.0)
+        if n.packets < 0:
+            bad.append("packets")
+            n.packets = 0
+        if n.share is not None and not 0.0 <= n.share <= 1.0:
+            bad.append(f"share {n.share:.2f}")
+            n.share = min(max(n.share, 0.0), 1.0)
+        if bad:
+            warnings.append(f"{n.kind} {n.name}: impossible {', '.join(bad)} clamped")
+    return warnings
 
 
 OVER_TRANSIT = 1.10      # attributed stages may exceed measured transit by this much before a warning

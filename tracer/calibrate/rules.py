@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
+from cnitrace.core import faults
 from cnitrace.core.errors import ToolError
 from cnitrace.core.files import exclusive, write_atomic
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
@@ -278,12 +279,12 @@ def cached(cache: Path, key: str, load: Callable[[dict], T], measure_now: Callab
     The check, the measurement and the write happen under one lock: a second run started
     meanwhile waits and then reads the first one's entry instead of calibrating beside it."""
     with exclusive(cache):
-        entries = _read_entries(cache)
+        entries = _read_entries(cache, warn=True)
         if key in entries:
             try:
                 return dataclasses.replace(load(entries[key]), provenance="cached")
-            except (ValueError, TypeError, KeyError):
-                pass       # an entry of an older layout: measured over
+            except (ValueError, TypeError, KeyError, AttributeError):
+                pass       # an entry of an older layout (or damaged): measured over
         cal = measure_now()
         entries = _read_entries(cache)   # keep entries other writers added (another key) meanwhile
         entries[key] = cal.to_json()
@@ -291,12 +292,22 @@ def cached(cache: Path, key: str, load: Callable[[dict], T], measure_now: Callab
     return cal
 
 
-def _read_entries(cache: Path) -> dict:
+def _read_entries(cache: Path, warn: bool = False) -> dict:
+    """The cache's entries; a missing file is empty, and so is a damaged one (with one line on
+    stderr when `warn`: it is measured over and rewritten whole)."""
     try:
         entries = json.loads(cache.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
-    return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError) as exc:
+        entries = exc
+    if isinstance(entries, dict):
+        return entries
+    if warn:
+        why = type(entries).__name__ if isinstance(entries, Exception) else "not a JSON object"
+        print(f"cnitrace: warning: calibration cache {cache} is unreadable ({why}); measuring again and "
+              f"rewriting it", file=sys.stderr)
+    return {}
 
 
 def cached_or_measure(backend: str = "legacy", cache: Path = CACHE, style: str = "plain", **kw) -> Calibration:
@@ -362,6 +373,7 @@ def measure_shapes(backend: str = "legacy", rules: int = 1000, repeats: int = 3,
         def iptables(shape: str | None) -> float:
             runner.run([tool], input=shape_rules_body(shape, units(shape)) if shape else shape_rules_body("mark", 0),
                        netns=ns)
+            faults.checkpoint("calibrate")
             return timed()
 
         for _ in range(repeats):

@@ -58,6 +58,16 @@ def remove_link(rec: Record, runner: Runner) -> None:
         runner.run(["ip", "link", "del", "dev", rec.name])
 
 
+def remove_nft_table(rec: Record, runner: Runner) -> None:
+    """Delete a cnit-named nft table (in its namespace, when that still exists)."""
+    if not rec.name.startswith(PREFIX):
+        raise ValueError(f"refusing to delete nft table {rec.name}: not {PREFIX}-named")
+    netns = rec.data.get("netns")
+    if netns and not _netns_exists(netns, runner):
+        return
+    runner.run(["nft", "delete", "table", rec.data.get("family", "ip"), rec.name], netns=netns or None, check=False)
+
+
 def remove_ovs_bridge(rec: Record, runner: Runner) -> None:
     argv = ["ovs-vsctl"]
     if rec.data.get("db"):
@@ -84,5 +94,6 @@ REMOVERS: dict[str, Remover] = {
     "sysctl": restore_sysctl,
     "link": remove_link,
     "ovs-bridge": remove_ovs_bridge,
+    "nft-table": remove_nft_table,
     "bpffs": unmount_bpffs,
 }

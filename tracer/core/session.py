@@ -1,6 +1,7 @@
 """The one owner of kernel-object lifetimes for a run.
 
-`with Session() as s:` records objects through `s.track(...)` before they are created,
+`with Session() as s:` checks that the state directory takes a write (or refuses with one
+line before anything exists), records objects through `s.track(...)` before they are created,
 registers in-process resources (loaded BPF objects) with `s.on_exit(...)`, and on exit,
 exception, SIGINT or SIGTERM removes them all. A second Ctrl-C while cleaning up is
 ignored, so cleanup always finishes (double Ctrl-C safe).
@@ -46,6 +47,9 @@ class Session:
         raise Interrupted(signal.Signals(signum).name)
 
     def __enter__(self) -> "Session":
+        # Before anything is created: a run whose objects cannot be recorded must not start
+        # (a read-only or full state directory refuses here with one line).
+        self.state.check_writable()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
                 self._old_handlers[sig] = signal.signal(sig, self._handler)

@@ -9,6 +9,12 @@ Each record names the process that made it (pid and kernel start time). `cleanup
 whole node leaves alone the objects of a process that still runs (another user's profile,
 a test run in progress) and the labs a finished `lab up` kept on purpose (a "keep" line
 marks them); it removes what a dead process left behind. `force` and naming a lab override.
+
+A state directory that takes no write (read-only, full) is refused with one line before a run
+creates anything (`check_writable`, called where a Session or a lab build starts); a damaged file
+(garbage lines, records of the wrong shape) is read around with one warning line, and the next
+append starts on a line of its own. Fault-injection checkpoints (cnitrace.core.faults) sit around
+every append and before every removal.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ import dataclasses
 import fcntl
 import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from cnitrace.core import faults
+from cnitrace.core.errors import ToolError
+from cnitrace.core.files import write_atomic
 from cnitrace.core.records import PREFIX, Record, Remover, kill_process, pid_alive, process_start_time  # noqa: F401 (re-exported)
 from cnitrace.core.removers import REMOVERS
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
@@ -31,15 +41,62 @@ from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 def state_dir() -> Path:
     return Path(os.environ.get("CNITRACE_STATE_DIR", "/run/cnitrace"))
 
+
+def _unwritable(directory: Path, exc: OSError) -> ToolError:
+    return ToolError(f"state directory {directory} is not writable ({exc.strerror or exc}): cnitrace records "
+                     f"every object there before creating it; free it, or point CNITRACE_STATE_DIR elsewhere")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """One line on stderr, once per process (every command reads the state file, often many times)."""
+    if key not in _warned:
+        _warned.add(key)
+        print(f"cnitrace: warning: {message}", file=sys.stderr)
+
+
 class StateFile:
     def __init__(self, directory: Path | None = None):
         self.dir = directory or state_dir()
         self.path = self.dir / "state.jsonl"
 
+    def check_writable(self) -> None:
+        """Refuse, with one line, to start a run whose objects could not be recorded: write, fsync
+        and remove a small probe file in the state directory (read-only or full: ToolError)."""
+        probe = self.dir / f".probe-{os.getpid()}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                with open(probe, "wb") as f:
+                    f.write(b"cnitrace state directory check\n" * 8)
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    probe.unlink()
+        except OSError as exc:
+            raise _unwritable(self.dir, exc) from None
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.dir / "state.lock", "a+") as lock:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = open(self.dir / "state.lock", "a+")
+        except OSError as exc:
+            # A read-only directory can still be read (what is recorded, what cleanup would remove);
+            # every write then refuses with the same one line.
+            try:
+                lock = open(self.dir / "state.lock")
+            except FileNotFoundError:
+                if not self.dir.is_dir() or self.path.exists():
+                    raise _unwritable(self.dir, exc) from None
+                yield None          # nothing was ever recorded here, and nothing can be
+                return
+            except OSError:
+                raise _unwritable(self.dir, exc) from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield lock
@@ -47,11 +104,18 @@ class StateFile:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _append(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         with self._locked():
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(self.path, "ab+") as f:
+                    # A line torn by a crash (or a full disk) must not swallow this one.
+                    if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                        line = b"\n" + line
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise _unwritable(self.dir, exc) from None
 
     def record(self, owner: str, kind: str, name: str, **data: Any) -> Record:
         """Record an object about to be created. Call this *before* creating it."""
@@ -59,7 +123,9 @@ class StateFile:
             raise ValueError(f"no remover for kind {kind!r}")
         pid = os.getpid()
         rec = Record(uuid.uuid4().hex[:12], owner, kind, name, data, time.time(), pid, process_start_time(pid))
+        faults.checkpoint("before-record")
         self._append({"op": "add", **rec.to_json()})
+        faults.checkpoint("after-record")
         return rec
 
     def keep(self, owner: str) -> None:
@@ -83,27 +149,46 @@ class StateFile:
         return out
 
     def _entries(self) -> Iterator[dict[str, Any]]:
-        if not self.path.exists():
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
             return
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        except OSError as exc:
+            raise ToolError(f"cannot read the state file {self.path}: {exc.strerror or exc}") from None
+        lines = text.splitlines()
+        bad = 0
+        for i, line in enumerate(lines):
             try:
                 e = json.loads(line)
             except ValueError:
-                continue   # a torn last line (kill -9 mid-write)
+                e = None
             if isinstance(e, dict):
                 yield e
+            elif line.strip() and not (i == len(lines) - 1 and not text.endswith("\n")):
+                bad += 1   # (a torn last line is what kill -9 mid-write leaves: not worth a word)
+        if bad:
+            _warn_once(f"lines:{self.path}", f"{self.path}: {bad} unreadable line(s) ignored (a damaged state "
+                       f"file; objects they recorded are not tracked and are dropped when it is next compacted)")
 
     def _live_unlocked(self) -> list[Record]:
         recs: dict[str, Record] = {}
+        bad = 0
         for e in self._entries():
             try:
                 if e["op"] == "add":
-                    recs[e["id"]] = Record(e["id"], e["owner"], e["kind"], e["name"], e["data"], e["created"],
-                                           int(e.get("pid") or 0), e.get("pid_start"))
+                    rec = Record(e["id"], e["owner"], e["kind"], e["name"], e["data"], float(e["created"]),
+                                 int(e.get("pid") or 0), e.get("pid_start"))
+                    if not (all(isinstance(v, str) for v in (rec.id, rec.owner, rec.kind, rec.name))
+                            and isinstance(rec.data, dict) and isinstance(rec.pid_start, (str, type(None)))):
+                        raise TypeError("a field of the wrong type")
+                    recs[rec.id] = rec
                 elif e["op"] == "del":
                     recs.pop(e["id"], None)
             except (KeyError, TypeError, ValueError):
+                bad += 1
                 continue
+        if bad:
+            _warn_once(f"records:{self.path}", f"{self.path}: {bad} malformed record(s) ignored")
         return list(recs.values())
 
     def _marks_unlocked(self) -> dict[str, float]:
@@ -127,11 +212,8 @@ class StateFile:
                 return
             owners = {r.owner for r in live}
             marks = [{"op": "keep", "owner": o, "at": t} for o, t in self._marks_unlocked().items() if o in owners]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n"
-                                   for e in [*({"op": "add", **r.to_json()} for r in live), *marks]),
-                           encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(json.dumps(e, sort_keys=True) + "\n"
+                                            for e in [*({"op": "add", **r.to_json()} for r in live), *marks]))
 
 
 def _kept(rec: Record, marks: dict[str, float]) -> bool:
@@ -192,19 +274,23 @@ def cleanup(state: StateFile, owner: str | None = None, runner: Runner = DEFAULT
             (kept.append((rec, why)) if why else todo.append(rec))
         recs = todo
     for rec in reversed(recs):
+        faults.checkpoint("before-remove")
         fn = REMOVERS.get(rec.kind)
-        if rec.kind in SHARED_KINDS and _held_elsewhere(rec, state):
-            state.forget(rec)     # released: the run still holding it restores it when it ends
-            removed.append(rec)
-            continue
         try:
-            if fn is None:
+            if rec.kind in SHARED_KINDS and _held_elsewhere(rec, state):
+                pass              # released: the run still holding it restores it when it ends
+            elif fn is None:
                 raise ValueError(f"unknown kind {rec.kind!r}")
-            fn(rec, runner)
+            else:
+                fn(rec, runner)
         except Exception as exc:  # noqa: BLE001 - keep removing the rest
             failed.append((rec, f"{type(exc).__name__}: {exc}".splitlines()[0]))
             continue
-        state.forget(rec)
+        # The object is gone; a tombstone that cannot be written (a full disk) only means the
+        # next cleanup removes it again, which removers take as success.
+        with contextlib.suppress(ToolError):
+            state.forget(rec)
         removed.append(rec)
-    state.compact()
+    with contextlib.suppress(ToolError, OSError):
+        state.compact()
     return CleanupResult(removed, failed, kept)

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from cnitrace.core import faults
 from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.core.files import exclusive
-from cnitrace.lab.datapaths import registry
+from cnitrace.lab.datapaths import registry, replay
 from cnitrace.lab import policy, topology
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
@@ -64,10 +65,14 @@ class Lab:
 
 
 def preflight(spec: LabSpec, runner: Runner = DEFAULT_RUNNER) -> registry.Datapath:
-    """Everything that can be refused before anything is built; raises with one line."""
+    """Everything that can be refused before anything is built; raises with one line.
+    A replay (spec.replay) reads and rewrites its dumps here, so bad ones are refused up front."""
     topology.validate_name(spec.name)
-    policy.validate(spec)
-    dp = registry.get(spec.datapath)
+    if spec.replay:
+        dp = replay.prepare(spec)
+    else:
+        policy.validate(spec)
+        dp = registry.get(spec.datapath)
     if spec.l7 and not dp.supports_l7:
         raise UsageError(f"--l7 is not supported by the {dp.name} datapath")
     tools = [*BASE_TOOLS, *dp.tools]
@@ -91,6 +96,7 @@ def up(spec: LabSpec, *, runner: Runner = DEFAULT_RUNNER, state: StateFile | Non
     say = progress or (lambda msg: None)
     dp = preflight(spec, runner)
     state = state or StateFile()
+    state.check_writable()      # read-only or full: refused before the lock file or anything else exists
     # One builder per name: two `lab up --name X` at once would create the same namespaces, and
     # the loser's cleanup would then remove the winner's. The lock makes the check and the build one step.
     with exclusive(meta_path(spec.name)):
@@ -100,7 +106,11 @@ def up(spec: LabSpec, *, runner: Runner = DEFAULT_RUNNER, state: StateFile | Non
 
 
 def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFile, say: Callable[[str], None]) -> Lab:
-    topo = topology.plan(spec, dp)
+    if spec.replay:
+        spec = dp.resolved(spec)
+        topo = dp.plan(spec)
+    else:
+        topo = topology.plan(spec, dp)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     with Session(owner(spec.name), state=state, runner=runner, keep=True) as s:
@@ -108,10 +118,11 @@ def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFil
         say(f"namespaces: node + {len(topo.pods)} pods")
         topology.create_namespaces(s, topo)
         topology.create_veths(runner, topo)
-        say(f"datapath {dp.name}: {spec.rules} rules")
+        say(f"datapath {dp.name}: " + (f"replay of {dp.p.rules_loaded} rules" if spec.replay else f"{spec.rules} rules"))
         t1 = time.monotonic()
         topo = dp.build(s, topo, spec)
         timings["build"] = time.monotonic() - t1
+        faults.checkpoint("lab-built")
         if "program_seconds" in topo.extra:
             timings["program"] = float(topo.extra["program_seconds"])
         say("server pod listeners")
@@ -122,6 +133,7 @@ def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFil
         truth = dp.ground_truth(topo, spec)
         timings["total"] = time.monotonic() - t0
         lab = Lab(spec, topo, truth, time.time(), timings, pid)
+        faults.checkpoint("report")
         _write_meta(lab)
     return lab
 
@@ -156,7 +168,9 @@ def load(name: str) -> Lab:
         return Lab.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         raise UsageError(f"no lab named {name!r} (see `cnitrace lab list`)") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except OSError as exc:
+        raise ToolError(f"{path}: cannot read the lab description ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ToolError(f"{path}: unreadable lab description ({type(exc).__name__}); "
                         f"`cnitrace lab down --name {name}` removes it") from None
 
@@ -192,6 +206,9 @@ def down(name: str, *, runner: Runner = DEFAULT_RUNNER, state: StateFile | None 
         raise UsageError(f"lab {name!r} is in use by pid {builder.pid} (still being built, or a sweep's); "
                          f"wait for it, or `cnitrace cleanup --force`")
     result = cleanup(state, owner(name), runner)
+    if not result.failed:
+        # A description whose record was lost (a damaged state file) would list a lab forever.
+        meta_path(name).unlink(missing_ok=True)
     meta_path(name).with_name(meta_path(name).name + ".lock").unlink(missing_ok=True)
     if result.failed:
         rec, why = result.failed[0]

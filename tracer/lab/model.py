@@ -41,9 +41,11 @@ class LabSpec:
     rules: int = 0
     pods: int = 1                 # client pods; the server pod is extra
     l7: bool = False
-    backend: str = "legacy"       # iptables backend for iptables datapaths: legacy | nft
+    backend: str = "legacy"       # iptables backend for iptables datapaths: legacy | nft ("" with replay: the dumps')
     match_position: int | None = None
     l7_proxy: str = "nginx"       # nginx | haproxy
+    replay: tuple[str, ...] = ()  # `lab up --replay FILE...`: dumps of a real node's ruleset (datapath "replay")
+    shape: str = ""               # replay only: the lab shape to use instead of the one the dump points to
 
     @property
     def allow_position(self) -> int:
@@ -55,7 +57,10 @@ class LabSpec:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "LabSpec":
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        kw = {k: v for k, v in d.items() if k in fields}
+        if "replay" in kw:
+            kw["replay"] = tuple(kw["replay"])
+        return cls(**kw)
 
 
 @dataclasses.dataclass(frozen=True)

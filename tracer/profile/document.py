@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import platform
 import socket
-from typing import Any
+from typing import Any, Sequence
 
 from cnitrace import __version__
 from cnitrace.attribution.datapath import bpf_programs
@@ -15,11 +15,14 @@ from cnitrace.attribution.figures import (conntrack_of, drops_of, maps_of, netfi
                                           ovs_kernel_of, program_times, proxy_detour_of, transit_of)
 from cnitrace.attribution.netfilter import (drop_rules, evaluation_order, iptables_nft_tables, iptables_work,
                                             merge_drops, nft_work)
-from cnitrace.attribution.tree import Calib, bpf_stage, build_tree, netfilter_stage, proxy_stage, with_ovs_kernel
+from cnitrace.attribution.changes import (MEASURED_STAY_VALID, Changes, bound_work, changes_between, forced_resets,
+                                          mark_ovs, mark_programs, mark_work, rebased_nft, rebased_ruleset,
+                                          rule_counts)
+from cnitrace.attribution.tree import (Calib, bpf_stage, build_tree, clamp_tree, netfilter_stage, proxy_stage,
+                                       with_ovs_kernel)
 from cnitrace.calibrate.rules import cpu_model
-from cnitrace.collectors.iptables.graph import ruleset_delta
 from cnitrace.collectors.iptables.source import ruleset_of
-from cnitrace.collectors.nftables.source import records_delta
+from cnitrace.profile import exercised
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.ovs import OVS_USERSPACE_BACKEND, ovs_node_of
 from cnitrace.profile.target import Target
@@ -27,18 +30,29 @@ from cnitrace.profile.window import Counters, Window, proxy_connections
 from cnitrace.reports.document import SCHEMA_VERSION, Node, headline, validate
 
 
-def netfilter_inputs(before: Counters, after: Counters) -> tuple[list, list[str], list[str], list]:
-
+def netfilter_inputs(before: Counters, after: Counters, mid: Sequence[Counters] = (),
+                     changes: Changes | None = None) -> tuple[list, list[str], list[str], list]:
+    """Per rule namespace: each chain's work over the window, its counters re-based over the
+    mid-window snapshots (a chain replaced mid-window keeps what it counted before), changed chains
+    marked re-based or excluded (attribution.changes), every chain bounded by the packets its
+    namespace's links carried; the evaluation order and the rules that dropped."""
+    changes = changes if changes is not None else changes_between(before, after, mid)
+    seq = [before, *mid, after]
     work, warnings, order, drops = [], [], [], []
     for ns in after.iptables:
-        delta, w1 = ruleset_delta(ruleset_of(before.iptables[ns]), ruleset_of(after.iptables[ns]))
+        rulesets = [ruleset_of(c.iptables[ns]) for c in seq if ns in c.iptables]
+        delta = rebased_ruleset(rulesets, forced_resets(changes, ns, seq))
         iw, w2 = iptables_work(delta)
-        recs, w3 = records_delta(before.nft[ns], after.nft[ns])
+        recs = rebased_nft([c.nft[ns].records for c in seq if ns in c.nft])
         nw, w4 = nft_work(recs, skip=iptables_nft_tables(delta))
-        work += iw + nw
+        counts = rule_counts(rulesets[-1], after.nft[ns].records if ns in after.nft else ())
+        links = [c.link_packets.get(ns) for c in (before, after)]
+        entered = links[1] - links[0] if None not in links and links[1] >= links[0] else None
+        bounded, w5 = bound_work(mark_work(iw + nw, ns, changes, counts), entered, f"netns {ns}" if ns else "")
+        work += bounded
         order += [c for c in evaluation_order(delta, iw) if c not in order]
         drops += drop_rules(delta)
-        warnings += [*after.iptables[ns].warnings, *w1, *w2, *w3, *w4]
+        warnings += [*after.iptables[ns].warnings, *w2, *w4, *w5]
     return work, order, warnings, drops
 
 
@@ -57,8 +71,10 @@ def packets_of(cfg: ProfileConfig, win: Window, target: Target, transit: Any, wo
 
 
 def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal: Any) -> dict[str, Any]:
-    """Window -> the stage tree and the figures beside it (drops, evaluation order, warnings)."""
-    work, order, warnings, rule_drops = netfilter_inputs(win.before, win.after)
+    """Window -> the stage tree and the figures beside it (drops, evaluation order, warnings, what
+    changed under the profiler and what that did to the figures)."""
+    changes = changes_between(win.before, win.after, win.mid)
+    work, order, warnings, rule_drops = netfilter_inputs(win.before, win.after, win.mid, changes)
     figures = win.figures
     entry = target.entry_ifindexes
     transit = transit_of(figures, entry)
@@ -72,9 +88,10 @@ def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal
     programs = bpf_programs(win.before.bpf, win.after.bpf) if win.before.bpf and win.after.bpf else []
     traced = program_times(figures)
     if programs or traced:
-        stages.append(bpf_stage(programs, packets, traced))
+        stages.append(mark_programs(bpf_stage(programs, packets, traced), changes))
     if win.before.ovs is not None and win.after.ovs is not None:
-        ovs_node = ovs_node_of(win.before, win.after, win.seconds, win.ovs_idle, packets, calib, ovs_cal, win.ovs_cpu)
+        ovs_node = mark_ovs(ovs_node_of(win.before, win.after, win.seconds, win.ovs_idle, packets, calib, ovs_cal,
+                                        win.ovs_cpu), changes)
         kernel = ovs_kernel_of(figures, entry)
         stages.append(with_ovs_kernel(ovs_node, kernel, packets) if kernel else ovs_node)
         win.backends["ovs_userspace"] = OVS_USERSPACE_BACKEND
@@ -87,8 +104,22 @@ def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal
                             "method": "ab -c 1 through the proxy vs direct from the node namespace"})
         stages.append(node)
     root = build_tree(stages, transit, packets)
+    warnings += clamp_tree(root)
     warnings += [n.detail["warning"] for _, n in root.walk() if n.detail.get("warning")]
-    return {"root": root, "order": order, "warnings": warnings, "drops": merge_drops(drops_of(figures), rule_drops)}
+    if changes:
+        warnings.append(f"{len(changes)} object(s) changed during the window (see changes); {MEASURED_STAY_VALID}")
+    return {"root": root, "order": order, "warnings": warnings, "drops": merge_drops(drops_of(figures), rule_drops),
+            "changes": changes}
+
+
+def changes_json(changes: Changes | None, win: Window) -> dict[str, Any] | None:
+    """The document's changes section: every changed object, what it does to the figures, and how
+    the window was watched (the mid-window snapshots)."""
+    if changes is None:
+        return None
+    b, a = win.before.link_packets, win.after.link_packets
+    crossed = {ns: a[ns] - b[ns] for ns in a if ns in b and a[ns] >= b[ns]}
+    return {**changes.to_json(), "mid_snapshots": win.overhead.get("mid_snapshots"), "packets_crossed": crossed}
 
 
 def calibration_json(cal: Any, ovs_cal: Any) -> dict[str, Any] | None:
@@ -122,6 +153,8 @@ def build_document(cfg: ProfileConfig, target: Target, cnis: list[dict[str, Any]
         "drops": result["drops"], "conntrack": conntrack_of(win.before.conntrack, win.after.conntrack),
         "maps": maps_of(win.after.bpf),
         "evaluation_order": result["order"], "overhead": win.overhead, "lost_events": int(win.lost),
+        "changes": changes_json(result.get("changes"), win),
+        "replay": exercised.section(win, target, root),
         "warnings": [w for w in warnings if w][:50] + (["interrupted"] if win.interrupted else []),
     }
     errors = validate(doc)

@@ -14,7 +14,9 @@ import time
 from typing import Any, Callable
 
 from cnitrace.calibrate import rules as calibrate
+from cnitrace.core import faults
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
+from cnitrace.core.state import StateFile
 from cnitrace.node.detect import detect_cnis, gather_evidence
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.document import attribute, build_document
@@ -47,6 +49,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
                 say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """One profiling window; returns the validated profile document."""
     cfg.validate()
+    StateFile().check_writable()     # refused with one line before anything is created
     host = host or checks.host(runner)
     started_at = time.time()
     target = resolve_target(cfg, runner)
@@ -60,5 +63,6 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     win = run_window(cfg, target, backends, host, runner, say)
     say("attribution: counters and probe figures into the stage tree")
     result = attribute(cfg, target, win, cal, ovs_cal)
+    faults.checkpoint("report")
     return build_document(cfg, target, cnis, started_at, win, result, cal, ovs_cal,
                           [*warnings, *win.warnings, *result["warnings"]])

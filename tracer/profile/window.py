@@ -8,13 +8,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import threading
 import time
 from typing import Any, Callable, Sequence
 
 from cnitrace.attribution.datapath import cpu_ns
 from cnitrace.collectors import registry
 from cnitrace.collectors.bpfprog.stats import StatsUnavailable, stats_enabled
-from cnitrace.collectors.iptables.source import ruleset_of
+from cnitrace.collectors.bpfprog.parse import BpfMap, BpfProg, parse_map_show
+from cnitrace.collectors.iptables.parse import Rule
+from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
+from cnitrace.collectors.nftables.parse import NftRule
+from cnitrace.collectors.nftables.source import NftablesCollector
+from cnitrace.core import faults
 from cnitrace.core.errors import CnitraceError
 from cnitrace.core.runner import Runner
 from cnitrace.core.session import Interrupted, Session
@@ -27,6 +33,7 @@ from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.ovs import idle_cpu, kernel_datapath, ovs_cpu_reading, ovs_target, vswitchd_pid
 from cnitrace.profile.target import Target
 from cnitrace.traffic import generators as traffic
+from cnitrace.traffic import replay as replay_traffic
 
 MEASURING = ("fentry", "kprobe", "tp_btf", "raw_tracepoint", "tracepoint", "nf_bpf")
 NFPROTO_IPV4 = 2
@@ -42,6 +49,9 @@ class Counters:
     conntrack: Any = None
     ovs_cpu_ns: int | None = None
     rx_packets: dict[int, int] = dataclasses.field(default_factory=dict)   # entry ifindex -> rx packets
+    at: float | None = None                   # monotonic time the snapshot was complete
+    bpf_maps: tuple[Any, ...] = ()            # the programs' maps (names, ids) when `bpf` was taken without maps
+    link_packets: dict[str, int] = dataclasses.field(default_factory=dict)   # rule netns -> rx + tx, all links
 
 
 def rx_packets(target: Target, runner: Runner) -> dict[int, int]:
@@ -59,6 +69,31 @@ def rx_packets(target: Target, runner: Runner) -> dict[int, int]:
     return out
 
 
+def link_packets(namespaces: Sequence[str], runner: Runner) -> dict[str, int]:
+    """Packets received plus sent on every link of each namespace (one `ip -s link` each): no chain
+    there can have seen more in a window (attribution.changes.bound_work), and what weighs a
+    mid-window interval (attribution.changes.treatment)."""
+    out: dict[str, int] = {}
+    for ns in namespaces:
+        done = runner.run(["ip", "-s", "-j", "link", "show"], netns=ns or None, check=False)
+        try:
+            out[ns] = sum(int(x["stats64"]["rx"]["packets"]) + int(x["stats64"]["tx"]["packets"])
+                          for x in json.loads(done.stdout))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def map_list(bpf: Any, runner: Runner) -> tuple[Any, ...]:
+    """The maps' names and ids (`bpftool map show`, no dump) when the bpf snapshot has programs but
+    no maps: what tells a recreated map from the same one (attribution.changes.bpf_changes)."""
+    if bpf is None or not any(isinstance(r, BpfProg) for r in bpf.records) or any(isinstance(r, BpfMap)
+                                                                                for r in bpf.records):
+        return ()
+    done = runner.run(["bpftool", "-j", "map", "show"], check=False)
+    return parse_map_show(done.stdout).records if done.ok else ()
+
+
 NETFILTER_AND_BPF = ("iptables", "nftables", "bpf", "conntrack")
 
 
@@ -70,7 +105,106 @@ def snapshot_counters(target: Target, runner: Runner, ovs: Any = None, maps: boo
     snaps = registry.snapshot(target.selection, ctx, [*NETFILTER_AND_BPF, *(["ovs"] if ovs is not None else [])])
     pid = vswitchd_pid(ovs) if ovs is not None else None
     return Counters(registry.per_netns(snaps["iptables"]), registry.per_netns(snaps["nftables"]), snaps["bpf"],
-                    snaps.get("ovs"), snaps["conntrack"], cpu_ns(pid) if pid else None, rx_packets(target, runner))
+                    snaps.get("ovs"), snaps["conntrack"], cpu_ns(pid) if pid else None, rx_packets(target, runner),
+                    time.monotonic(), map_list(snaps["bpf"], runner), link_packets(target.rule_netns, runner))
+
+
+# Mid-window rule snapshots (attribution.changes re-bases counters that restarted on them). One costs,
+# measured on the 2-core dev host under load (dump + parse + `ip -s link`, median of 7): calico lab legacy
+# 2,061 rules 53 ms, 4,861 rules 176 ms; iptables-nft 1,000 policy rules (4,122 with nft's view) 317 ms,
+# most of it parsing `nft -j`. So never more than MID_DUTY of one CPU: the interval grows with a snapshot's
+# cost; above MID_MAX_RULES none is taken (the profile says so), and at most MID_MAX_SAMPLES are kept
+# (memory: each holds the whole ruleset).
+MID_INTERVAL_S = 0.5
+MID_DUTY = 0.1
+MID_MAX_RULES = 5000
+MID_MAX_SAMPLES = 40
+
+
+def mid_scope(before: Counters) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Per rule namespace: the iptables backends that hold rules, and whether nft holds any rules
+    (native, or iptables-nft's: their handles show a replacement the counters may not)."""
+    out = {}
+    for ns, snap in before.iptables.items():
+        backends = tuple(sorted({r.backend for r in snap.records if isinstance(r, Rule) and r.backend}))
+        nft = before.nft.get(ns)
+        out[ns] = (backends, nft is not None and any(isinstance(r, NftRule) for r in nft.records))
+    return out
+
+
+def rule_snapshot(scope: dict[str, tuple[tuple[str, ...], bool]], runner: Runner) -> Counters:
+    """The rule namespaces' iptables (ipv4, the backends in use) and nft rules, and their links'
+    packets: a mid-window snapshot."""
+    ipt, nft = {}, {}
+    for ns, (backends, with_nft) in scope.items():
+        if backends:
+            ipt[ns] = IptablesCollector(runner, netns=ns, backends=backends, families=("ipv4",)).snapshot()
+        if with_nft:
+            nft[ns] = NftablesCollector(runner, netns=ns).snapshot()
+    links = link_packets(list(scope), runner)
+    return Counters(ipt, nft, at=time.monotonic(), link_packets=links)
+
+
+def rules_watched(before: Counters) -> int:
+    """iptables and nft rules in the rule namespaces: what one mid-window snapshot has to dump."""
+    return sum(sum(1 for r in s.records if isinstance(r, (Rule, NftRule)))
+               for part in (before.iptables, before.nft) for s in part.values())
+
+
+def mid_skipped(before: Counters) -> str | None:
+    """Why no mid-window snapshot is taken for these namespaces (None: they are)."""
+    rules = rules_watched(before)
+    if rules > MID_MAX_RULES:
+        return f"{rules:,} rules (> {MID_MAX_RULES:,})"
+    if not any(b or n for b, n in mid_scope(before).values()):
+        return "no rules to watch"
+    return None
+
+
+class MidSampler:
+    """Rule snapshots every MID_INTERVAL_S (or longer: see MID_DUTY) in a thread while the window runs."""
+
+    def __init__(self, before: Counters, runner: Runner, duration: float):
+        self.scope = mid_scope(before)
+        self.runner = runner
+        self.rules = rules_watched(before)
+        self.interval = max(MID_INTERVAL_S, duration / MID_MAX_SAMPLES)
+        self.samples: list[Counters] = []
+        self.costs: list[float] = []
+        self.skipped = mid_skipped(before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cnitrace-mid-snapshots", daemon=True)
+
+    def start(self) -> "MidSampler":
+        if self.skipped is None:
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        wait = self.interval
+        while not self._stop.wait(wait) and len(self.samples) < MID_MAX_SAMPLES:
+            t0 = time.monotonic()
+            try:
+                snap = rule_snapshot(self.scope, self.runner)
+            except CnitraceError:
+                continue
+            self.samples.append(snap)
+            self.costs.append(time.monotonic() - t0)
+            wait = max(self.interval, self.costs[-1] / MID_DUTY)
+
+    def stop(self) -> list[Counters]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        return list(self.samples)
+
+    def overhead(self) -> dict[str, Any]:
+        """What the mid-window snapshots cost (the tool's overhead section)."""
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
+        c = self.costs
+        return {"count": len(c), "interval_s": round(self.interval, 3), "rules": self.rules,
+                "mean_s": round(sum(c) / len(c), 4) if c else None, "max_s": round(max(c), 4) if c else None}
 
 
 def latency_pair(target: Target, seconds: int, runner: Runner) -> tuple[Any, Any]:
@@ -221,6 +355,8 @@ def run_traffic(kind: str, target: Target, duration: float, runner: Runner, *, b
         return traffic.toward(kind, target.peer, max(1, int(duration)), rule_ranges=rule_ranges_of(before),
                               ports=traffic.parse_ports(ports) if ports else (), runner=runner)
     topo = target.lab.topo
+    if kind == "probe" and "replay" in topo.extra:     # a replayed ruleset: probes from its rules
+        return replay_traffic.replay_probes(topo, topo.extra["replay"]["probes"], runner=runner)
     if kind == "probe":
         return traffic.crafted_probes(topo, runner=runner)
     if kind == "stream":
@@ -248,6 +384,7 @@ class Window:
     interrupted: bool = False
     overhead: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    mid: list[Counters] = dataclasses.field(default_factory=list)   # rule snapshots taken during the window
 
 
 def _pin_counters(backends: dict[str, dict[str, Any]], force: dict[str, str]) -> None:
@@ -294,6 +431,9 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
         t0 = time.monotonic()
         before = snapshot_counters(target, runner, ovs)
         overhead["snapshot_s"] = round(time.monotonic() - t0, 4)
+        # from the before snapshot on: what changes while probes attach changes the deltas too
+        sampler = MidSampler(before, runner, cfg.duration + 5.0).start()
+        session.on_exit(sampler.stop)
         overhead["bpf_stats"] = stats_mode
         force = dict(cfg.force)
         kernel_ovs = kernel_datapath(before.ovs)
@@ -320,6 +460,7 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
         load = "" if cfg.traffic == "none" else f", {cfg.traffic} traffic" + (
             f" toward {cfg.target} from {cfg.from_netns or 'the host namespace'}" if cfg.target else "")
         say(f"window: {cfg.duration:g} s{load} (Ctrl-C ends it early and still reports)")
+        faults.checkpoint("window")
         try:
             traffic_result = run_traffic(cfg.traffic, target, cfg.duration, runner, before=before, ports=cfg.ports)
             if traffic_result is not None and not traffic_result.ok:
@@ -333,6 +474,9 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
         except (Interrupted, KeyboardInterrupt):
             interrupted = True
             warnings.append("interrupted: the window ended early; figures cover what was seen until then")
+        finally:
+            mid = sampler.stop()
+        overhead["mid_snapshots"] = sampler.overhead()
         seconds = time.monotonic() - t_window
         ovs_w1 = ovs_cpu_reading(ovs)
         say("snapshots: every collector's counters after the window")
@@ -352,4 +496,4 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
             for stage, ch in probes.choices.items():
                 backends[stage] = backend_used(ch, force.get(stage), backends.get(stage))
     return Window(before, after, figures, backends, seconds, traffic_result, through, direct, ovs_idle,
-                  (ovs_w0, ovs_w1), int(lost), interrupted, overhead, warnings)
+                  (ovs_w0, ovs_w1), int(lost), interrupted, overhead, warnings, mid)

@@ -20,6 +20,7 @@ import uuid
 from typing import Any, Callable, Mapping
 
 from cnitrace.traffic import generators as traffic
+from cnitrace.core import faults
 from cnitrace.core.errors import CnitraceError, UsageError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
@@ -42,8 +43,12 @@ from cnitrace.lab import manager
 from cnitrace.lab import overlay
 from cnitrace.lab.model import LabSpec
 from cnitrace.probes.runtime import ProbeSet
+from cnitrace.attribution.changes import Changes, changes_between
 from cnitrace.profile.config import ProfileConfig
+from cnitrace.profile.ovs import ovs_target
 from cnitrace.profile.run import run_profile
+from cnitrace.profile.target import Target, lab_selection
+from cnitrace.profile.window import MID_MAX_SAMPLES, mid_scope, mid_skipped, rule_snapshot, snapshot_counters
 
 Progress = Callable[[Mapping[str, Any]], None]
 CT_KEYS = ("insert_failed", "drop", "early_drop", "invalid", "insert")
@@ -123,11 +128,14 @@ def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_
     topo = lab.topo
     refs = _refs(lab.truth)
     t0 = time.monotonic()
+    faults.checkpoint("window")
+    watch = RuleWatch(lab, runner)
     ct0 = conntrack_totals(runner, topo.node_netns)
     before = {k: read_counter(runner, lab, r) for k, r in refs.items()}
     probe = traffic.crafted_probes(topo, count_per_port=5, runner=runner)
     after = {k: read_counter(runner, lab, r) for k, r in refs.items()}
     sem = check_semantics(lab, probe, before, after)
+    watch.check()
     attribution = attribute(lab) if cfg.attribute else None
     model = None
     if cal is not None and not ps.l7:
@@ -152,6 +160,7 @@ def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_
             f = traffic.new_flows(topo, packets=cfg.flood_packets, bursts=max(1, cfg.flood_bursts // 3),
                                   runner=runner)
             floods.append(f.metrics["ns_per_packet"])
+            watch.check()
 
         flood()
         if not ps.l7:
@@ -235,14 +244,51 @@ def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_
                            "detail": f"{lab.spec.l7_proxy} detour: request latency at concurrency 1, "
                                      f"{c1:.3f} ms through the proxy vs {twin if twin is not None else float('nan'):.3f} ms direct"})
     sem["passed"] = sem["passed"] and not (not ps.l7 and "throughput_gbps" not in metrics)
-    return {
+    return flag_changes({
         "spec": ps.to_json(), "status": "ok", "lab": lab.spec.name, "semantics": sem, "metrics": metrics,
         "stages": stages, "evaluations": evals, "ground_truth_per": lab.truth.per,
         "conntrack": {k: ct1.get(k, 0) - ct0.get(k, 0) for k in CT_KEYS} | {"entries": ct1.get("entries")},
         "connection_failures": failures, "errors": errors, "daemons": procs,
         "wide_spread": list(iter_wide(metrics)), "seconds": time.monotonic() - t0,
         "probes_sent": probe.metrics["sent"], "attribution": attribution, "model": model,
-    }
+    }, watch.changes())
+
+
+class RuleWatch:
+    """What the lab's objects were when a point started and ended, and its rule namespaces at each
+    phase boundary (cheap; skipped for rulesets too big, as the profile skips them): the profile's
+    detection (attribution.changes) over the whole point, so a point measured while something rewrote
+    the lab's rules, flows or programs is flagged instead of fitted."""
+
+    def __init__(self, lab, runner: Runner):
+        self.target = Target(lab_selection(lab), lab)
+        self.ovs = ovs_target(self.target)
+        self.runner = runner
+        self.start = snapshot_counters(self.target, runner, self.ovs)
+        self.scope = mid_scope(self.start)
+        self.watch_mid = mid_skipped(self.start) is None
+        self.mid: list[Any] = []
+
+    def check(self) -> None:
+        if self.watch_mid and len(self.mid) < MID_MAX_SAMPLES:
+            try:
+                self.mid.append(rule_snapshot(self.scope, self.runner))
+            except CnitraceError:
+                pass              # a missed checkpoint only widens an interval
+
+    def changes(self) -> Changes:
+        return changes_between(self.start, snapshot_counters(self.target, self.runner, self.ovs), self.mid)
+
+
+def flag_changes(point: dict[str, Any], changes: Changes) -> dict[str, Any]:
+    """A point whose objects changed while it was measured is not fitted (status "changed", reported
+    with the failed points, the sweep exits non-zero); its figures and the changes stay in it."""
+    point["changes"] = changes.to_json()
+    if changes:
+        names = "; ".join(c.label for c in changes.objects[:3]) + (" …" if len(changes) > 3 else "")
+        point["status"] = "changed"
+        point["error"] = f"the lab changed during the point ({len(changes)} object(s): {names}): not fitted"
+    return point
 
 
 MODEL_PACKETS, MODEL_BURSTS = 500, 7
@@ -406,6 +452,7 @@ def run(cfg: SweepConfig, *, runner: Runner = DEFAULT_RUNNER, progress: Progress
                 say({"event": "done", "index": i, "total": len(specs), "id": ps.id, "point": done[-1]})
         except KeyboardInterrupt:          # Session.Interrupted (SIGINT/SIGTERM) included
             interrupted = True
+    faults.checkpoint("report")
     doc = document(cfg, done, started=started, finished=time.time(), interrupted=interrupted,
                    calibration=cals, host=host_facts(), total_points=len(specs))
     doc["leftovers"] = base.leftovers

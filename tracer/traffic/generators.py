@@ -31,8 +31,10 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from cnitrace.core.errors import ToolError, UsageError
+from cnitrace.core.records import process_start_time
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.selection import NETNS_DIR
+from cnitrace.core.session import Session
 
 if TYPE_CHECKING:
     from cnitrace.lab.model import Pod, Topology
@@ -368,12 +370,13 @@ def crafted_probes(topo: "Topology", *, count_per_port: int = 5, include_denied:
     return TrafficResult("probe", sum(sent.values()), time.monotonic() - t0, metrics)
 
 
-def _send_crafted(src: str, dst: str, plan: Sequence[tuple[str, int, int]], netns: str | None,
+def _send_crafted(src: str, dst: str, plan: Sequence[tuple], netns: str | None,
                   runner: Runner) -> dict[str, int]:
-    """Run the scapy sender in `netns` (None = the host's); exact counts sent per "proto/dport"."""
+    """Run the scapy sender in `netns` (None = the host's); exact counts sent per "proto/dport" (plan items
+    (proto, dport, count) or (proto, dport, count, daddr): "proto/dport@daddr")."""
     global _next_sport
     argv = [sys.executable, "-m", "cnitrace.traffic.send", src, dst, str(_next_sport),
-            *(f"{p}:{port}:{n}" for p, port, n in plan)]
+            *(":".join(map(str, item)) for item in plan)]
     out = runner.run(argv, netns=netns, timeout=90)
     try:
         doc = json.loads(out.stdout.strip().splitlines()[-1])
@@ -415,13 +418,27 @@ def median(xs: Sequence[float]) -> float:
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
-class _Redirect:
-    """The temporary nft redirect inside the server pod (its namespace dies with the lab anyway)."""
+def _load_session(runner: Runner) -> Session:
+    """The load servers' own Session: the servers and the redirect live in a lab that outlives
+    this run, so they are recorded (a run killed mid-load leaves nothing `cnitrace cleanup` misses).
+    Its own owner, so leaving it never removes the enclosing profile's objects."""
+    return Session(f"run:{os.getpid()}:load", runner=runner)
 
-    def __init__(self, runner: Runner, netns: str, rules: Sequence[tuple[str, str, int, int]]):
-        self.r, self.netns, self.rules = runner, netns, rules
+
+def _spawn_server(session: Session, argv: list[str], netns: str) -> Any:
+    proc = session.runner.spawn(argv, netns=netns)
+    session.track("process", f"{netns}/{argv[0]}", pid=proc.pid, start_time=process_start_time(proc.pid), netns=netns)
+    return proc
+
+
+class _Redirect:
+    """The temporary nft redirect inside the server pod, recorded before it is loaded."""
+
+    def __init__(self, session: Session, netns: str, rules: Sequence[tuple[str, str, int, int]]):
+        self.s, self.r, self.netns, self.rules = session, session.runner, netns, rules
 
     def __enter__(self) -> "_Redirect":
+        self.s.track("nft-table", REDIRECT_TABLE, family="ip", netns=self.netns)
         self.r.run(["nft", "-f", "-"], input=f"table ip {REDIRECT_TABLE}\ndelete table ip {REDIRECT_TABLE}\n"
                    + redirect_ruleset(self.rules), netns=self.netns)
         return self
@@ -528,10 +545,10 @@ def stream(topo: "Topology", seconds: float, *, clients: "Sequence[Pod] | None" 
     rules = [(p.ip, "tcp", topo.allowed_port, port) for p, port in zip(pods, ports)]
     t0 = time.monotonic()
     servers = []
-    with _Redirect(runner, srv.netns, rules):
+    with _load_session(runner) as session, _Redirect(session, srv.netns, rules):
         try:
             for port in ports:
-                servers.append(runner.spawn(["iperf3", "-s", "-1", "-p", str(port)], netns=srv.netns))
+                servers.append(_spawn_server(session, ["iperf3", "-s", "-1", "-p", str(port)], srv.netns))
             wait_listening(runner, srv.netns, ports)
             if len(pods) > 1:
                 metrics = _parallel_clients(runner, topo, pods, secs)
@@ -549,8 +566,8 @@ def rr(topo: "Topology", seconds: float, *, client: "Pod | None" = None,
     secs = _bounded(seconds)
     pod, srv = _client(topo, client), topo.server
     t0 = time.monotonic()
-    with _Redirect(runner, srv.netns, [(pod.ip, "tcp", topo.allowed_port, RR_PORT)]):
-        server = runner.spawn(["sockperf", "server", "--tcp", "-p", str(RR_PORT)], netns=srv.netns)
+    with _load_session(runner) as session, _Redirect(session, srv.netns, [(pod.ip, "tcp", topo.allowed_port, RR_PORT)]):
+        server = _spawn_server(session, ["sockperf", "server", "--tcp", "-p", str(RR_PORT)], srv.netns)
         try:
             wait_listening(runner, srv.netns, [RR_PORT])
             metrics = _sockperf(srv.ip, topo.allowed_port, secs, pod.netns, runner)

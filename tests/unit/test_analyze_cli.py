@@ -1,0 +1,197 @@
+"""`cnitrace analyze` and the dump side of `cnitrace diff`: exit statuses, outputs, the cost source."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cnitrace import cli
+from cnitrace.analyze import costs
+
+FIX = Path(__file__).parent.parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def no_node_calibration(tmp_path, monkeypatch):
+    """Tests see no cached calibration unless they write one (the reference figures are used)."""
+    import cnitrace.calibrate.rules as rules
+
+    monkeypatch.setattr(rules, "CACHE", tmp_path / "calibration.json")
+    return tmp_path / "calibration.json"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = cli.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_analyze_prints_structure_hooks_and_the_cost_source(capsys):
+    rc, out, err = run(capsys, "analyze", str(FIX / "iptables" / "kubeproxy_kubernetes-75893.save"))
+    assert rc == 0, err
+    assert "kube-proxy: iptables" in out and "25 chains, 8 rules" in out
+    assert "hook paths" in out and "nat PREROUTING" in out
+    assert "reference figures, not this node" in out
+    assert "no rule counters" in out and "0 packets counted" not in out
+
+
+def test_json_and_html_outputs(capsys, tmp_path):
+    j, h = tmp_path / "a.json", tmp_path / "a.html"
+    rc, _, err = run(capsys, "analyze", str(FIX / "lab" / "calico-lab-iptables-legacy-save-c.txt"),
+                     str(FIX / "ovs" / "host-dump-flows.txt"), "--json", str(j), "--html", str(h))
+    assert rc == 0, err
+    doc = json.loads(j.read_text())
+    assert doc["kind"] == "analyze" and doc["schema_version"] == 1
+    assert [i["format"] for i in doc["inputs"]] == ["iptables-save", "ovs-flows"]
+    assert doc["cni"][0]["cni"] == "calico"
+    page = h.read_text()
+    assert 'id="hook-chart"' in page and 'id="chains"' in page and "OVS flows" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<script" not in page
+
+
+def test_directories_and_comma_lists(capsys, tmp_path):
+    d = tmp_path / "node"
+    d.mkdir()
+    (d / "a.txt").write_text((FIX / "iptables" / "local_legacy_v4.save").read_text())
+    (d / "b.txt").write_text((FIX / "conntrack" / "host-conntrack-S.txt").read_text())
+    rc, out, err = run(capsys, "analyze", str(d))
+    assert rc == 0 and "2 dump(s)" in out, err
+    rc, out, err = run(capsys, "analyze", f"{d / 'a.txt'},{d / 'b.txt'}")
+    assert rc == 0 and "2 dump(s)" in out
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("just some words\n", "not a dump analyze knows"),
+    ("", "not a dump analyze knows"),
+    ("\0\1\2binary", "binary data"),
+])
+def test_unknown_content_is_one_line_and_exit_2(capsys, tmp_path, content, msg):
+    p = tmp_path / "x.bin"
+    p.write_bytes(content.encode())
+    rc, out, err = run(capsys, "analyze", str(p))
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("cnitrace: ") and msg in err
+
+
+def test_missing_file_is_one_line(capsys, tmp_path):
+    rc, _, err = run(capsys, "analyze", str(tmp_path / "nope"))
+    assert rc == 2 and "no such file" in err and err.count("\n") == 1
+
+
+def test_a_cached_calibration_of_this_node_is_used_and_named(capsys, no_node_calibration):
+    cal = dataclasses.replace(costs.REFERENCE_LEGACY, early_ns=7.0, provenance="measured", kernel="k", cpu="c")
+    no_node_calibration.write_text(json.dumps({costs.cache_key("legacy"): cal.to_json()}))
+    rc, out, _ = run(capsys, "analyze", str(FIX / "iptables" / "local_legacy_v4.save"), "--json",
+                     str(no_node_calibration.parent / "o.json"))
+    assert rc == 0 and "this node's calibration (cached" in out
+    doc = json.loads((no_node_calibration.parent / "o.json").read_text())
+    assert doc["cost"]["iptables-legacy"]["source"] == "calibration"
+    assert doc["cost"]["iptables-legacy"]["early_ns"] == 7.0
+    assert {t["cost_source"] for t in doc["netfilter"]["tables"]} == {"calibration"}
+
+
+def test_calibrate_measures_only_when_asked(capsys, monkeypatch):
+    asked = []
+
+    def fake_measure(backends):
+        asked.append(backends)
+        return {b: dataclasses.replace(costs.REFERENCE_LEGACY, provenance="measured") for b in backends}
+
+    monkeypatch.setattr(costs, "measure_shapes", fake_measure)
+    monkeypatch.setattr(cli, "require_root", lambda: None)
+    assert run(capsys, "analyze", str(FIX / "iptables" / "local_nft_v4.save"))[0] == 0
+    assert asked == []
+    rc, out, _ = run(capsys, "analyze", "--calibrate", str(FIX / "iptables" / "local_nft_v4.save"))
+    assert rc == 0 and asked == [("nft",)] and "this node's calibration (measured" in out
+
+
+def test_diff_of_dumps_and_of_profiles_dispatch(capsys, tmp_path):
+    base = (FIX / "iptables" / "local_legacy_v4.save").read_text()
+    a, b = tmp_path / "before.save", tmp_path / "after.save"
+    a.write_text(base)
+    b.write_text(base.replace("[0:0] -A INPUT -p tcp -m tcp --dport 22 -j ACCEPT",
+                              "[0:0] -A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n"
+                              "[0:0] -A INPUT -p tcp -m tcp --dport 23 -j ACCEPT"))
+    j = tmp_path / "d.json"
+    rc, out, err = run(capsys, "diff", str(a), str(b), "--json", str(j))
+    assert rc == 0, err
+    assert "ipv4 input" in out and "INPUT" in out and "2 → 3" in out     # INPUT's rules before → after
+    doc = json.loads(j.read_text())
+    assert doc["kind"] == "analyze-diff"
+    inp = next(h for h in doc["hooks"] if h["hook"] == "input")
+    assert inp["worst_evaluations"]["delta"] == 1
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"schema_version": 1, "kind": "profile", "tree": {}}))
+    rc, _, err = run(capsys, "diff", str(profile), str(a))
+    assert rc == 2 and "two of a kind" in err
+
+
+def _fixtures_with_dumps() -> list[str]:
+    from cnitrace.analyze.dumps import Dump, read_text
+
+    out = []
+    for p in sorted(FIX.glob("*/*")):
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, IsADirectoryError):
+            continue
+        if any(isinstance(x, Dump) for x in read_text(text, p.name)):
+            out.append(str(p.relative_to(FIX)))
+    return out
+
+
+@pytest.mark.parametrize("name", _fixtures_with_dumps())
+def test_every_real_dump_analyses_and_renders(name):
+    """Every fixture analyze recognises yields a document the terminal, HTML and diff renderers take."""
+    import io
+
+    from rich.console import Console
+
+    from cnitrace.analyze.analysis import analyze
+    from cnitrace.analyze.diff import diff
+    from cnitrace.analyze.dumps import read_text
+    from cnitrace.reports.analyze.html import render_html
+    from cnitrace.reports.analyze.terminal import render_analysis, render_diff
+
+    a = analyze(read_text((FIX / name).read_text(encoding="utf-8"), name), costs.reference_model())
+    json.dumps(a.doc)
+    render_analysis(a.doc, Console(file=io.StringIO(), width=100))
+    assert "<html" in render_html(a.doc)
+    d = diff(a, a)
+    assert all(h["worst_ns"]["delta"] == 0 for h in d["hooks"]) and not d["chains"]["changed"]
+    render_diff(d, Console(file=io.StringIO(), width=100))
+
+
+def test_the_cache_keys_are_the_calibrations_own(monkeypatch):
+    """analyze reads the entries `profile` / `--calibrate` write: same keys as calibrate.rules uses."""
+    import cnitrace.calibrate.rules as rules
+
+    seen = []
+
+    def fake_cached(cache, key, load, measure_now):
+        seen.append(key)
+        return dataclasses.replace(costs.REFERENCE_LEGACY, nft_ns={"plain": 1.0}) if key.startswith("shapes") \
+            else rules._NftFigures({"plain": 1.0})
+
+    monkeypatch.setattr(rules, "cached", fake_cached)
+    rules.cached_or_measure_shapes(backend="nft")
+    assert seen[0] == costs.cache_key("nft")
+    rules.cached_or_measure_nft_shapes()
+    assert seen[-1] == costs.nft_cache_key()
+
+
+def test_a_directory_may_hold_other_files(capsys, tmp_path):
+    d = tmp_path / "sosreport"
+    d.mkdir()
+    (d / "iptables.txt").write_text((FIX / "iptables" / "local_legacy_v4.save").read_text())
+    (d / "uname.txt").write_text("Linux node-1 6.1.0 #1 SMP x86_64 GNU/Linux\n")
+    rc, out, err = run(capsys, "analyze", str(d))
+    assert rc == 0, err
+    assert "skipped" in out and "uname.txt" in out
+    (d / "iptables.txt").unlink()
+    rc, _, err = run(capsys, "analyze", str(d))
+    assert rc == 2 and "no file holds a dump analyze knows" in err

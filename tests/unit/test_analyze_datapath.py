@@ -1,0 +1,108 @@
+"""OVS, BPF, conntrack and CNI-agent dumps summarised; the CNI read from dumps of one node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cnitrace.analyze import costs
+from cnitrace.analyze.analysis import analyze
+from cnitrace.analyze.dumps import read_text
+from cnitrace.analyze.ovs import next_tables
+
+FIX = Path(__file__).parent.parent / "fixtures"
+MODEL = costs.reference_model()
+
+
+def doc_of(*names: str) -> dict:
+    items = []
+    for n in names:
+        items += read_text((FIX / n).read_text(encoding="utf-8"), n)
+    return analyze(items, MODEL).doc
+
+
+@pytest.mark.parametrize("actions,tables", [
+    ("resubmit(,10)", ["10"]),
+    ("ct(table=30,zone=65520),resubmit(,20),goto_table:IngressRule", ["30", "20", "IngressRule"]),
+    ("resubmit(5,31)", ["31"]), ("output:2", []), ("NORMAL", []),
+])
+def test_next_tables(actions, tables):
+    assert next_tables(actions) == tables
+
+
+def test_ovs_tables_flows_priorities_and_pipeline():
+    doc = doc_of("ovs/host-dump-flows.txt")
+    (f,) = doc["ovs"]["flows"]
+    t0, t10 = f["tables"]
+    assert (t0["table"], t0["flows"], t0["next"], t0["packets"]) == ("0", 2, ["10"], 11)
+    assert t10["priorities"] == {"distinct": 3, "min": 0, "max": 100} and t10["table_miss"]
+    assert f["pipeline"] == ["0", "10"] and t10["provenance"] == "counters"
+    assert doc["structure"]["ovs"]["flows"] == 6
+
+
+def test_ovs_flows_without_stats_say_no_stats_never_zero():
+    doc = doc_of("ovs/host-dump-flows-no-stats.txt")
+    for t in doc["ovs"]["flows"][0]["tables"]:
+        assert t["packets"] is None and t["stats"] == "no stats" and t["provenance"] is None
+
+
+def test_antrea_pipeline_by_table_names():
+    doc = doc_of("ovs/antrea-pipeline-doc-flows.txt")
+    f = doc["ovs"]["flows"][0]
+    assert len(f["tables"]) > 5 and len(f["pipeline"]) > 3
+
+
+def test_megaflows_and_datapath():
+    doc = doc_of("ovs/host-dpctl-dump-flows-m.txt", "ovs/host-dpctl-show-ports.txt")
+    (m,) = doc["ovs"]["megaflows"]
+    assert m["megaflows"] == 3 and m["packets"] == 8 and m["masks"] >= 2
+    (dp,) = doc["ovs"]["datapaths"]
+    assert (dp["hit"], dp["missed"]) == (13, 4) and "cnit-h2-v1h" in dp["ports"]
+
+
+def test_bpf_programs_per_hook_with_ns_per_run_where_measured():
+    doc = doc_of("bpf/host-prog-show.txt", "bpf/host-net-show.txt", "bpf/host-map-show.txt")
+    b = doc["bpf"]
+    timed = [a for a in b["attachments"] if a.get("ns_per_run") is not None]
+    assert timed and all(a["ns_per_run"] == pytest.approx(a["run_time_ns"] / a["run_cnt"], abs=0.1) for a in timed)
+    assert all(a["provenance"].startswith("measured") for a in timed)
+    assert set(b["by_hook"]) <= {"tc ingress", "tc egress", "xdp generic", "xdp driver", "xdp offload"}
+
+
+def test_bpf_programs_without_stats_are_not_zero_ns():
+    doc = doc_of("bpf/host-prog-show-id.json")
+    (p,) = doc["bpf"]["programs"]
+    assert p["ns_per_run"] is None and p["stats"].startswith("no stats")
+
+
+def test_conntrack_totals_and_unnamed_fields():
+    doc = doc_of("conntrack/host-conntrack-S-null.txt", "conntrack/host-conntrack-L.txt")
+    s = doc["conntrack"]["stats"]
+    assert s["cpus"] == 2 and s["totals"]["invalid"] == 14 and s["provenance"] == "counters"
+    assert s["unnamed"] and "(null)" in s["unnamed_note"]
+    lst = doc["conntrack"]["list"]
+    assert lst["entries"] == 6 and lst["by_proto"] == {"icmp": 1, "tcp": 3, "udp": 2}
+
+
+def test_cni_agents_dumps_are_evidence_of_their_cni():
+    cil = doc_of("cilium/cilium-7958-bpf-policy-get.txt", "cilium/cilium-10059-status.txt")
+    assert [c["cni"] for c in cil["cni"]] == ["cilium"]
+    assert cil["cilium"]["policy"]["entries"] == 7 and cil["cilium"]["policy"]["packets"] == 43
+    assert cil["cilium"]["status"]["kube_proxy_replacement"] == "Strict"
+    assert cil["kube_proxy"]["mode"].startswith("cilium")
+    cal = doc_of("calico/tigera-docs-counters-dump.txt", "calico/tigera-docs-policy-dump.txt")
+    assert [c["cni"] for c in cal["cni"]] == ["calico"]
+    assert cal["calico"]["counters"]["interfaces"] == 1 and cal["calico"]["policy"]["rules"] >= 1
+
+
+def test_cni_from_interfaces_and_tc_programs():
+    doc = doc_of("detect/cilium_bpftool_net.txt")
+    assert [c["cni"] for c in doc["cni"]] == ["cilium"]
+    assert doc["kube_proxy"]["mode"] == "unknown"     # no ruleset among the dumps: not "none"
+
+
+def test_ipsets():
+    doc = doc_of("ipset/local_ipset_save.txt")
+    assert doc["structure"]["ipsets"]["sets"] == 8
+    assert {s["name"]: s["entries"] for s in doc["ipsets"]}["KUBE-CLUSTER-IP"] == 4
