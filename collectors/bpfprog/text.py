@@ -44,6 +44,37 @@ def _ids(v: str | None) -> tuple[int, ...]:
     return tuple(_uint(x, "map id") for x in (v or "").split(",") if x)
 
 
+def _objects(text: str, head_keys: set[str], detail_keys: set[str], ignored: tuple[str, ...],
+             what: str, w: Warnings) -> list[dict[str, str]]:
+    """One dict per object of a `bpftool prog|map show` paste: its header's id, type and keyed
+    values, updated by the keyed values of its detail lines. An elided stretch ('...') is warned
+    about once with its count: the objects there are missing, not absent."""
+    out: list[dict[str, str]] = []
+    elided = 0
+    for no, s in paste_lines(text):
+        if s in _ELIDED:
+            elided += 1
+            continue
+        if is_command(s, "bpftool"):
+            continue
+        m = _HEAD.match(s)
+        if m and not m.group(2).endswith(":"):
+            vals, _ = _pairs((m.group(3) or "").split(), head_keys)
+            out.append({"id": m.group(1), "type": m.group(2), **vals})
+            continue
+        if not out:
+            w.add(f"not a bpftool {what} line: {s[:120]}", no)
+            continue
+        first = s.split(None, 1)[0]
+        if first in detail_keys:
+            out[-1].update(_pairs(s.split(), detail_keys)[0])
+        elif first not in ignored and " = " not in s:
+            w.add(f"unrecognised {what} detail: {s[:120]}", no)
+    if elided:
+        w.add(f"{elided} elided part(s) ('...'): {what}s there are missing")
+    return out
+
+
 _PROG_HEAD = {"name", "tag", "run_time_ns", "run_cnt", "recursion_misses"}
 _PROG_DETAIL = {"loaded_at", "uid", "xlated", "jited", "memlock", "map_ids", "btf_id"}
 
@@ -56,43 +87,13 @@ def parse_prog_show_text(text: str) -> Parsed[BpfProg]:
     """
     w = Warnings()
     out: list[BpfProg] = []
-    cur: dict[str, str] | None = None
-    elided = 0
-
-    def flush() -> None:
-        if cur is None:
-            return
+    for cur in _objects(text, _PROG_HEAD, _PROG_DETAIL, ("pids", "metadata:", "offloaded", "pinned"), "prog", w):
         try:
             out.append(BpfProg(int(cur["id"]), cur["type"], cur.get("name", ""), cur.get("tag", ""),
                                _uint(cur.get("run_cnt"), "run_cnt"), _uint(cur.get("run_time_ns"), "run_time_ns"),
                                _ids(cur.get("map_ids"))))
         except ValueError as exc:
             w.add(f"program {cur['id']}: {exc}")
-
-    for no, s in paste_lines(text):
-        if s in _ELIDED:
-            elided += 1
-            continue
-        if is_command(s, "bpftool"):
-            continue
-        m = _HEAD.match(s)
-        if m and not m.group(2).endswith(":"):
-            flush()
-            vals, _ = _pairs((m.group(3) or "").split(), _PROG_HEAD)
-            cur = {"id": m.group(1), "type": m.group(2), **vals}
-            continue
-        if cur is None:
-            w.add(f"not a bpftool prog line: {s[:120]}", no)
-            continue
-        first = s.split(None, 1)[0]
-        if first in _PROG_DETAIL:
-            vals, _ = _pairs(s.split(), _PROG_DETAIL)
-            cur.update({k: v for k, v in vals.items() if k in ("map_ids",)})
-        elif first not in ("pids", "metadata:", "offloaded", "pinned") and " = " not in s:
-            w.add(f"unrecognised prog detail: {s[:120]}", no)
-    flush()
-    if elided:
-        w.add(f"{elided} elided part(s) ('...'): programs there are missing")
     return Parsed(tuple(out), w.freeze())
 
 
@@ -105,12 +106,7 @@ def parse_map_show_text(text: str) -> Parsed[BpfMap]:
     'key 8B  value 24B  max_entries 16384  memlock 1310720B')."""
     w = Warnings()
     out: list[BpfMap] = []
-    cur: dict[str, str] | None = None
-    elided = 0
-
-    def flush() -> None:
-        if cur is None:
-            return
+    for cur in _objects(text, _MAP_HEAD, _MAP_DETAIL, ("frozen", "pids", "offloaded", "pinned", "owner"), "map", w):
         if "max_entries" not in cur:
             w.add(f"map {cur['id']}: no max_entries line")
         try:
@@ -118,32 +114,6 @@ def parse_map_show_text(text: str) -> Parsed[BpfMap]:
                               _uint(cur.get("max_entries"), "max_entries")))
         except ValueError as exc:
             w.add(f"map {cur['id']}: {exc}")
-
-    for no, s in paste_lines(text):
-        if s in _ELIDED:
-            elided += 1
-            continue
-        if is_command(s, "bpftool"):
-            continue
-        m = _HEAD.match(s)
-        if m and not m.group(2).endswith(":"):
-            flush()
-            vals, _ = _pairs((m.group(3) or "").split(), _MAP_HEAD)
-            cur = {"id": m.group(1), "type": m.group(2), **vals}
-            continue
-        if cur is None:
-            w.add(f"not a bpftool map line: {s[:120]}", no)
-            continue
-        first = s.split(None, 1)[0]
-        if first in _MAP_DETAIL:
-            vals, _ = _pairs(s.split(), _MAP_DETAIL)
-            if "max_entries" in vals:
-                cur["max_entries"] = vals["max_entries"]
-        elif first not in ("frozen", "pids", "offloaded", "pinned", "owner"):
-            w.add(f"unrecognised map detail: {s[:120]}", no)
-    flush()
-    if elided:
-        w.add(f"{elided} elided part(s) ('...'): maps there are missing")
     return Parsed(tuple(out), w.freeze())
 
 

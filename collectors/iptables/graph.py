@@ -309,6 +309,18 @@ def _dispatch_inclusive(s: Step, visit, callers: Mapping[str, int], acc: float) 
     return acc
 
 
+def leaving(step: Step, packets: float, callee: ChainCost | None) -> float:
+    """Of `packets` that matched `step`, how many leave the chain there: all of them at a verdict,
+    return or goto; at a jump, those the callee does not return (its returned/entering share)."""
+    if step.kind in (TERMINAL, RETURNS, GOTO):
+        return packets
+    if step.kind == JUMP and step.targets:
+        back = (min(callee.returned / callee.entering, 1.0)
+                if callee is not None and callee.returned is not None and callee.entering else 0.0)
+        return packets * (1.0 - back)
+    return 0.0
+
+
 def ruleset_delta(before: Ruleset, after: Ruleset) -> tuple[Ruleset, tuple[str, ...]]:
     """The `after` ruleset with counters replaced by their change since `before`.
 

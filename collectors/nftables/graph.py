@@ -161,6 +161,23 @@ def rule_class(r: NftRule, sets: Mapping[str, NftSet], entering: Mapping[str, fl
     return NFT_PLAIN
 
 
+def index_records(records: Iterable[object]) -> tuple[dict[tuple[str, str], dict[str, NftChain]],
+                                                       dict[tuple[str, str, str], list[NftRule]],
+                                                       dict[tuple[str, str], dict[str, NftSet]]]:
+    """Chains and sets by (family, table), rules by (family, table, chain) in dump order."""
+    chains: dict[tuple[str, str], dict[str, NftChain]] = {}
+    rules: dict[tuple[str, str, str], list[NftRule]] = {}
+    sets: dict[tuple[str, str], dict[str, NftSet]] = {}
+    for r in records:
+        if isinstance(r, NftChain):
+            chains.setdefault((r.family, r.table), {})[r.name] = r
+        elif isinstance(r, NftRule):
+            rules.setdefault((r.family, r.table, r.chain), []).append(r)
+        elif isinstance(r, NftSet):
+            sets.setdefault((r.family, r.table), {})[r.name] = r
+    return chains, rules, sets
+
+
 def native_model(records: Iterable[object], entering: Mapping[tuple[str, str, str], float] | None = None
                  ) -> dict[tuple[str, str, str], NativeChain]:
     """Per chain reached: each rule's evaluations and cost class (pure; see the notes above).
@@ -169,17 +186,7 @@ def native_model(records: Iterable[object], entering: Mapping[tuple[str, str, st
     entering is what its counters prove: its first rule's counter, else the packets its counted
     exits account for (a lower bound). NativeChain.extra_* say what one more base-chain packet adds,
     so a caller who learns the entering later (the measured calls) scales without the records."""
-    recs = list(records)
-    chains: dict[tuple[str, str], dict[str, NftChain]] = {}
-    rules: dict[tuple[str, str, str], list[NftRule]] = {}
-    sets: dict[tuple[str, str], dict[str, NftSet]] = {}
-    for r in recs:
-        if isinstance(r, NftChain):
-            chains.setdefault((r.family, r.table), {})[r.name] = r
-        elif isinstance(r, NftRule):
-            rules.setdefault((r.family, r.table, r.chain), []).append(r)
-        elif isinstance(r, NftSet):
-            sets.setdefault((r.family, r.table), {})[r.name] = r
+    chains, rules, sets = index_records(records)
     out: dict[tuple[str, str, str], NativeChain] = {}
     for tk, cs in chains.items():
         out.update(_table_model(tk, cs, rules, sets.get(tk, {}), entering or {}))

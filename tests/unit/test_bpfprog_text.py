@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
+from tests.support.fixtures import fixture
 from cnitrace.collectors.bpfprog import parse as js
 from cnitrace.collectors.bpfprog import text as t
 
-FIX = Path(__file__).parent.parent / "fixtures" / "bpf"
-
-
 def fx(name: str) -> str:
-    text = (FIX / name).read_text()
-    assert text.startswith("# provenance:")
-    return text
+    return fixture("bpf", name)
 
 
 def test_prog_show_text_equals_json_of_the_same_instant():

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
+from tests.support.fixtures import fixture
 from cnitrace.collectors.calico import parse as p
 
-FIX = Path(__file__).parent.parent / "fixtures" / "calico"
-
-
 def fx(name: str) -> str:
-    text = (FIX / name).read_text()
-    assert text.startswith("# provenance:")
-    return text
+    return fixture("calico", name)
 
 
 def test_counters_table_with_wrapped_cells():

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
+from tests.support.fixtures import fixture
 from cnitrace.collectors.cilium.status import CiliumStatus, parse_status
 
-FIX = Path(__file__).parent.parent / "fixtures" / "cilium"
-
-
 def fx(name: str) -> str:
-    text = (FIX / name).read_text()
-    assert text.startswith("# provenance:")
-    return text
+    return fixture("cilium", name)
 
 
 def test_agent_status_with_kpr_features_and_cluster_health_table():

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.support.fixtures import FIXTURES, fixture
 from cnitrace.collectors.base import Snapshot, delta
 from cnitrace.collectors.ovs import parse as p
 
-FIX = Path(__file__).parent.parent / "fixtures" / "ovs"
-
-
 def fx(name: str) -> str:
-    text = (FIX / name).read_text()
-    assert text.startswith("# provenance:")
-    return text
+    return fixture("ovs", name)
 
 
 def test_dump_flows_numeric_tables():
@@ -166,7 +161,7 @@ def test_flow_delta_and_reset():
 
 def test_fast_and_general_paths_agree_on_every_fixture_line():
     seen = 0
-    for f in FIX.glob("*dump-flows*.txt"):
+    for f in (FIXTURES / "ovs").glob("*dump-flows*.txt"):
         for line in f.read_text().splitlines()[1:]:
             fast = p._fast_flow(line, "b")
             if fast is not None:

@@ -20,7 +20,7 @@ from cnitrace.analyze.costs import CostModel, ShapePricer, rule_shape, unconditi
 from cnitrace.analyze.static import ZERO, SRule, Static, static_costs
 from cnitrace.collectors.base import Warnings
 from cnitrace.collectors.iptables import graph as ipt_graph
-from cnitrace.collectors.iptables.graph import CONTINUE, GOTO, JUMP, RETURNS, TERMINAL
+from cnitrace.collectors.iptables.graph import CONTINUE, GOTO, JUMP, RETURNS, TERMINAL, leaving
 from cnitrace.collectors.iptables.parse import RETURN, TERMINAL_TARGETS, Rule, Ruleset
 
 SINCE = "counter totals since boot or the last zeroing, not a window"
@@ -256,15 +256,7 @@ def _priced_evaluations(node: ipt_graph.Node, rules: Sequence[SRule], c: ipt_gra
         ns += reach * sr.typical_ns + matched * (sr.worst_ns - sr.typical_ns)
         if not p:
             continue
-        if st.kind in (TERMINAL, RETURNS, GOTO):
-            left = p
-        elif st.kind == JUMP and st.targets:
-            callee = costs.get(st.targets[0])
-            back = (min(callee.returned / callee.entering, 1.0)
-                    if callee is not None and callee.returned is not None and callee.entering else 0.0)
-            left = p * (1.0 - back)
-        else:
-            left = 0.0
+        left = leaving(st, p, costs.get(st.targets[0]) if st.targets else None)
         reach = max(reach - left, 0.0)
     if total_reach > 0 and c.evaluations is not None:
         ns *= c.evaluations / total_reach

@@ -20,7 +20,7 @@ from cnitrace.analyze.costs import CostModel
 from cnitrace.analyze.iptables import ORDER_LIMIT, SINCE, HookStep, edges, reach_order, reachable
 from cnitrace.analyze.static import ZERO, SRule, static_costs
 from cnitrace.collectors.nftables import graph as nft_graph
-from cnitrace.collectors.nftables.parse import NftChain, NftRule, NftSet
+from cnitrace.collectors.nftables.parse import NftChain
 
 # Named priorities (nft(8) "PRIORITY"): ip/ip6/inet/arp/netdev, and the bridge family's own.
 NAMED_PRIORITY = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
@@ -55,16 +55,7 @@ def analyze_records(records: Iterable[Any], model: CostModel, *, source: str = "
     """Tables (JSON-ready), hook steps and warnings for one nftables dump."""
     recs = [r for r in records if (getattr(r, "family", None), getattr(r, "table", None)) not in skip]
     skipped = sorted({(r.family, r.table) for r in records if isinstance(r, NftChain)} & set(skip))
-    chains: dict[tuple[str, str], dict[str, NftChain]] = {}
-    rules: dict[tuple[str, str, str], list[NftRule]] = {}
-    sets: dict[tuple[str, str], dict[str, NftSet]] = {}
-    for r in recs:
-        if isinstance(r, NftChain):
-            chains.setdefault((r.family, r.table), {})[r.name] = r
-        elif isinstance(r, NftRule):
-            rules.setdefault((r.family, r.table, r.chain), []).append(r)
-        elif isinstance(r, NftSet):
-            sets.setdefault((r.family, r.table), {})[r.name] = r
+    chains, rules, sets = nft_graph.index_records(recs)
     for (fam, table, chain) in rules:
         chains.setdefault((fam, table), {}).setdefault(chain, NftChain(fam, table, chain, None))
     counted, w0 = nft_graph.costs_by_table(recs)

@@ -69,15 +69,7 @@ def rule_counts(delta: Ruleset, costs: Mapping | None = None,
                 p = float(rule.packets or 0)
                 if not p:
                     continue
-                if st.kind in (ipt_graph.TERMINAL, ipt_graph.RETURNS, ipt_graph.GOTO):
-                    left = p
-                elif st.kind == ipt_graph.JUMP and st.targets:
-                    callee = costs.get((*tk, st.targets[0]))
-                    back = (min(callee.returned / callee.entering, 1.0)
-                            if callee is not None and callee.returned is not None and callee.entering else 0.0)
-                    left = p * (1.0 - back)
-                else:
-                    left = 0.0
+                left = ipt_graph.leaving(st, p, costs.get((*tk, st.targets[0])) if st.targets else None)
                 reach = max(reach - left, 0.0)
             total = sum(x for _, x in rows)
             scale = (c.evaluations / total) if total > 0 else 1.0
