@@ -31,6 +31,7 @@ from cnitrace.collectors.iptables.source import IptablesCollector
 from cnitrace.collectors.netns import InNetns, PerNetns, split
 from cnitrace.collectors.nftables.source import NftablesCollector
 from cnitrace.collectors.ovs.source import OvsCollector, OvsTarget
+from cnitrace.core import faults
 from cnitrace.core.errors import CnitraceError, UsageError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.selection import HOST, Selection, namespaces_of
@@ -192,11 +193,33 @@ def take(collectors: Sequence[Any], host: Any = None) -> list[Entry]:
     return out
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_FIELDS: dict[type, tuple[str, ...]] = {}     # dataclass or NamedTuple type -> its field names
+
+
 def _jsonable(v: Any) -> Any:
+    """Plain JSON values from records; the exact-type fast paths first (a 100,000-rule snapshot
+    is millions of values: the ABC checks below cost seconds), the same result as the general ones."""
+    t = type(v)
+    if t in _SCALARS:
+        return v
+    names = _FIELDS.get(t)
+    if names is not None:
+        out = {n: getattr(v, n) for n in names}
+        for n, x in out.items():
+            if type(x) not in _SCALARS:
+                out[n] = _jsonable(x)
+        return out
+    if t is tuple or t is list:
+        return [x if type(x) in _SCALARS else _jsonable(x) for x in v]
+    if t is dict:
+        return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, tuple) and hasattr(v, "_asdict"):  # NamedTuple records
+        _FIELDS[t] = tuple(v._fields)
         return {k: _jsonable(x) for k, x in v._asdict().items()}
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        names = _FIELDS[t] = tuple(f.name for f in dataclasses.fields(v))
+        return {n: _jsonable(getattr(v, n)) for n in names}
     if isinstance(v, Mapping):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, set, frozenset)):
@@ -227,6 +250,28 @@ def to_document(entries: Sequence[Entry], selection: Any = None) -> dict[str, An
         cols[e.name] = item
     return {"format": FORMAT, "taken_at": time.time(),
             "selection": selection.to_json() if selection is not None else None, "collectors": cols}
+
+
+def write_json(doc: Any, write: Callable[[str], Any], *, chunk: int = 256) -> None:
+    """`doc` as json.dumps(doc, sort_keys=True) would print it, written piece by piece: dicts key by
+    key and long lists item by item, each piece by the C encoder. A 100,000-rule snapshot is a
+    100 MB document; this never holds it as one string (nor the pure-Python encoder's chunks,
+    which `indent` forces: seconds and ~600 MB more)."""
+    enc = json.JSONEncoder(sort_keys=True)
+    if type(doc) is dict:
+        write("{")
+        for i, k in enumerate(sorted(doc)):
+            write(f"{', ' if i else ''}{enc.encode(k if type(k) is str else str(k))}: ")
+            write_json(doc[k], write, chunk=chunk)
+        write("}")
+    elif type(doc) is list and len(doc) > chunk:
+        write("[")
+        for i in range(0, len(doc), chunk):
+            part = enc.encode(doc[i:i + chunk])[1:-1]
+            write(f"{', ' if i else ''}{part}")
+        write("]")
+    else:
+        write(enc.encode(doc))
 
 
 def _key(v: Any) -> Hashable:
@@ -348,6 +393,7 @@ def run(req: Request, ctx: Context, session: Any, host: Any = None,
             notes.append(f"BPF run stats enabled for the interval via {how}")
         if req.interval_s is not None:
             first = take(collectors, host)
+            faults.checkpoint("window")
             sleep(req.interval_s)
             entries = take(collectors, host)
             before = {e.name: e.snapshot for e in first if e.snapshot is not None}

@@ -21,6 +21,7 @@ from cnitrace.probes.runtime import Filter, ProbeSet
 from cnitrace.probes.specs import BACKENDS, SPECS
 
 MAX_DURATION = 3600.0
+SAMPLE = 20     # events kept for the output; a flood's millions are counted, never held
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +71,20 @@ def validate(cfg: ProbeConfig) -> None:
 def run(cfg: ProbeConfig, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Attach, wait `duration` (Ctrl-C ends the run early and still detaches), read the figures."""
     validate(cfg)
-    events: list[dict[str, Any]] = []
+    sample: list[dict[str, Any]] = []     # the first SAMPLE events; the rest are only counted (by the ProbeSet)
+
+    def keep(stage: str, ev: dict[str, Any]) -> None:
+        if len(sample) < SAMPLE:
+            sample.append({"stage": stage, **ev})
+        if len(sample) >= SAMPLE:
+            ps.off_event(keep)          # from here on the ProbeSet only counts: no decoding per event
+
     with Session() as session:
         ps = ProbeSet(cfg.stages, ifaces=cfg.ifaces, netns=cfg.netns, filt=cfg.filt, events=cfg.events,
                       force=dict(cfg.force), session=session)
         ps.start()
         if cfg.events:
-            ps.on_event(lambda stage, ev: events.append({"stage": stage, **ev}))
+            ps.on_event(keep)
         if cfg.ready_file:   # for scripts (and tests): who we are and what we attached
             Path(cfg.ready_file).write_text(json.dumps({"pid": os.getpid(), **{f"{k}_ids": v for k, v in ps.kernel_ids().items()}}) + "\n")
         deadline = time.monotonic() + cfg.duration
@@ -85,14 +93,17 @@ def run(cfg: ProbeConfig, sleep: Callable[[float], None] = time.sleep) -> dict[s
                 ps.poll_events(int(min(left, 0.2) * 1000))
             else:
                 sleep(min(left, 0.2))
+        window = time.monotonic() - (deadline - cfg.duration)
         figures = ps.snapshot()
         lost = ps.lost()
         out = {
             "attach_seconds": ps.attach_seconds,
+            "window_seconds": round(window, 3),
             "choices": [c.to_json() for c in ps.choices.values()],
             "figures": [f.to_json() for f in figures],
-            "events": {"enabled": cfg.events, "received": len(events), "lost": lost},
+            "events": {"enabled": cfg.events, "received": sum(ps.events_received.values()), "lost": lost,
+                       "received_by_stage": dict(ps.events_received)},
         }
         if cfg.events:
-            out["events"]["sample"] = events[:20]
+            out["events"]["sample"] = sample
     return out

@@ -19,6 +19,7 @@ import fnmatch
 import ipaddress
 import os
 import re
+import select
 import threading
 import time
 import warnings
@@ -46,6 +47,8 @@ TRACEFS = Path("/sys/kernel/tracing")
 BACKEND_CAPS = {FENTRY: "fentry", KPROBE: "kprobes", TRACEPOINT: "tracepoints", RAW_TRACEPOINT: "raw_tracepoints",
                 TP_BTF: "tp_btf"}
 MAX_IFINDEX_CONSTANTS = 8   # CNIT_IF0..CNIT_IF7 in stages.h
+POLL_CHECK_EVERY = 256      # events between two looks at the clock while a ring buffer is drained
+PERF_NAP_S = 0.005          # perf buffers (kernels before 5.8): the idle wait between two reads
 
 
 # --- pure: filters, cflags, choice -------------------------------------------------------------
@@ -300,8 +303,11 @@ class ProbeSet:
         self.bpf: dict[str, Any] = {}
         self.names: dict[tuple[int, int], str] = {}     # (netns inode, ifindex) -> "netns/ifname"
         self.attach_seconds: float | None = None
-        self.lost_events = 0
+        self.lost_events = 0                          # perf-buffer losses (the kernel counts ring-buffer ones)
+        self.events_received: dict[str, int] = {}     # per stage: events read from the kernel buffers
         self._event_handlers: list[Callable[[str, Any], None]] = []
+        self._poll_until = 0.0                        # monotonic time the current poll_events() must end by
+        self._epoll: Any = None                       # one wait over every stage's ring buffer
         self._btf: btfmod.BtfSet | None = None
         self._closed = False
         self._fds_before: set[int] = set()
@@ -483,37 +489,78 @@ class ProbeSet:
     def _open_events(self, stage: str, ringbuf: bool) -> None:
         table = self.bpf[stage][b"cnit_events"]
         layout = SPECS[stage].event
+        self.events_received[stage] = 0
 
-        def deliver(data: Any, size: int) -> None:
-            try:
-                ev = layout.decode(ctypes.string_at(data, size))
-            except ValueError as exc:
-                warnings.warn(f"{stage} event: {exc}")
-                return
-            for h in self._event_handlers:
-                h(stage, ev)
+        def deliver(data: Any, size: int) -> int:
+            n = self.events_received[stage] = self.events_received[stage] + 1
+            if self._event_handlers:       # none left (a full sample): counting is all, and cheaper
+                try:
+                    ev = layout.decode(ctypes.string_at(data, size))
+                except ValueError as exc:
+                    warnings.warn(f"{stage} event: {exc}")
+                    ev = None
+                if ev is not None:
+                    for h in tuple(self._event_handlers):
+                        h(stage, ev)
+            # libbpf keeps consuming a ring buffer while the producer keeps it non-empty: under a
+            # flood one poll would never return. A negative return stops it (this event consumed);
+            # what the ring cannot hold meanwhile is dropped in the kernel and counted in cnit_lost.
+            if n % POLL_CHECK_EVERY == 0 and time.monotonic() > self._poll_until:
+                return -1
+            return 0
 
         def on_lost(count: int) -> None:
             self.lost_events += count
 
         if ringbuf:
             table.open_ring_buffer(lambda ctx, data, size: deliver(data, size))
-        else:
+        else:   # a perf buffer poll reads each CPU's buffer once, up to its head: bounded already
             table.open_perf_buffer(lambda cpu, data, size: deliver(data, size), lost_cb=on_lost)
 
     def on_event(self, handler: Callable[[str, Any], None]) -> None:
         self._event_handlers.append(handler)
 
+    def off_event(self, handler: Callable[[str, Any], None]) -> None:
+        """Stop handing events to `handler` (they are still counted in events_received)."""
+        if handler in self._event_handlers:
+            self._event_handlers.remove(handler)
+
     def poll_events(self, timeout_ms: int = 100) -> None:
-        """Deliver pending per-packet events to the handlers (only when events=True)."""
+        """Deliver pending per-packet events to the handlers (only when events=True), returning
+        within about `timeout_ms` even under a flood (events the handlers cannot keep up with are
+        lost in the kernel and counted, never queued here).
+
+        Every stage's buffer is drained without waiting, again and again while events come; only
+        when all were empty does it wait, on all of them at once (one epoll over the ring buffers'
+        fds). Waiting on one stage's buffer after another would leave a busy one unread for the
+        whole wait of an idle one: under a flood the ring overflows in milliseconds."""
         ringbuf = ringbuf_supported(os.uname().release)
-        for stage, b in self.bpf.items():
-            if SPECS[stage].event is None:
-                continue
-            if ringbuf:
-                b.ring_buffer_poll(timeout_ms)
-            else:
-                b.perf_buffer_poll(timeout_ms)
+        stages = [(st, b) for st, b in self.bpf.items() if SPECS[st].event is not None and st in self.events_received]
+        if not stages:
+            return
+        self._poll_until = until = time.monotonic() + max(timeout_ms, 0) / 1000
+        while True:
+            before = sum(self.events_received.values())
+            for _, b in stages:
+                if ringbuf:
+                    b.ring_buffer_consume()
+                else:   # a perf buffer poll reads each CPU's buffer once, up to its head
+                    b.perf_buffer_poll(0)
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            if sum(self.events_received.values()) == before:
+                self._wait_readable(stages, left, ringbuf)
+
+    def _wait_readable(self, stages: Sequence[tuple[str, Any]], seconds: float, ringbuf: bool) -> None:
+        if not ringbuf:          # perf buffers: per-CPU fds inside bcc; a short nap instead
+            time.sleep(min(seconds, PERF_NAP_S))
+            return
+        if self._epoll is None:
+            self._epoll = select.epoll()
+            for _, b in stages:
+                self._epoll.register(b[b"cnit_events"].map_fd, select.EPOLLIN)
+        self._epoll.poll(seconds)
 
     def lost(self) -> int:
         """Events lost so far: perf-buffer losses plus failed ring-buffer writes counted in the kernel."""
@@ -605,6 +652,9 @@ class ProbeSet:
         if self._closed:
             return
         self._closed = True
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
         while self._own_fds:
             try:
                 os.close(self._own_fds.pop())     # links first (appended last): detach, then free
