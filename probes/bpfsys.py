@@ -295,3 +295,84 @@ def fd_ids(fd: int) -> dict[str, int]:
     except OSError:
         return {}
     return {k: int(v) for k, v in re.findall(r"^(prog_id|map_id|link_id):\s*(\d+)", text, re.M)}
+
+
+# --- BPF_PROG_TEST_RUN: run a loaded program once on given packet bytes (no attach, no kprobe) ---
+BPF_PROG_TEST_RUN = 10
+SKB_CTX_SIZE = 192                 # sizeof(struct __sk_buff) in 6.x (hwtstamp ends at 192)
+SKB_MARK_OFF, SKB_PRIORITY_OFF, SKB_IFINDEX_OFF, SKB_TC_CLASSID_OFF = 8, 32, 40, 72
+
+
+def test_run_attr(prog_fd: int, *, data_in: int, data_size_in: int, data_out: int, data_size_out: int,
+                  ctx_in: int = 0, ctx_size_in: int = 0, ctx_out: int = 0, ctx_size_out: int = 0,
+                  repeat: int = 1, flags: int = 0, cpu: int = 0) -> bytes:
+    """union bpf_attr's `test` struct (prog_fd, retval, data_size_in/out, data_in/out, repeat,
+    duration, ctx_size_in/out, ctx_in/out, flags, cpu, batch_size)."""
+    a = bytearray(ATTR_SIZE)
+    struct.pack_into("=IIIIQQII", a, 0, prog_fd, 0, data_size_in, data_size_out, data_in, data_out, repeat, 0)
+    struct.pack_into("=IIQQII", a, 40, ctx_size_in, ctx_size_out, ctx_in, ctx_out, flags, cpu)
+    return bytes(a)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestRun:
+    """What one BPF_PROG_TEST_RUN returned: the program's return code, its run time (ns,
+    averaged over `repeat`), the packet it left and, for skb programs, the __sk_buff after."""
+
+    retval: int
+    duration_ns: int
+    data_out: bytes
+    ctx_out: bytes = b""
+
+    @property
+    def mark(self) -> int | None:
+        return struct.unpack_from("=I", self.ctx_out, SKB_MARK_OFF)[0] if len(self.ctx_out) >= 12 else None
+
+
+def parse_test_run_attr(attr: bytes) -> tuple[int, int, int, int]:
+    """(retval, data_size_out, duration, ctx_size_out) from the attr the kernel wrote back."""
+    _, retval, _, size_out = struct.unpack_from("=IIII", attr, 0)
+    duration = struct.unpack_from("=I", attr, 36)[0]
+    ctx_out = struct.unpack_from("=I", attr, 44)[0]
+    return retval, size_out, duration, ctx_out
+
+
+def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, skb_ctx: bool = True,
+                  mark: int = 0, out_size: int = 4096) -> TestRun:
+    """Run program `prog_fd` on `data` (an Ethernet frame for tc/XDP) with BPF_PROG_TEST_RUN.
+
+    It is a replay in the calling thread's network namespace, not the packet's real path: the
+    program's map side effects (counters, conntrack entries) do happen. tc (sched_cls) programs
+    take an __sk_buff context (mark settable, read back after); BPF_F_TEST_RUN_ON_CPU is only
+    accepted for raw tracepoints, so skb/XDP runs go on the calling CPU. Raises OSError."""
+    din = ctypes.create_string_buffer(data, len(data))
+    dout = ctypes.create_string_buffer(max(out_size, len(data) + 256))
+    cin = cout = None
+    if skb_ctx:
+        ctx = bytearray(SKB_CTX_SIZE)
+        struct.pack_into("=I", ctx, SKB_MARK_OFF, mark)
+        cin = ctypes.create_string_buffer(bytes(ctx), SKB_CTX_SIZE)
+        cout = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    attr = ctypes.create_string_buffer(test_run_attr(
+        prog_fd, data_in=ctypes.addressof(din), data_size_in=len(data), data_out=ctypes.addressof(dout),
+        data_size_out=len(dout), ctx_in=ctypes.addressof(cin) if cin else 0, ctx_size_in=SKB_CTX_SIZE if cin else 0,
+        ctx_out=ctypes.addressof(cout) if cout else 0, ctx_size_out=SKB_CTX_SIZE if cout else 0,
+        repeat=repeat), ATTR_SIZE)
+    _bpf_buf(BPF_PROG_TEST_RUN, attr)
+    retval, size_out, duration, ctx_size = parse_test_run_attr(attr.raw)
+    return TestRun(retval, duration, dout.raw[:size_out], cout.raw[:ctx_size] if cout else b"")
+
+
+def _bpf_buf(cmd: int, buf: Any) -> int:
+    """bpf(cmd, buf) on a caller-owned buffer, so the kernel's write-back (test-run results) is kept."""
+    global _LIBC
+    nr = NR_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(0, f"bpf() syscall number unknown for {platform.machine()}")
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    ret = _LIBC.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(ctypes.sizeof(buf)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
