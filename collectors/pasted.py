@@ -13,6 +13,7 @@ from cnitrace.collectors.base import strip_provenance
 
 _PROMPTS = (
     re.compile(r"^[$#%]\s+(.*)$"),                                          # '$ cmd', '# cmd'
+    re.compile(r"^~[\w/.-]*\s?[$#%]\s+(.*)$"),                               # '~$ cmd', '~/src# cmd'
     re.compile(r"^[\w.-]+@[\w.-]+(?::[^\s$#]*)?\s*[$#:%]\s*(.*)$"),         # 'user@host:~$ cmd', 'me@pi: cmd'
     re.compile(r"^(?:\[[^\]\n]{1,80}\]\s?[$#%]|\[\])\s*(.*)$"),                # '[root@host ~]# cmd', '[] cmd'
     re.compile(r"^[\w.-]+[$#]\s+(.*)$"),                                    # 'bash-5.1# cmd'

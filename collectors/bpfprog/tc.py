@@ -48,7 +48,8 @@ class TcFilter:
         return {} if self.packets is None else {"packets": self.packets, "bytes": self.bytes or 0}
 
 
-_FILTER = re.compile(r"^filter\s+(?:parent\s+(\S+)\s+)?protocol\s+(\S+)\s+pref\s+(\d+)\s+(\S+)\s+chain\s+(\d+)\s*(.*)$")
+_FILTER = re.compile(r"^filter\s+(?:parent\s+(\S+)\s+)?protocol\s+(\S+)\s+pref\s+(\d+)\s+(\S+)(?:\s+chain\s+(\d+))?(?:\s+(.*))?$")
+# iproute2 before 4.13 (2017) prints no 'chain N': 'filter protocol all pref 49152 bpf handle 0x1 foo.o:[p2] ...' 
 _DEV = re.compile(r"\bdev\s+(\S+?)(?:@\S+)?(?:\s|$)")
 _HOOK = re.compile(r"\b(ingress|egress)\b|\bparent\s+(ffff:fff[23]|ffff:)")
 _SENT = re.compile(r"^Sent (\d+) bytes (\d+) pkt")
@@ -96,6 +97,7 @@ def _filter(m: re.Match, iface: str, hook: str, netns: str) -> TcFilter | None:
     """A TcFilter from a 'filter ...' line, None for the per-pref and u32 hash-table lines that
     precede the filters themselves."""
     parent, proto, pref, kind, chain, rest = m.groups()
+    chain, rest = chain or "0", rest or ""
     hook = hook or _PARENT_HOOK.get(parent or "", "")
     if kind == "u32":
         fh = re.search(r"\bfh (\S+)", rest)

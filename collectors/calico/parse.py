@@ -121,12 +121,18 @@ class CalicoPolicyRule:
 
 
 _HOOK = re.compile(r"^Hook:\s*(?:tc\s+)?(\w+)")
-_START = re.compile(r"^//\s*Start of (tier|policy|profile|rule)\s*(.*)$")
-_END = re.compile(r"^//\s*End of (tier|policy|profile|rule)\b")
+# 3.31 names a policy by its kind: '// Start of GlobalNetworkPolicy policy-tcp'
+_START = re.compile(r"^//\s*Start of (tier|policy|profile|rule|\w*Policy)\s*(.*)$")
+_END = re.compile(r"^//\s*End of (tier|policy|profile|rule|\w*Policy)\b")
 _COUNT = re.compile(r"^//\s*(?:count\s*=\s*|Rule matches:\s*)(\d+)")
 _RULE_ID = re.compile(r'rule_id:"([^"]*)"')
 _ACTION = re.compile(r'action:"([^"]*)"')
 _IPSET = re.compile(r"0x[0-9a-f]+")
+# v3.30's concise dump glues comments: '// Start of policy P // Start of rule action:"allow" ... // count = 0'
+_GLUED = re.compile(r"\s+(?=//\s*(?:Start of|End of|count\s*=|IPSets|Rule matches:))")
+# the indented dump of calico-bpf 3.32+: 'Tier: T', 'Policy: P', 'Rule: ID  Action: allow', 'Hit count: N'
+_NEW = re.compile(r"^(Tier|Policy|Profile|Rule|Match|IP sets|Hit count|End Policy|End Profile|End Tier|End Rule):\s*(.*)$")
+_NEW_RULE = re.compile(r"^(\S*)\s*(?:Action:\s*(\S+))?")
 
 
 def parse_policy_dump(text: str, iface: str = "", hook: str = "") -> Parsed[CalicoPolicyRule]:
@@ -147,7 +153,32 @@ def parse_policy_dump(text: str, iface: str = "", hook: str = "") -> Parsed[Cali
                                         rule["text"], tuple(rule["ipsets"])))
             rule = None
 
-    for no, s in paste_lines(text):
+    lines = [(no, part) for no, line in paste_lines(text)
+             for part in (_GLUED.split(line) if "//" in line[2:] else (line,))]
+    for no, s in lines:
+        n = _NEW.match(s)
+        if n is not None and not s.startswith("//"):
+            key, val = n.groups()
+            if key in ("Tier", "Policy", "Profile", "Rule") or key.startswith("End"):
+                close()
+            if key == "Tier":
+                tier, policy = val.strip(), ""
+            elif key in ("Policy", "Profile"):
+                policy = val.strip()
+            elif key == "End Tier":
+                tier, policy = "", ""
+            elif key in ("End Policy", "End Profile"):
+                policy = ""
+            elif key == "Rule":
+                m = _NEW_RULE.match(val.strip())
+                rule = {"rule_id": m.group(1), "action": m.group(2) or "", "count": None, "text": "", "ipsets": []}
+            elif rule is not None and key == "Hit count" and val.strip().isdigit():
+                rule["count"] = int(val.strip())
+            elif rule is not None and key == "Match":
+                rule["text"] = val.strip()
+            elif rule is not None and key == "IP sets":
+                rule["ipsets"] += re.findall(r"[^\s{},=]+/\d+|0x[0-9a-f]+", val)
+            continue
         if s.startswith("IfaceName:"):
             close()
             ifc, tier, policy = s.split(":", 1)[1].strip() or iface, "", ""
@@ -161,6 +192,9 @@ def parse_policy_dump(text: str, iface: str = "", hook: str = "") -> Parsed[Cali
             if kind == "rule":
                 close()
                 rid, act = _RULE_ID.search(body), _ACTION.search(body)
+                first = body.split(None, 1)[0] if body.split() else ""
+                if rid is None and first and not any(c in first for c in ':"'):
+                    rid = re.match(r"(\S+)", first)      # 3.31: '// Start of rule policy-tcp action:"allow"'
                 rule = {"rule_id": rid.group(1) if rid else "", "action": act.group(1) if act else "",
                         "count": None, "text": body.strip(), "ipsets": []}
             elif kind == "tier":
@@ -168,7 +202,7 @@ def parse_policy_dump(text: str, iface: str = "", hook: str = "") -> Parsed[Cali
                 tier, policy = body.strip(), ""
             else:
                 close()
-                policy = body.strip()
+                policy = body.strip() if kind in ("policy", "profile") else f"{kind} {body.strip()}"
         elif (c := _COUNT.match(s)):
             if rule is not None:
                 rule["count"] = int(c.group(1))
@@ -181,7 +215,7 @@ def parse_policy_dump(text: str, iface: str = "", hook: str = "") -> Parsed[Cali
             elif e.group(1) == "tier":
                 close()
                 tier, policy = "", ""
-            elif e.group(1) in ("policy", "profile"):
+            elif e.group(1) in ("policy", "profile") or e.group(1).endswith("Policy"):
                 close()
                 policy = ""
         elif s.startswith("//"):

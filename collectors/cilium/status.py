@@ -72,9 +72,12 @@ def _lines(text: str) -> list[tuple[int, str]]:
     indentation kept relative to the shallowest 'Key:' line (docs indent whole blocks)."""
     raw: list[str] = []
     for line in strip_provenance(text).splitlines():
-        line = _LOG_PREFIX.sub("", line).replace("\t", " ").rstrip()
+        # Cilium's CI harness prints ' \t ' before the first line of a command's output, '\t ' before the rest
+        line = _LOG_PREFIX.sub("", line)
+        line = (line[1:] if line.startswith(" \t") else line).replace("\t", " ").rstrip()
         s = line.strip()
-        if not s or is_fence(s) or s.startswith(("Defaulted container", "Stderr:", "Stdout:")):
+        if (not s or is_fence(s) or s.startswith(("Defaulted container", "Stderr:", "Stdout:", "Exitcode:", "cmd:"))
+                or s.strip(".…[]() ") == "" or s.lower() in ("<snip>", "(truncated)")):   # where a paste was cut
             continue
         if prompt_command(s) is not None or is_command(s, "cilium", "cilium-dbg"):
             continue

@@ -234,6 +234,20 @@ def _walk(node: Node, entering: float | None, ret_frac, visit, callers: Mapping[
                 leaves.append(p - back)
     if node.base and entering is None and node.steps and node.steps[0].observed is not None:
         entering = float(node.steps[0].observed)   # a first rule without matches sees every packet
+    if (not node.base and not callers.get(node.name) and not entering
+            and any(s.packets for s in node.steps)):
+        # nothing in the dump jumps here (a partial paste) yet its rules counted packets: not 0
+        entering = float(node.steps[0].observed) if node.steps[0].observed else None
+        notes.append("no rule in the dump jumps here but its rules counted packets (a partial dump?): "
+                     + ("entering taken from its first rule's counter" if entering else "entering unknown"))
+    if (node.base and entering is None and node.policy_packets is None and node.steps
+            and node.steps[-1].kind == TERMINAL and node.steps[-1].observed is not None
+            and all(x is not None for x in leaves)):
+        # no policy counter (nft), but an unconditional last verdict (`counter reject`) leaves the
+        # policy nothing: what entered is what the rules took out
+        entering = sum(leaves)  # type: ignore[arg-type]
+        notes.append("entering packets: the sum of what the rules took out (the last rule is an "
+                     "unconditional verdict, so the policy sees none)")
     if node.base and entering is None:
         if node.policy_packets is None:
             notes.append("base chain without a policy counter: entering packets unknown")

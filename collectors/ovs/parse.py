@@ -83,7 +83,8 @@ _TABLE_REF = re.compile(r"(resubmit\([^,()]*,|goto_table:|table=)([A-Za-z_][\w-]
 
 _INFO_KEYS = {"cookie", "duration", "table", "n_packets", "n_bytes", "idle_age", "hard_age",
               "idle_timeout", "hard_timeout", "importance", "send_flow_rem", "check_overlap",
-              "reset_counts", "no_packet_counts", "no_byte_counts", "out_port", "out_group"}
+              "reset_counts", "no_packet_counts", "no_byte_counts", "out_port", "out_group",
+              "table_id", "n_offload_packets", "n_offload_bytes"}  # the last three: bridge/dump-flows
 
 
 def _split_flow(line: str) -> tuple[dict[str, str], str, str]:
@@ -95,6 +96,8 @@ def _split_flow(line: str) -> tuple[dict[str, str], str, str]:
     what remains is the match.
     """
     head, sep, actions = line.partition(" actions=")
+    if not sep:  # `ovs-appctl bridge/dump-flows` glues it to the match: 'priority=0,actions=NORMAL'
+        head, sep, actions = line.partition(",actions=")
     if not sep:
         if line.rstrip().endswith("actions="):  # 'actions=' with nothing after it: drop
             head, actions = line.rstrip()[: -len("actions=")].rstrip(), ""
@@ -150,7 +153,7 @@ def _fast_flow(raw: str, bridge: str) -> OfFlow | None:
 def _slow_flow(line: str, bridge: str) -> OfFlow:
     """Any flow line; without n_packets (`--no-stats`) it is a flow whose counters were not reported."""
     info, match, actions = _split_flow(_REPLY.sub("", line, count=1))
-    table_s = info.get("table", "0")
+    table_s = info.get("table", info.get("table_id", "0"))
     if not table_s:
         raise ValueError("empty table=")
     table: int | str = int(table_s) if (table_s.isascii() and table_s.isdigit()) else table_s
@@ -165,6 +168,7 @@ def _slow_flow(line: str, bridge: str) -> OfFlow:
 
 # 'NXST_FLOW reply (xid=0x4):' / 'OFPST_FLOW reply (OF1.3) (xid=0x2):', alone or glued to the first flow
 _REPLY = re.compile(r"^\s*(?:NXST|OFPST)_FLOW reply(?: \([^)]*\))*:\s*")
+_ESCAPED_NL = re.compile(r"\\+n(?= cookie=)")
 # a command echoed in a paste ('1.#ovs-ofctl dump-flows br-int', 'kubectl exec ... antctl get of')
 _COMMAND = re.compile(r"\b(?:ovs-ofctl|ovs-appctl|ovs-dpctl|antctl|kubectl)\b")
 
@@ -186,6 +190,8 @@ def parse_dump_flows(text: str, bridge: str = "") -> Parsed[OfFlow]:
     """Parse `ovs-ofctl dump-flows BRIDGE` in any OpenFlow version, with or without `--no-stats`
     and `--names` (also Antrea's `antctl get of` lines, and pastes of either)."""
     text = strip_provenance(text)
+    if "n cookie=" in text:   # a dump quoted in a log line: flows joined by an escaped '\\n'
+        text = _ESCAPED_NL.sub("\n", text)
     w = Warnings()
     out: list[OfFlow] = []
     append = out.append

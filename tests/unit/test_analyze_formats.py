@@ -213,3 +213,68 @@ def test_a_large_json_document_is_recognised_by_its_head():
     got = detect(text)
     assert got.format == "nft-json" and got.confidence >= 0.9
     assert detect(text[:-5000]).format == "nft-json"     # cut short: still its head
+
+
+def test_a_listing_command_without_t_names_the_filter_table():
+    # `$ iptables -L` lists the filter table: no "does not name its table" guess, and -tnat is read too
+    (d,) = read_text((FIX / "iptables" / "openstack-notes-linuxbridge_L_prompt.txt").read_text(), "n")
+    assert isinstance(d, Dump) and d.detected.format == "iptables-list"
+    assert {c.table for c in d.data.chains} == {"filter"}
+    assert not any("does not name its table" in w for w in d.warnings)
+    assert command_hints("iptables -tnat -nvL")["table"] == "nat"
+    assert command_hints("sudo iptables -L -n -v")["table"] == "filter"
+    assert "table" not in command_hints("iptables-save")
+    assert command_hints("iptables --list-rules")["table"] == "filter"
+
+
+def test_an_ovn_br_int_is_not_antrea():
+    # br-int is OVN's too (OpenStack, OVN-Kubernetes, Kube-OVN): its flows, not its name, say Antrea
+    text = (FIX / "ovs" / "openstack-notes-ovn-br-int-dump-flows.txt").read_text()
+    dumps = [d for d in read_text(text, "n") if isinstance(d, Dump)]
+    assert dumps and dumps[0].meta.get("bridge") == "br-int" and len(dumps[0].records) == 14
+    from cnitrace.analyze.cni import detect as detect_cni
+    assert detect_cni(dumps)["cni"] == []
+    antrea = (FIX / "ovs" / "antrea-pipeline-doc-flows.txt").read_text().split("\n", 1)[1]
+    dumps = [d for d in read_text("$ ovs-ofctl dump-flows br-int --names\n" + antrea, "a") if isinstance(d, Dump)]
+    assert [c["cni"] for c in detect_cni(dumps)["cni"]] == ["antrea"]
+
+
+def test_iptables_S_with_t_nat_needs_no_table_guess():
+    (d,) = read_text((FIX / "iptables" / "kubernetes-67572_S_t_nat_prompt.txt").read_text(), "k")
+    assert isinstance(d, Dump) and {c.table for c in d.data.chains} == {"nat"}
+    assert not any("no *table header" in w for w in d.warnings)
+
+
+def test_indented_calico_policy_dump_is_detected():
+    assert detect((FIX / "calico" / "calico-12050-policy-dump-indented.txt").read_text()).format == "calico-policy"
+
+
+def test_a_one_field_cilium_status_under_its_prompt_is_detected():
+    text = (FIX / "cilium" / "cilium-32036-status-routing-excerpt.txt").read_text()
+    (d,) = read_text(text, "c")
+    assert isinstance(d, Dump) and d.detected.format == "cilium-status"
+
+
+def test_a_jq_stream_of_bpftool_objects_after_kubectls_notice():
+    (d,) = read_text((FIX / "bpf" / "cilium-18817-map-list-jq-stream.txt").read_text(), "b")
+    assert isinstance(d, Dump) and d.detected.format == "bpftool-map-json"
+    assert sorted(m.id for m in d.records) == [545, 552]
+
+
+def test_the_commands_table_beats_the_guess_from_chain_names():
+    # a mangle listing of PREROUTING alone looks like nat to the parser; `-t mangle` says which
+    (d,) = read_text((FIX / "iptables" / "amazon-vpc-cni-304_t_mangle_L_nv.txt").read_text(), "m")
+    assert isinstance(d, Dump) and {c.table for c in d.data.chains} == {"mangle"}
+    assert {r.table for r in d.data.rules} == {"mangle"} and len(d.data.rules) == 2
+
+
+def test_an_ovn_nodes_ovs_vsctl_show_is_not_antrea():
+    # OVN's geneve port ovn-<chassis>-0 on br-int: OpenStack (or OVN-Kubernetes, Kube-OVN), not Antrea
+    text = (FIX / "ovs" / "openstack-notes-ovn-vsctl-dpctl-show.txt").read_text()
+    dumps = [d for d in read_text(text, "n") if isinstance(d, Dump)]
+    assert [d.format for d in dumps] == ["ovs-vsctl-show", "ovs-dpctl-show"]
+    from cnitrace.analyze.cni import detect as detect_cni
+    assert detect_cni(dumps)["cni"] == []
+    antrea = [d for d in read_text((FIX / "detect" / "antrea_ovs_vsctl_show.txt").read_text(), "a")
+              if isinstance(d, Dump)]
+    assert [c["cni"] for c in detect_cni(antrea)["cni"]] == ["antrea"]

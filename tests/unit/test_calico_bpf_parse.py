@@ -69,3 +69,26 @@ def test_fuzz_mutated_real_dumps(name, cut, junk):
     mutated = text[:cut] + junk + text[cut:]
     assert len(p.parse_counters_dump(mutated).warnings) <= 51
     assert len(p.parse_policy_dump(mutated).warnings) <= 51
+
+
+def test_policy_dump_with_comments_glued_on_one_line():
+    r = p.parse_policy_dump(fx("calico-11071-policy-dump-concise-glued.txt"))
+    assert r.warnings == ()
+    first, profile = r.records
+    assert (first.rule_id, first.action, first.count, first.tier) == ("29vMYcPWr7reSxxN", "allow", 9, "default")
+    assert first.policy == "default/knp.default.allow-nginx-from-ubuntu" and first.ip_sets == ("0x303904ae5eae5418",)
+    assert (profile.rule_id, profile.count, profile.tier, profile.policy) == ("aBMQCbsUMESPKGRp", 0, "", "")
+
+
+def test_policy_dump_naming_the_policy_kind():
+    (r,) = p.parse_policy_dump(fx("calico-12050-policy-dump-kind-names.txt")).records
+    assert (r.iface, r.hook, r.policy, r.rule_id, r.count) == (
+        "cali12345", "egress", "GlobalNetworkPolicy policy-tcp", "policy-tcp", 42)
+
+
+def test_indented_policy_dump_of_calico_bpf_3_32():
+    got = p.parse_policy_dump(fx("calico-12050-policy-dump-indented.txt"))
+    (r,) = got.records
+    assert got.warnings == ()
+    assert (r.iface, r.hook, r.tier, r.policy, r.rule_id, r.action, r.count, r.ip_sets) == (
+        "cali12345", "egress", "default", "GlobalNetworkPolicy policy-tcp", "policy-tcp", "allow", 42, ("10.65.0.3/32",))

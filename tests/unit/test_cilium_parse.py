@@ -164,3 +164,9 @@ def test_fuzz_policy_get_text(name, cut, junk):
     text = _fx(name)
     assert len(p.parse_policy_get_text(text[:cut] + junk + text[cut:]).warnings) <= 51
     p.parse_policy_get_text(junk)
+
+
+def test_policy_stats_empty_is_said_not_swallowed():
+    # cilium 1.6 printed it for a map bpftool showed was full (cilium/cilium#8507): no rows, one warning
+    r = p.parse_policy_get_text(_fx("cilium-8507-bpf-policy-get-stats-empty.txt"))
+    assert r.records == () and len(r.warnings) == 1 and "Policy stats empty" in r.warnings[0]

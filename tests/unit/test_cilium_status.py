@@ -69,3 +69,17 @@ def test_fuzz_random_text(s):
 def test_fuzz_mutated_real_dumps(name, cut, junk):
     text = fx(name)
     assert len(parse_status(text[:cut] + junk + text[cut:]).warnings) <= 51
+
+
+def test_status_in_the_ci_harness_log_keeps_its_fields():
+    # ' \t ' before the first status line, '\t ' before the rest, an 'Exitcode: 0' line above
+    s = parse_status(fx("cilium-21735-status-ci-harness.txt"))
+    assert s.warnings == () and s.source == "agent"
+    assert (s.kvstore, s.kubernetes, s.kube_proxy_replacement) == ("Disabled", "Ok", "Disabled")
+    assert "Exitcode" not in s.fields and s.fields["Host firewall"] == "Disabled"
+
+
+def test_an_excerpt_cut_with_dots_reads_its_one_field():
+    s = parse_status(fx("cilium-32036-status-routing-excerpt.txt"))
+    assert s.warnings == ()
+    assert (s.routing_network, s.host_routing) == ("Tunnel [vxlan]", "Legacy")

@@ -161,3 +161,10 @@ def test_fuzz_cut_real_listings(name, start, length):
     p = parse_save(text[:a] + text[a + length:])
     assert len(p.warnings) <= MAX_WARNINGS + 1
     assert all(s.members is None or s.members >= 0 for s in p.records)
+
+
+def test_tilde_prompts_between_two_lists():
+    p = parse_save(load("azure-npm-553_list_tilde_prompt.txt"))
+    assert p.warnings == ()
+    assert [(s.name, s.type, s.members) for s in p.records] == [
+        ("azure-npm-671120875", "hash:ip,port", 1), ("azure-npm-420423296", "hash:net", 2)]

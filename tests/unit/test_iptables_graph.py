@@ -199,3 +199,13 @@ def test_a_delta_keeps_whether_the_dump_had_rule_counters():
     assert rs.rule_counters is False
     delta, _ = ruleset_delta(rs, rs)
     assert delta.rule_counters is False and len(delta.rules) == 2
+
+
+def test_a_chain_nothing_in_the_dump_jumps_to_is_not_claimed_empty():
+    # a pasted excerpt of KUBE-SEP-* chains with -c counters: the jumps into them were left out
+    rs, _ = parse_ruleset(open(_fixture("submariner-subctl-1205_c_partial_sep.save")).read())
+    costs, _ = costs_by_table(rs)
+    got = {k[-1]: c for k, c in costs.items()}
+    sep = got["KUBE-SEP-EWDMSLOSUEG5PNZG"]   # [0:0] MASQ rule then [90:7626] DNAT: 90 packets entered
+    assert sep.entering is None and any("jumps here" in n for n in sep.notes)
+    assert got["KUBE-SEP-FX75HGKHH5NVZOM4"].entering == 0   # every counter zero: zero stays zero

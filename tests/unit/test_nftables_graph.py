@@ -127,3 +127,15 @@ def test_next_rules_counter_resolves_a_verdict_map():
     assert any("inferred from the next rule's counter" in n for n in c.notes)
     # Including the allow chain: 7 allowed × (2 + 1) + 4 denied × 3 = 33 → 3 per packet, as the lab's truth says.
     assert c.inclusive_per_packet == pytest.approx(3.0)
+
+
+def test_an_unconditional_last_verdict_gives_a_base_chain_its_traffic():
+    # nft has no policy counter, but `counter ... reject` closing INPUT leaves the policy nothing
+    from cnitrace.collectors.nftables.text import parse_text
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "fixtures" / "nftables" / "insights-core-1812_rhel8_reject_last.nft").read_text()
+    costs, _ = costs_by_table(parse_text(text).records)
+    (inp,) = [c for k, c in costs.items() if k[-1] == "INPUT"]
+    assert inp.entering == 179 and inp.evaluations == 188       # 176 + 3 taken out; 179+3+3+3+0 rules run
+    (out,) = [c for k, c in costs.items() if k[-1] == "OUTPUT"]
+    assert out.entering is None                                 # no rules: nothing says what entered

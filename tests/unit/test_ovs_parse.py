@@ -326,3 +326,21 @@ def test_fuzz_mutated_real_dumps_never_raise(name, cut, junk):
     mutated = text[:cut] + junk + text[cut:]
     for fn in (p.parse_dump_flows, p.parse_dpctl_show_ports, p.parse_dpctl_show, p.parse_dpctl_dump_flows):
         assert len(fn(mutated).warnings) <= 51
+
+
+def test_appctl_bridge_dump_flows_glues_actions_to_the_match():
+    # ovs-appctl bridge/dump-flows: 'priority=0,actions=NORMAL' (no space) and hidden 'table_id=254' flows
+    r = p.parse_dump_flows(fx("ovs-pr295-appctl-bridge-dump-flows.txt"), "br0")
+    assert r.warnings == () and len(r.records) == 5
+    first, hidden = r.records[0], r.records[1]
+    assert (first.table, first.priority, first.actions, first.n_packets) == (0, 0, "NORMAL", 214752)
+    assert (hidden.table, hidden.priority, hidden.match, hidden.actions) == (254, 2, "recirc_id=0", "drop")
+    assert [f.table for f in r.records].count(254) == 4
+
+
+def test_flows_quoted_in_a_log_line_split_on_the_escaped_newline():
+    r = p.parse_dump_flows(fx("ovnk-863-dump-flows-escaped-log.txt"), "br-int")
+    assert len(r.records) == 7
+    assert [f.table for f in r.records] == [41] * 6 + [42]
+    assert r.records[0].actions == "resubmit(,42)"
+    assert r.records[-1].actions == "ct(table=43,zone=NXM_NX_REG13[0..15])"

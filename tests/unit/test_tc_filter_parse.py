@@ -70,3 +70,12 @@ def test_fuzz_mutated_real_dumps(name, cut, junk):
     r = tc.parse_tc_filters_text(text[:cut] + junk + text[cut:])
     assert len(r.warnings) <= 51
     tc.filter_kinds(r.records)
+
+
+def test_old_iproute2_filter_lines_without_chain():
+    # iproute2 before 4.13 prints no 'chain N' and no program id
+    r = tc.parse_tc_filters_text(fx("netdev11-cls-bpf-tc-filter-show-old.txt"))
+    (f,) = r.records
+    assert (f.iface, f.hook, f.kind, f.pref, f.chain, f.handle) == ("em1", "egress", "bpf", 49152, 0, "0x1")
+    assert f.prog_id is None and f.prog_name == "foo.o:[p2]" and f.direct_action
+    assert not any("not a tc filter line" in w for w in r.warnings)

@@ -7,6 +7,7 @@ agent's status or policy map) are evidence of that CNI in themselves.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 from cnitrace.analyze.dumps import Dump
@@ -51,10 +52,26 @@ def evidence_of(dumps: Iterable[Dump]) -> Evidence:
                 links.append(name)
                 if name == "br-int":
                     bridges.append(name)
-        if d.meta.get("bridge"):
+        if d.meta.get("bridge") and (d.format != "ovs-flows" or _antrea_flows(d.records)):
             bridges.append(d.meta["bridge"])
+        links += list(d.meta.get("ports", ()))
+    if any(_OVN_PORT.match(x) for x in links):   # an OVN br-int (OVN-Kubernetes, Kube-OVN, OpenStack)
+        bridges = [b for b in bridges if b != "br-int"]
     return Evidence(tuple(dict.fromkeys(links)), tuple(dict.fromkeys(chains)), tuple(tables),
                     tuple(dict.fromkeys(bridges)), (), tuple(dict.fromkeys(programs)))
+
+
+_OVN_PORT = re.compile(r"^(ovn-k8s-mp\d+|ovn0|ovn-[0-9a-f]{6}-\d+|patch-br-int-to-\S+|patch-\S+-to-br-int|"
+                       r"patch-provnet-\S+|q[rg]-[0-9a-f]{8}-[0-9a-f]{2})$")
+_ANTREA_ZONES = ("zone=65520", "zone=65510", "zone=65500")   # Antrea's conntrack zones (0xfff0, v6, SNAT)
+
+
+def _antrea_flows(flows: Iterable[Any]) -> bool:
+    """Whether a bridge's flows are Antrea's: br-int is also OVN's (OpenStack, OVN-Kubernetes, Kube-OVN)
+    and the Neutron OVS agent's, so the bridge name alone is not evidence; Antrea's conntrack zones or
+    its named tables are."""
+    return any(isinstance(getattr(f, "table", 0), str) or any(z in getattr(f, "actions", "") for z in _ANTREA_ZONES)
+               for f in flows)
 
 
 def detect(dumps: list[Dump]) -> dict[str, Any]:

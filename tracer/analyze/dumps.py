@@ -105,16 +105,46 @@ def _call(fmt: str, fn: Any, text: str, hints: Mapping[str, Any]) -> Any:
     return fn(text)
 
 
-def _table_from_hint(data: Any, table: str | None) -> Any:
-    """`iptables -t nat -L` prints no table name: take it from the command."""
-    if not table or not hasattr(data, "rules") or {c.table for c in data.chains} != {"filter"}:
+def _table_from_hint(data: Any, table: str | None, guessed: bool = False) -> Any:
+    """`iptables -t nat -L` prints no table name: take it from the command (also over the parser's
+    guess from the chain names: a mangle listing of PREROUTING alone looks like nat)."""
+    if not table or not hasattr(data, "rules"):
+        return data
+    tables = {c.table for c in data.chains}
+    if tables != {"filter"} and not (guessed and len(tables) == 1):
         return data
     return dataclasses.replace(data, chains=tuple(dataclasses.replace(c, table=table) for c in data.chains),
                                rules=tuple(dataclasses.replace(r, table=table) for r in data.rules))
 
 
+def _json_text(text: str) -> str:
+    """JSON as pasted from kubectl and jq: without kubectl's 'Defaulted container ...' notice, and a
+    stream of objects (`jq '.[] | select(...)'`) made one array; any other text unchanged."""
+    body = text.lstrip()
+    while body.startswith("Defaulted container"):
+        body = body.split("\n", 1)[1].lstrip() if "\n" in body else ""
+    if body[:1] not in ("{", "["):
+        return text
+    import json
+    dec, values, i = json.JSONDecoder(), [], 0
+    try:
+        while i < len(body):
+            value, i = dec.raw_decode(body, i)
+            values.append(value)
+            while i < len(body) and body[i].isspace():
+                i += 1
+    except ValueError:
+        return text if not values else body     # not JSON after all, or one value and trailing text
+    if len(values) > 1 and all(isinstance(v, dict) for v in values):
+        return json.dumps(values)
+    return body
+
+
 def read_section(section: Section, source: str, index: int, sections: int = 1) -> Dump | Skipped:
     """Detect and parse one section (pure; never raises)."""
+    text = _json_text(section.text)
+    if text is not section.text:
+        section = dataclasses.replace(section, text=text)
     det = detect(section.text, section.command)
     if det.format is None:
         return Skipped(source, index, section.command, section.line, det.reason)
@@ -135,10 +165,17 @@ def read_section(section: Section, source: str, index: int, sections: int = 1) -
         return Skipped(source, index, section.command, section.line,
                        f"{parser.module}.{parser.function} failed on it ({exc.__class__.__name__}: "
                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''})")
+    guessed = False
+    if det.format in ("iptables-list", "iptables-save") and hints.get("table"):
+        # the command named the table (`-t nat`; a listing lists filter by default): it beats the guess
+        kept = tuple(x for x in warnings if "does not name its table" not in x and "no *table header" not in x)
+        guessed, warnings = len(kept) < len(warnings), kept
     meta: dict[str, Any] = {**hints, **extra, "line": section.line, "sections": sections,
                             "provenance": section.provenance}
+    if det.format == "ovs-vsctl-show":   # the ports say whose br-int it is (OVN's or Antrea's)
+        meta["ports"] = tuple(dict.fromkeys(re.findall(r'^\s*Port\s+"?([\w.-]+)"?\s*$', section.text, re.M)))
     if hasattr(data, "rules") and hasattr(data, "chains"):
-        data = _table_from_hint(data, hints.get("table"))
+        data = _table_from_hint(data, hints.get("table"), guessed)
         counted = getattr(data, "rule_counters", None)
         if counted is None:   # a parser without the flag: [p:b] in the text says it
             counted = bool(_RULE_COUNTERS.search(section.text)) or det.format == "iptables-list"

@@ -157,6 +157,13 @@ def command_hints(command: str | None) -> dict[str, Any]:
     for flag in ("-t", "--table"):
         if flag in args and args.index(flag) + 1 < len(args):
             out["table"] = args[args.index(flag) + 1]
+    if tool.startswith(("iptables", "ip6tables")) and "table" not in out and not tool.endswith("-save"):
+        from cnitrace.collectors.iptables.listing import _listed_table   # '-tnat', '--table=nat', filter by default
+        listed = _listed_table(" ".join(w))
+        if listed:
+            out["table"] = listed
+        elif any(a in ("-S", "--list-rules") for a in args):   # `iptables -S` prints filter too
+            out["table"] = "filter"
     if tool == "tc" and "dev" in args and args.index("dev") + 1 < len(args):
         out["iface"] = args[args.index("dev") + 1]
         out["hook"] = "egress" if "egress" in args else "ingress"
@@ -252,7 +259,8 @@ CALICO_TABLE = _R(r"^\|\s*CATEGORY\s*\|\s*TYPE\s*\|")
 CALICO_ROW = _R(r"^(\+-[-+]+\+|\|.*\|\s*(\d+|N/A)?\s*\||dumped \S+ counters\.?)$")
 CALICO_DUMPED = _R(r"^dumped \S+ counters\.?$")
 CALICO_POLICY = _R(r"^(IfaceName: \S+|Hook: .+|Error:.*|Policy Info:|// (Start|End) of (tier|policy|rule)\b.*|"
-                   r"// count = \d+|// (Program|Start of|End of) .*)$")
+                   r"// count = \d+|// (Program|Start of|End of) .*|"
+                   r"(End )?(Tier|Policy|Profile): .+|Rule: \S+( +Action: \S+)?|Hit count: \d+|IP sets: .*|Match: .*)$")
 IP_LINK = _R(r"^(\d+:\s+)?[^\s:@]+(@\S+)?:\s+<[A-Z_,-]*>")
 IP_LINK_MORE = _R(r"^(link/\w+|inet6? |valid_lft|altname )")
 OVS_VSCTL = _R(r"^([0-9a-f]{8}-[0-9a-f-]{27}|Bridge \S+|Port \S+|Interface \S+|type: \S+|options: \{.*\}|"
@@ -387,6 +395,11 @@ def detect(text: str, command: str | None = None) -> Detected:
             return Detected(fmt, round(conf, 3), why)
     lines = _sample(text)
     scores = _scores(lines)
+    if "cilium-status" in hinted and "cilium-status" not in scores:
+        # under its own prompt a status cut by grep or `...` keeps one or two fields
+        keys = {m.group(1) for l in lines if (m := CILIUM_KEY.search(l))}
+        if keys:
+            scores["cilium-status"] = (0.45 + 0.1 * len(keys), f"{len(keys)} `cilium status` field(s)")
     if not scores:
         say = f" (the prompt ran `{command}`)" if command else ""
         return Detected(None, 0.0, f"no known tool's output{say}; first line: {lines[0][:80]!r}")
