@@ -127,8 +127,30 @@ def render_analysis(doc: Mapping[str, Any], console: Console | None = None) -> N
 
 
 def _short(x: Any, limit: int = 300) -> str:
-    text = str(x)
+    """A summary as `key value, key value` (nested ones flattened with dots), empty values left
+    out, cut at `limit` characters; the JSON document has it whole."""
+    if isinstance(x, Mapping):
+        text = ", ".join(f"{k} {v}" for k, v in _flat(x))
+    elif isinstance(x, (list, tuple)) and all(isinstance(i, Mapping) and "name" in i for i in x):
+        text = f"{len(x)}: " + ", ".join(
+            f"{i['name']} ({', '.join(f'{k} {v}' for k, v in _flat(i) if k != 'name')})" for i in x)
+    else:
+        text = str(x)
     return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _flat(x: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in x.items():
+        if v in (None, "", [], {}, ()) or k == "fields":   # `fields`: the raw lines, parsed alongside
+            continue
+        if isinstance(v, Mapping):
+            out += _flat(v, f"{prefix}{k}.")
+        elif isinstance(v, (list, tuple)):
+            out.append((f"{prefix}{k}", "; ".join(str(i) for i in v[:5]) + (f" (+{len(v) - 5})" if len(v) > 5 else "")))
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
 
 
 def _hooks(con: Console, nf: Mapping[str, Any]) -> None:
