@@ -34,7 +34,8 @@ def cnis(ev: detect.Evidence) -> dict[str, detect.Detection]:
     (lambda: {"iptables": {"nft": fixture("kube_router_iptables_save.txt")}}, "kube-router",
      ("chain KUBE-POD-FW-TT2IUJ4CPAVNDDSJ (iptables-nft)", "chain KUBE-ROUTER-FORWARD (iptables-nft)")),
     (lambda: {"ip_link": fixture("flannel_ip_link.txt")}, "flannel", ("interface flannel.1", "interface cni0")),
-    (lambda: {"ip_link": fixture("weave_ip_link.txt")}, "weave", ("interface vethwepl2b8a17b", "interface weave")),
+    (lambda: {"ip_link": fixture("weave_ip_link.txt")}, "weave",
+     ("interface vethwepl2b8a17b", "interface weave", "interface datapath")),
 ], ids=["calico-iptables", "calico-link", "cilium-bpftool", "cilium-link", "antrea-ovs", "antrea-link",
         "kube-router-iptables", "flannel-link", "weave-link"])
 def test_each_cni_is_detected_alone_with_its_evidence(ev_kwargs, cni, evidence):

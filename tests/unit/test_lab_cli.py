@@ -18,7 +18,7 @@ def private_state(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["-d", "weave"], "unknown datapath 'weave'; choose one of:"),
+    (["-d", "canal"], "unknown datapath 'canal'; choose one of:"),
     (["-d", "calico", "-n", "10001"], "--rules 10001 out of range: 0..10000"),
     (["-d", "calico", "-n", "-5"], "--rules -5 out of range"),
     (["-d", "nft", "-n", "10", "--match-position", "11"], "--match-position 11 out of range: 0..10"),

@@ -46,8 +46,8 @@ def test_bad_specs_are_refused_with_one_line(kw, msg):
 
 
 def test_unknown_datapath_lists_the_known_ones():
-    with pytest.raises(UsageError, match="unknown datapath 'weave'; choose one of: .*calico.*kube-router.*nft"):
-        registry.get("weave")
+    with pytest.raises(UsageError, match="unknown datapath 'canal'; choose one of: .*calico.*kube-router.*nft"):
+        registry.get("canal")
 
 
 @pytest.mark.parametrize("dp,pattern,prefix,gw", [

@@ -23,15 +23,15 @@ def fixture(name: str) -> str:
 
 def test_default_config_is_the_issue_default_sweep():
     cfg = make_config()
-    assert cfg.datapaths == ("calico", "kube-router", "nft", "antrea", "cilium", "flannel")
+    assert cfg.datapaths == ("calico", "kube-router", "weave", "nft", "antrea", "cilium", "flannel")
     assert cfg.rules == (0, 100, 1000) and cfg.clients == (1,) and cfg.placement == "intra"
-    assert len(points(cfg)) == 18
+    assert len(points(cfg)) == 21
     quick = make_config(quick=True)
-    assert quick.rules == (0, 1000) and quick.seconds < cfg.seconds and len(points(quick)) == 12
+    assert quick.rules == (0, 1000) and quick.seconds < cfg.seconds and len(points(quick)) == 14
 
 
 @pytest.mark.parametrize("kw,msg", [
-    ({"datapaths": "calico,weave"}, "unknown datapath 'weave'"),
+    ({"datapaths": "calico,canal"}, "unknown datapath 'canal'"),
     ({"rules": "0,abc"}, "not a comma-separated list"),
     ({"rules": "0,20000"}, "0..10000"),
     ({"rules": "100,100"}, "duplicate"),

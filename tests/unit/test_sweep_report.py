@@ -97,7 +97,7 @@ def test_line_plot_draws_model_and_cliff():
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--datapath", "weave"], "unknown datapath 'weave'"),
+    (["--datapath", "canal"], "unknown datapath 'canal'"),
     (["--rules", "0,abc"], "not a comma-separated list of numbers"),
     (["--clients", "0,300"], "--clients: each value must be in 1..250"),
     (["--datapath", "nft", "--l7"], "--l7 needs one of: calico, antrea, cilium"),

@@ -258,6 +258,11 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                 detail["warning"] = clamped[c.chain]
             if c.classes and cal.shapes is not None:
                 detail["classes"] = {k: (v / packets if packets else None) for k, v in c.classes}
+                # iptables `-m set` matches run per packet (a class names each module that ran)
+                lookups = sum(v * k.partition(":")[2].split("+").count("set")
+                              for k, v in c.classes if k.startswith("full:"))
+                if lookups:
+                    detail["ipset_lookups"] = lookups / packets if packets else None
                 detail["ns_per_evaluation"] = (cal.chain_ns(c.evaluations, c.classes) / c.evaluations
                                                if c.evaluations else None)
                 detail["model"] = "rule evaluations by shape x this node's calibrated ns per shape"

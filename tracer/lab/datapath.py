@@ -5,7 +5,7 @@ How a datapath plugs in:
 1. Write a module in cnitrace.lab.datapaths (tracer/lab/datapaths/<name>.py) with a subclass
    of Datapath. Set `name`, the executables it needs (`tools`), the capability
    checks it needs (`caps`, names from cnitrace.core.capability), whether pods are routed /32
-   (`routed`) or bridged, and `supports_l7`.
+   (`routed`) or bridged (`bridge`, and `subnet` if the CNI's IPAM differs), and `supports_l7`.
 2. `node_iface_name(lab, index)` names the node-side veth the way the CNI does (cali<11hex>,
    veth<hash>, lxc<hash>); the lab manager plans the Topology with it (pure, see topology.py).
 3. `build(session, topo, spec)` runs inside `lab up` after the manager has created the node and
@@ -45,6 +45,7 @@ class Datapath:
     caps: ClassVar[tuple[str, ...]] = ()       # cnitrace.core.capability check names
     routed: ClassVar[bool] = True              # /32 pods + 169.254.1.1 gateway; False: /24 on a bridge
     bridge: ClassVar[str] = ""                 # node-side bridge name when bridged
+    subnet: ClassVar[str] = ""                 # pod /24 ("" = topology's routed/bridged default)
     supports_l7: ClassVar[bool] = False
     policy_stage: ClassVar[str] = "netfilter"   # the profile stage whose cost grows with the policy
     backends: ClassVar[tuple[str, ...]] = ()   # accepted --backend values; () = the option is ignored

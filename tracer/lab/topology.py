@@ -60,7 +60,7 @@ def plan(spec: "LabSpec", dp: "Datapath") -> Topology:
     validate_name(spec.name)
     if not 1 <= spec.pods <= MAX_PODS:
         raise UsageError(f"--pods {spec.pods} out of range: 1..{MAX_PODS}")
-    subnet = ipaddress.IPv4Network(ROUTED_SUBNET if dp.routed else BRIDGED_SUBNET)
+    subnet = ipaddress.IPv4Network(getattr(dp, "subnet", "") or (ROUTED_SUBNET if dp.routed else BRIDGED_SUBNET))
     hosts = list(subnet.hosts())
     pods = []
     for i in range(spec.pods + 1):

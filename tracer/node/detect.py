@@ -32,6 +32,7 @@ class Evidence:
     bpf_pins: tuple[str, ...] = ()                      # names under /sys/fs/bpf/tc/globals
     tc_programs: tuple[tuple[str, str], ...] = ()       # (device, program name)
     warnings: tuple[str, ...] = ()                      # sources that could not be read
+    ipsets: tuple[str, ...] = ()                        # ipset names (weave-*, KUBE-SRC-*, cali40*)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Rule:
     bridges: tuple[str, ...] = ()
     pins: tuple[str, ...] = ()
     programs: tuple[str, ...] = ()
+    ipsets: tuple[str, ...] = ()
 
 
 RULES: dict[str, Rule] = {
@@ -74,7 +76,10 @@ RULES: dict[str, Rule] = {
                    nft_tables=(r"\S+ antrea",)),
     "kube-router": Rule(links=(r"kube-bridge", r"kube-dummy-if"),
                         chains=("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-")),
-    "weave": Rule(links=(r"weave", r"vethwe(-|pl)\S+", r"vxlan-6784"), chains=("WEAVE-NPC", "WEAVE")),
+    # weave-npc's chains and weave-<shortName> ipsets; the weave bridge, vethwepl<id> pod veths and the
+    # router's vethwe-bridge/-pcap/-datapath ports; "datapath" is fastdp's OVS datapath (weak alone).
+    "weave": Rule(links=(r"weave", r"vethwe(-|pl)\S+", r"vxlan-6784"), weak_links=(r"datapath",),
+                  chains=("WEAVE-NPC", "WEAVE"), ipsets=(r"weave-\S+", r"weaver-no-masq-local")),
     "flannel": Rule(links=(r"flannel[.-]\S+",), weak_links=(r"cni0",), chains=("FLANNEL-",)),
 }
 
@@ -101,6 +106,20 @@ def parse_iptables_chains(text: str) -> tuple[str, ...]:
         elif line.startswith("Chain ") and len(line.split()) > 1:
             out.append(line.split()[1])
     return tuple(dict.fromkeys(out))
+
+
+def parse_ipset_names(text: str) -> tuple[str, ...]:
+    """Set names from `ipset list -n` (one per line), `ipset list` ('Name: X') or `ipset save` ('create X')."""
+    out, bare = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Name: "):
+            out.append(line[6:].strip())
+        elif line.startswith("create ") and len(line.split()) > 2:
+            out.append(line.split()[1])
+        elif line and not line.startswith("#") and len(line.split()) == 1 and ":" not in line[:1]:
+            bare.append(line)
+    return tuple(dict.fromkeys(out or bare))
 
 
 def parse_nft_tables(text: str) -> tuple[str, ...]:
@@ -156,17 +175,18 @@ def parse_bpftool_net(text: str) -> tuple[tuple[str, str], ...]:
 
 def evidence_from(*, ip_link: str = "", iptables: dict[str, str] | None = None, nft: str = "",
                   ovs: str = "", pins: Iterable[str] = (), bpftool_net: str = "",
-                  warnings: Iterable[str] = ()) -> Evidence:
+                  warnings: Iterable[str] = (), ipset: str = "") -> Evidence:
     """Build Evidence from raw tool output.
 
     iptables maps backend name -> iptables-save text; nft is `nft list tables` or `nft list
     ruleset` (its chains count as backend "nftables": iptables-nft rules live there too);
-    ovs is `ovs-vsctl show` or `ovs-vsctl list-br` output.
+    ovs is `ovs-vsctl show` or `ovs-vsctl list-br` output; ipset is `ipset list -n` (or list/save).
     """
     chains = [(backend, c) for backend, text in (iptables or {}).items() for c in parse_iptables_chains(text)]
     chains += [("nftables", c) for c in parse_nft_chains(nft)]
     return Evidence(parse_links(ip_link), tuple(dict.fromkeys(chains)), parse_nft_tables(nft),
-                    parse_ovs_show(ovs), tuple(pins), parse_bpftool_net(bpftool_net), tuple(warnings))
+                    parse_ovs_show(ovs), tuple(pins), parse_bpftool_net(bpftool_net), tuple(warnings),
+                    parse_ipset_names(ipset))
 
 
 # --- pure detection ----------------------------------------------------------------------------
@@ -194,6 +214,7 @@ def detect_cnis(ev: Evidence) -> list[Detection]:
         strong += [f"OVS bridge {b}" for b in ev.ovs_bridges if _full(rule.bridges, b)]
         strong += _cap([f"pinned map {p}" for p in ev.bpf_pins if _full(rule.pins, p)])
         strong += _cap([f"tc program {p} on {d}" for d, p in ev.tc_programs if _full(rule.programs, p)])
+        strong += _cap([f"ipset {s}" for s in ev.ipsets if _full(rule.ipsets, s)])
         weak = [f"interface {l}" for l in ev.links if _full(rule.weak_links, l)]
         if strong:
             found.append(Detection(cni, tuple(strong + weak), "strong"))
@@ -245,6 +266,7 @@ def gather_evidence(runner: Runner = DEFAULT_RUNNER, netns: str | None = None) -
     iptables = {"legacy": out(["iptables-legacy-save"]), "nft": out(["iptables-nft-save"])}
     nft = out(["nft", "list", "tables"])
     bpftool = out(["bpftool", "-j", "net", "show"])
+    ipset = out(["ipset", "list", "-n"])
     ovs = ""
     pins: list[str] = []
     if not netns:   # the host namespace (None or HOST)
@@ -255,4 +277,4 @@ def gather_evidence(runner: Runner = DEFAULT_RUNNER, netns: str | None = None) -
         except OSError:
             pins = []
     return evidence_from(ip_link=ip_link, iptables=iptables, nft=nft, ovs=ovs, pins=pins,
-                         bpftool_net=bpftool, warnings=warnings)
+                         bpftool_net=bpftool, warnings=warnings, ipset=ipset)

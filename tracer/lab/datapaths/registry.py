@@ -12,9 +12,14 @@ from cnitrace.lab.datapaths.cilium import Cilium
 from cnitrace.lab.datapaths.flannel import Flannel
 from cnitrace.lab.datapaths.kube_router import KubeRouter
 from cnitrace.lab.datapaths.nft import Nft
+from cnitrace.lab.datapaths.weave import Weave
 
 # The study's iptables CNIs, nftables, OVS, eBPF, the baseline.
-DATAPATHS: dict[str, Datapath] = {cls.name: cls() for cls in (Calico, KubeRouter, Nft, Antrea, Cilium, Flannel)}
+DATAPATHS: dict[str, Datapath] = {cls.name: cls() for cls in (Calico, KubeRouter, Weave, Nft, Antrea, Cilium, Flannel)}
+
+# Datapaths a user may ask for that this lab does not build, each with the reason.
+NOT_BUILT = {"weave-fastdp": "weave fastdp is not built: it needs the openvswitch kernel module (the vm tier has it); "
+                             "--datapath weave builds the sleeve bridge datapath"}
 
 
 def names() -> list[str]:
@@ -23,6 +28,8 @@ def names() -> list[str]:
 
 def get(name: str) -> Datapath:
     """The datapath called `name`, or a UsageError listing the known ones."""
+    if name in NOT_BUILT:
+        raise UsageError(NOT_BUILT[name])
     try:
         return DATAPATHS[name]
     except KeyError:
