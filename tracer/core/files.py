@@ -27,6 +27,18 @@ def exclusive(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def remove_if_unlocked(path: Path) -> bool:
+    """Delete `path` + '.lock' when nobody holds it (a builder killed -9 leaves the file, not the lock)."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        with open(lock, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.unlink(missing_ok=True)
+            return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write through a per-process temporary file and rename it over `path` (atomic on one filesystem)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from cnitrace.core import faults
 from cnitrace.core.errors import ToolError, UsageError
-from cnitrace.core.files import exclusive
+from cnitrace.core.files import exclusive, remove_if_unlocked
 from cnitrace.lab.datapaths import registry, replay
 from cnitrace.lab import policy, topology
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
@@ -173,6 +173,19 @@ def load(name: str) -> Lab:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ToolError(f"{path}: unreadable lab description ({type(exc).__name__}); "
                         f"`cnitrace lab down --name {name}` removes it") from None
+
+
+def prune_locks(state: StateFile | None = None) -> int:
+    """Remove the build locks of labs that do not exist (no description, no records) and that no
+    `lab up` holds: what a build killed -9 leaves in the labs directory. Returns how many."""
+    state = state or StateFile()
+    owners = {r.owner for r in state.live()}
+    removed = 0
+    for lock in labs_dir().glob("cnit-*.json.lock") if labs_dir().is_dir() else ():
+        name = lock.name[len("cnit-"):-len(".json.lock")]
+        if not meta_path(name).exists() and owner(name) not in owners:
+            removed += remove_if_unlocked(meta_path(name))
+    return removed
 
 
 def names() -> list[str]:
