@@ -110,6 +110,7 @@ def cleanup(labs: tuple[str, ...], all_labs: bool, force: bool, as_json: bool) -
 
     require_root()
     result = do_cleanup(StateFile(), labs=None if all_labs or force else frozenset(labs), force=force)
+    manager.prune_locks()
     if as_json:
         click.echo(json.dumps({
             "removed": [r.to_json() for r in result.removed],
@@ -295,7 +296,7 @@ def lab() -> None:
 
 @lab.command("up")
 @click.option("--datapath", "-d", default=None,
-              help="calico, kube-router, nft, flannel, antrea, cilium (with --replay: the pods' shape; default: the dump's).")
+              help="calico, kube-router, weave, nft, flannel, antrea, cilium (with --replay: the pods' shape; default: the dump's).")
 @click.option("--rules", "-n", default=0, show_default=True, type=int, help=f"Port-range rules (0..{MAX_RULES}).")
 @click.option("--pods", default=1, show_default=True, type=int, help="Client pods (1..250).")
 @click.option("--l7", is_flag=True, help="Detour allowed HTTP through a real L7 proxy (GET / only).")
@@ -486,10 +487,52 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
     return ExitStatus.OK
 
 
+# --- trace ------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--lab", "lab_name", default=None, metavar="NAME", help="Trace in a cnitrace lab (its client pod sends --probe).")
+@click.option("--iface", default=None, metavar="[NETNS/]GLOB", help="Trace packets entering/leaving these interfaces.")
+@click.option("--netns", default=None, metavar="NAME", help="Trace inside this namespace.")
+@click.option("--probe", "probe", default=None, metavar="PROTO:DST:PORT", help="Craft and send marked packets; trace only them.")
+@click.option("--from-netns", default=None, metavar="NS", help="Send --probe from this namespace (default: the lab's client).")
+@click.option("--match", "match", default=None, metavar="'PROTO [src A] [dst B] [port P]'", help="Trace live matching packets.")
+@click.option("--count", default=None, type=int, help="Probes to send / live packets to trace [1 / 10].")
+@click.option("--window", default=10.0, show_default=True, type=float, help="--match: seconds to wait for --count packets.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the trace document (Hubble flow fields) here.")
+@click.option("--pcap", "pcap_out", type=click.Path(dir_okay=False), help="Write pcapng with each packet's trace JSON as its comment.")
+@click.option("--no-times", is_flag=True, help="Skip the kernel tracepoint timestamps (no BPF compile).")
+def trace(lab_name, iface, netns, probe, from_netns, match, count, window, json_out, pcap_out, no_times) -> int:
+    """Trace packets through the node: every netfilter table, chain and rule they met, the verdict
+    and the policy behind it. Only cnitrace's own table sets `nftrace`; it is removed on exit."""
+    from cnitrace.trace.plan import parse_match, parse_probe
+    from cnitrace.trace.run import TraceConfig, run_trace
+    from cnitrace.trace.output import write_pcapng
+    from cnitrace.reports.trace import render_trace
+
+    if (probe is None) == (match is None):
+        raise UsageError("give exactly one of --probe or --match")
+    spec = parse_probe(probe, 1 if count is None else count) if probe else parse_match(match, 10 if count is None else count)
+    cfg = TraceConfig(spec, lab=lab_name, iface=iface, netns=netns, from_netns=from_netns, window=window,
+                      times=not no_times)
+    cfg.validate()
+    require_root()
+    with steps() as say:
+        doc = run_trace(cfg, say=say)
+    raw = doc.pop("_packets", [])
+    render_trace(doc)
+    if json_out:
+        Path(json_out).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if pcap_out:
+        write_pcapng(pcap_out, doc["flows"], raw)
+    if doc["interrupted"]:
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.OK if doc["traced"] else ExitStatus.FAILURE
+
+
 # --- sweep ------------------------------------------------------------------------------------
 
 @cli.command()
-@click.option("--datapath", "datapaths", metavar="LIST", help="Comma-separated datapaths (default: all six).")
+@click.option("--datapath", "datapaths", metavar="LIST", help="Comma-separated datapaths (default: all seven).")
 @click.option("--rules", metavar="LIST", help="Comma-separated rule counts (default 0,100,1000; --quick 0,1000).")
 @click.option("--clients", metavar="LIST", help="Comma-separated client pod counts (default 1).")
 @click.option("--l7", is_flag=True, help="Add an L7-policy twin of each point (calico, cilium, antrea) with ab load.")
@@ -497,7 +540,7 @@ def snapshot(ifaces: tuple[str, ...], netns: tuple[str, ...], as_json: bool, sin
               help="inter: the client pod sits behind a second node joined by a VXLAN overlay.")
 @click.option("--repeat", default=1, show_default=True, type=int, help="Measurements per point (spread reported).")
 @click.option("--backend", default="legacy", show_default=True, metavar="legacy|nft",
-              help="iptables backend of the iptables datapaths (calico, kube-router): legacy or nft "
+              help="iptables backend of the iptables datapaths (calico, kube-router, weave): legacy or nft "
                    "(iptables-nft); calibration and modelled figures use the same backend.")
 @click.option("--quick", is_flag=True, help="Shorter measurements and rules 0,1000 (under 2 minutes).")
 @click.option("--attribute/--no-attribute", default=None,

@@ -16,7 +16,7 @@ PACKAGES=(
     openvswitch-switch python3-openvswitch
     iperf3 sockperf apache2-utils nginx-light haproxy curl
     qemu-system-x86 busybox-static xz-utils zstd cpio
-    chromium
+    chromium tshark
 )
 
 missing=()

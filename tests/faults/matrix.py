@@ -36,7 +36,7 @@ from cnitrace.core.state import StateFile
 from tests.support.nodestate import node_state
 
 CNITRACE = [sys.executable, "-m", "cnitrace"]
-DATAPATHS = ("calico", "kube-router", "nft", "flannel", "antrea", "cilium")   # lab/datapaths/registry.py
+DATAPATHS = ("calico", "kube-router", "weave", "nft", "flannel", "antrea", "cilium")   # lab/datapaths/registry.py
 RULES = "100"
 SETTLE_S = 15.0
 
@@ -78,9 +78,14 @@ PHASES: dict[str, tuple[tuple[str, str], ...]] = {
                     ("after-create", "before-record@2"),    # the first bench namespace exists
                     ("calibrate", "calibrate@2"),           # a shape's rules loaded, probes attached
                     ("teardown", "before-remove")),         # probes detached, namespaces next
+    # `trace --lab L --probe tcp:SERVER:8080` on the kept lab: per traced namespace it records the
+    # nftrace table, then the monitor's log path, then the `nft monitor trace` process
+    "trace": (("after-record", "after-record"),             # the table recorded, not created
+              ("after-create", "before-record@2"),          # the table exists, no monitor yet
+              ("window", "window")),                        # table and monitor up, before the probe
 }
 # Commands of the issue that are not cells, and why (no pytest skip: they are simply not rows).
-NOT_CELLS = {"trace": "no `cnitrace trace` command yet"}
+NOT_CELLS: dict[str, str] = {}
 
 
 @dataclasses.dataclass

@@ -65,3 +65,5 @@ def test_every_command_that_makes_objects_has_cells():
 
     for name in NOT_CELLS:
         assert name not in cli.commands, f"`cnitrace {name}` exists now: declare its phases in matrix.PHASES"
+    from tests.faults.matrix import PHASES
+    assert "trace" in cli.commands and "trace" in PHASES

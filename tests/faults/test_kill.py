@@ -152,3 +152,14 @@ def test_calibration(priv, phase):
     before = picture(priv)
     out = kill_cell(priv, "calibration", phase, [CALIBRATE], python=True, before=before, names=["cnit-cal"])
     assert out.survived, out.explain()
+
+
+@pytest.mark.parametrize("phase", _ids(cells("trace")))
+def test_trace(kept_lab, phase):
+    """A trace killed with its nftrace table and `nft monitor trace` up: cleanup removes both (and the
+    monitor's log), and keeps the lab."""
+    p, name = kept_lab
+    before = picture(p)
+    out = kill_cell(p, "trace", phase, ["trace", "--lab", name, "--probe", "tcp:10.65.0.2:8080"],
+                    before=before, names=[f"cnit-{name}"], cleanup=())
+    assert out.survived, out.explain()
