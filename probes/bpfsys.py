@@ -186,20 +186,8 @@ NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x":
 
 
 def _bpf(cmd: int, attr: bytes) -> int:
-    """bpf(cmd, attr); returns the result, or raises OSError with errno. The one bpf(2) call
-    site of cnitrace (bcc makes its own)."""
-    global _LIBC
-    nr = NR_BPF.get(platform.machine())
-    if nr is None:
-        raise OSError(0, f"bpf() syscall number unknown for {platform.machine()}")
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = _LIBC.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
+    """bpf(cmd, attr); returns the result, or raises OSError with errno."""
+    return _bpf_buf(cmd, ctypes.create_string_buffer(attr, len(attr)))
 
 
 def enable_stats_fd(stats_type: int = 0) -> int:
@@ -364,7 +352,8 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, skb_ctx: bool =
 
 
 def _bpf_buf(cmd: int, buf: Any) -> int:
-    """bpf(cmd, buf) on a caller-owned buffer, so the kernel's write-back (test-run results) is kept."""
+    """bpf(cmd, buf) on a caller-owned buffer, so the kernel's write-back (test-run results) is kept.
+    The one bpf(2) call site of cnitrace (bcc makes its own)."""
     global _LIBC
     nr = NR_BPF.get(platform.machine())
     if nr is None:
