@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+from cnitrace.analyze.iptables import reach_order
 from cnitrace.attribution.datapath import match_shape
 from cnitrace.collectors.ovs.parse import Datapath, DpPort, Megaflow, OfFlow
 
@@ -67,18 +68,7 @@ def flow_tables(flows: Iterable[OfFlow], bridge: str = "") -> dict[str, Any]:
 
 def pipeline(rows: list[dict[str, Any]], start: str) -> list[str]:
     """Tables in the order a packet can reach them from `start` (depth-first over next tables)."""
-    nxt = {r["table"]: r["next"] for r in rows}
-    out: list[str] = []
-    seen: set[str] = set()
-    stack = [start]
-    while stack:
-        t = stack.pop()
-        if t in seen or t not in nxt:
-            continue
-        seen.add(t)
-        out.append(t)
-        stack.extend(reversed([n for n in nxt[t] if n not in seen]))
-    return out
+    return reach_order({r["table"]: tuple(r["next"]) for r in rows}, start)
 
 
 def _unreached(rows: list[dict[str, Any]], first: str | None) -> list[str]:
