@@ -66,10 +66,16 @@ def server(path):
         procs.append(R.spawn(argv, netns=path.b))
         wait_listening(R, path.b, [port])
 
+    def stop() -> None:
+        """Before a test compares the node with how it found it: the server is the test's, not cnitrace's."""
+        while procs:
+            p = procs.pop()
+            p.kill()
+            p.wait(timeout=10)
+
+    start.stop = stop
     yield start
-    for p in procs:
-        p.kill()
-        p.wait(timeout=10)
+    stop()
 
 
 def _profile(path: Path, traffic: str, target: str, **kw) -> tuple[dict, Node]:
@@ -119,6 +125,7 @@ def test_stream_toward_the_users_iperf3(path, server, node_before_after):
     assert m["target_port"] == 5201 and m["bytes"] > 1_000_000 and m["bits_per_second"] > 1e7
     assert _transit_packets(root) > 100                        # the stream's segments crossed the node
     assert _chain(root, POLICY).packets > 100
+    server.stop()
     node_before_after()
 
 
@@ -131,6 +138,7 @@ def test_http_toward_the_users_server(path, server, node_before_after):
     assert doc["traffic"]["packets_sent"] == m["complete"]
     # Every request is at least a SYN, the request and an ACK from the client through the node.
     assert _transit_packets(root) >= 3 * m["complete"]
+    server.stop()
     node_before_after()
 
 
