@@ -29,8 +29,6 @@ def next_tables(actions: str) -> list[str]:
     return out
 
 
-
-
 def flow_tables(flows: Iterable[OfFlow], bridge: str = "") -> dict[str, Any]:
     """One `ovs-ofctl dump-flows` dump: per table flows, priorities, subtables, packets, next tables."""
     tables: dict[str, dict[str, Any]] = {}
