@@ -195,6 +195,13 @@ def _order_changed(a: Sequence[Any], b: Sequence[Any]) -> bool:
     return [x for x in a if x in sb] != [x for x in b if x in sa]
 
 
+
+def _membership(appeared: int, vanished: int, before: int, after: int) -> list[str]:
+    """What a chain's rule list gained and lost between two snapshots, in words."""
+    out = [f"{appeared} rule(s) appeared"] if appeared else []
+    out += [f"{vanished} rule(s) vanished"] if vanished else []
+    return out + ([f"rule count {before} → {after}"] if before != after else [])
+
 def _backward(a: Any, b: Any) -> bool:
     return b.packets < a.packets or b.bytes < a.bytes
 
@@ -232,12 +239,7 @@ def iptables_changes(a: Ruleset, b: Ruleset, netns: str = "") -> list[Change]:
             what.append("policy counter went backward")
             reset = True
         appeared, vanished = len(set(kb) - set(ka)), len(set(ka) - set(kb))
-        if appeared:
-            what.append(f"{appeared} rule(s) appeared")
-        if vanished:
-            what.append(f"{vanished} rule(s) vanished")
-        if len(xa) != len(xb):
-            what.append(f"rule count {len(xa)} → {len(xb)}")
+        what += _membership(appeared, vanished, len(xa), len(xb))
         moved = _order_changed(ka, kb)
         if moved:
             what.append("rules moved (order changed)")
@@ -311,12 +313,7 @@ def nft_changes(a: Iterable[Any], b: Iterable[Any], netns: str = "",
             what.append("rules re-added (new handles)")
             reset = True
         elif not same:
-            if new:
-                what.append(f"{new} rule(s) appeared")
-            if gone:
-                what.append(f"{gone} rule(s) vanished")
-            if len(xa) != len(xb):
-                what.append(f"rule count {len(xa)} → {len(xb)}")
+            what += _membership(new, gone, len(xa), len(xb))
             if _order_changed(ha, hb) or (not new and not gone):
                 what.append("rules changed or moved")
         old = {r.handle: r for r in xa}
