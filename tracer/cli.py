@@ -587,6 +587,10 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, backend, quick, attr
     return ExitStatus.OK
 
 
+# --- commands defined in their own packages (one line each) ------------------------------------
+# (agent, merge, k8s, study: added here as their packages land)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point and the one error boundary."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
