@@ -100,6 +100,72 @@ static __always_inline int nfb_selected(const void *state, const void *skb, u32 
 #endif
 }
 
+/* NFB_EVENTS (for `cnitrace trace`): one ring-buffer event per bracket a packet of the trace's
+ * IPv4 5-tuple (CNIT_PROTO/SADDR/DADDR/DPORT constants, 0 = any) passes or dies in, with its IP ID
+ * (which probe it is) and its conntrack info at that point (skb->_nfct & 7, 255 = untracked).
+ * Read with the helper throughout: on the drop path the skb is a plain number. Netfilter
+ * programs may call ringbuf_output (a base helper), not perf_submit: ring buffer only. */
+#ifndef NFB_EVENTS
+#define NFB_EVENTS 0
+#endif
+#if NFB_EVENTS
+struct nfb_event {
+    u64 ts;         /* exit (or drop) time, CLOCK_MONOTONIC */
+    u64 ns;         /* time inside the bracket (floor not subtracted) */
+    u32 saddr, daddr;
+    u32 slot;
+    u16 ip_id;      /* host order */
+    u16 sport, dport;
+    u8 proto, dropped, ctinfo, pad;
+};
+
+static __always_inline void nfb_emit(void *ctx, u64 skb, u32 slot, u64 now, u64 ns, u8 dropped)
+{
+    u16 l3 = 0;
+    u64 data = 0;
+    u8 iph[20] = {};
+    u16 ports[2] = {};
+    if (bpf_probe_read_kernel(&l3, sizeof(l3), (void *)(skb + CNIT_OFF_SKB_PROTOCOL)) || l3 != htons(0x0800))
+        return;
+    if (bpf_probe_read_kernel(&data, sizeof(data), (void *)(skb + CNIT_OFF_SKB_DATA)) || !data ||
+        bpf_probe_read_kernel(iph, sizeof(iph), (void *)data))
+        return;
+    if (CNIT_PROTO && iph[9] != CNIT_PROTO)
+        return;
+    if (CNIT_SADDR && *(u32 *)&iph[12] != (u32)CNIT_SADDR)
+        return;
+    if (CNIT_DADDR && *(u32 *)&iph[16] != (u32)CNIT_DADDR)
+        return;
+    if (bpf_probe_read_kernel(ports, sizeof(ports), (void *)(data + (iph[0] & 0x0f) * 4)))
+        return;
+    if (CNIT_DPORT && ports[1] != (u16)CNIT_DPORT)
+        return;
+    struct nfb_event e = {};
+    e.ts = now;
+    e.ns = ns;
+    e.saddr = *(u32 *)&iph[12];
+    e.daddr = *(u32 *)&iph[16];
+    e.slot = slot;
+    e.ip_id = ((u16)iph[4] << 8) | iph[5];
+    e.sport = ntohs(ports[0]);
+    e.dport = ntohs(ports[1]);
+    e.proto = iph[9];
+    e.dropped = dropped;
+    e.ctinfo = 255;
+#ifdef CNIT_OFF_SKB_NFCT
+    u64 nfct = 0;
+    if (!bpf_probe_read_kernel(&nfct, sizeof(nfct), (void *)(skb + CNIT_OFF_SKB_NFCT)) && nfct)
+        e.ctinfo = nfct & 7;
+#endif
+    if (cnit_events.ringbuf_output(&e, sizeof(e), 0)) {
+        int zero = 0;
+        u64 *lost = cnit_lost.lookup(&zero);
+        if (lost)
+            *lost += 1;
+    }
+}
+#endif
+
 static __always_inline int nfb_enter(void *ctx, u32 slot, u32 ns)
 {
     void *state = 0, *skb = 0;
@@ -137,6 +203,9 @@ static __always_inline int nfb_exit(void *ctx, u32 slot)
     struct cnit_agg *a = nf_table_agg.lookup(&slot);
     if (a)
         cnit_agg_add(a, ns);
+#if NFB_EVENTS
+    nfb_emit(ctx, (u64)skb, slot, now, ns, 0);
+#endif
     return NF_ACCEPT;
 }
 
@@ -197,7 +266,7 @@ NFB_PAIR(15)
 
 /* A packet dropped inside a table: nf_hook_slow frees it with NETFILTER_DROP on the same CPU,
  * before any later hook runs. The open slot tagged with this skb is the bracket it died in. */
-static __always_inline void nfb_dropped(u64 skb, u32 slot, u64 now)
+static __always_inline void nfb_dropped(void *ctx, u64 skb, u32 slot, u64 now)
 {
     struct nfb_open *o = nfb_open.lookup(&slot);
     if (!o || o->skb != skb)
@@ -209,6 +278,9 @@ static __always_inline void nfb_dropped(u64 skb, u32 slot, u64 now)
     struct cnit_agg *a = nfb_drop_agg.lookup(&slot);
     if (a)
         cnit_agg_add(a, ns);
+#if NFB_EVENTS
+    nfb_emit(ctx, skb, slot, now, ns, 1);
+#endif
 }
 
 #if NFB_DROP_REASON
@@ -227,7 +299,7 @@ int tpbtf__kfree_skb(u64 *ctx)
     u64 now = bpf_ktime_get_ns();
 #pragma unroll
     for (u32 i = 0; i < NFB_NSLOTS; i++)
-        nfb_dropped(skb, i, now);
+        nfb_dropped(ctx, skb, i, now);
     return 0;
 }
 #endif

@@ -30,6 +30,7 @@ import dataclasses
 import fnmatch
 import json
 import os
+import socket
 import threading
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
@@ -383,6 +384,49 @@ def shifted(h: Histogram, by: float) -> Histogram:
     return Histogram(h.count, max(int(round(h.sum - by * h.count)), 0), tuple(slots))
 
 
+@dataclasses.dataclass(frozen=True)
+class EventFilter:
+    """Which packets get a per-bracket event (`cnitrace trace`): IPv4 5-tuple parts, None = any."""
+
+    proto: int = 0                 # 6 tcp, 17 udp
+    saddr: str | None = None
+    daddr: str | None = None
+    dport: int | None = None
+
+    def cflags(self) -> dict[str, str]:
+        def be32(a: str | None) -> int:
+            return int.from_bytes(socket.inet_aton(a), "little") if a else 0
+
+        def be16(p: int | None) -> int:
+            return int.from_bytes(int(p).to_bytes(2, "big"), "little") if p else 0
+        return {"NFB_EVENTS": "1", "CNIT_EVENTS": "1", "CNIT_RINGBUF": "1", "CNIT_PROTO": str(self.proto),
+                "CNIT_SADDR": hex(be32(self.saddr)), "CNIT_DADDR": hex(be32(self.daddr)),
+                "CNIT_DPORT": hex(be16(self.dport))}
+
+
+class NfbEvent(ctypes.Structure):
+    """struct nfb_event (nfbracket.bpf.c)."""
+    _fields_ = [("ts", ctypes.c_uint64), ("ns", ctypes.c_uint64), ("saddr", ctypes.c_uint32),
+                ("daddr", ctypes.c_uint32), ("slot", ctypes.c_uint32), ("ip_id", ctypes.c_uint16),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("dropped", ctypes.c_uint8), ("ctinfo", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
+
+
+# enum ip_conntrack_info (skb->_nfct & 7), as the trace names it
+CTINFO = {0: "established", 1: "related", 2: "new", 3: "established reply", 4: "related reply", 7: "untracked"}
+
+
+def decode_event(raw: bytes) -> dict[str, Any]:
+    """One ring-buffer record -> a dict (pure)."""
+    if len(raw) < ctypes.sizeof(NfbEvent):
+        raise ValueError(f"nfbracket event of {len(raw)} bytes, expected {ctypes.sizeof(NfbEvent)}")
+    e = NfbEvent.from_buffer_copy(raw[:ctypes.sizeof(NfbEvent)])
+    return {"ts": e.ts, "ns": e.ns, "slot": e.slot, "ip_id": e.ip_id, "sport": e.sport, "dport": e.dport,
+            "proto": e.proto, "saddr": socket.inet_ntoa(e.saddr.to_bytes(4, "little")),
+            "daddr": socket.inet_ntoa(e.daddr.to_bytes(4, "little")), "dropped": bool(e.dropped),
+            "ct": CTINFO.get(e.ctinfo, "none" if e.ctinfo == 255 else f"ctinfo {e.ctinfo}")}
+
+
 def cflags(plan_: Plan | Sequence[Bracket], netns_of: Sequence[int], offsets: Mapping[str, int],
            ifaces: Sequence[tuple[int, int]] = (), drop_reason: int = 0, entry: bool = False) -> dict[str, str]:
     """-D options: slot count, each slot's netns inode, BTF offsets, the interface pairs (matched
@@ -410,6 +454,9 @@ def cflags(plan_: Plan | Sequence[Bracket], netns_of: Sequence[int], offsets: Ma
 BTF_FIELDS = {"NFCTX_STATE": ("bpf_nf_ctx", "state"), "NFCTX_SKB": ("bpf_nf_ctx", "skb"),
               "HOOK_STATE_IN": ("nf_hook_state", "in"), "HOOK_STATE_OUT": ("nf_hook_state", "out"),
               "DEV_IFINDEX": ("net_device", "ifindex"), "SKB_IIF": ("sk_buff", "skb_iif")}
+# ... and with per-packet events: the packet's bytes and its conntrack entry (optional: no conntrack).
+EVENT_FIELDS = {"SKB_PROTOCOL": ("sk_buff", "protocol"), "SKB_DATA": ("sk_buff", "data"),
+                "SKB_NFCT": ("sk_buff", "_nfct")}
 
 
 # --- I/O ---------------------------------------------------------------------------------------
@@ -476,12 +523,15 @@ class Brackets:
                  runner: Runner = DEFAULT_RUNNER, hooks: Iterable[int | str] | None = None,
                  pfs: Iterable[int] | None = None, select: Any = None, drops: bool = True,
                  floors: bool = True, plans: Mapping[str | None, Plan] | None = None,
-                 selection: Selection | None = None, entry: Iterable[int] | None = None):
+                 selection: Selection | None = None, entry: Iterable[int] | None = None,
+                 events: EventFilter | None = None):
         """`selection`: resolved interfaces (the profile's), whose namespaces are bracketed and whose
         packets alone are timed; with `entry` (ifindexes of the selection) only packets that entered
         the node on those (the packets transit times); `targets`: names or (netns, glob) pairs."""
         self._selection = selection
         self._entry = None if entry is None else set(entry)
+        self.event_filter = events
+        self.events: list[dict[str, Any]] = []    # decoded per-bracket events (with `events` only)
         if selection is not None:
             targets = [ns or None for ns in selection.netns] or [None]
         if targets is None or isinstance(targets, str):
@@ -584,7 +634,18 @@ class Brackets:
                 reason = 0
         flags = cflags([b for _, _, b in self.slots], [ino for _, ino, _ in self.slots], offsets, ifaces, reason,
                        entry=self._entry is not None)
+        if self.event_filter is not None:
+            for name, (struct, field) in EVENT_FIELDS.items():
+                try:
+                    flags[f"CNIT_OFF_{name}"] = str(btf.offset(struct, field))
+                except btfmod.BtfError:
+                    if name != "SKB_NFCT":
+                        raise ToolError(f"bracket events need {struct}.{field} in BTF") from None
+            flags.update(self.event_filter.cflags())
         self.bpf = load(SOURCE, flags, autoload=False)
+        if self.event_filter is not None:
+            self.bpf[b"cnit_events"].open_ring_buffer(
+                lambda ctx, data, size: self.events.append(decode_event(ctypes.string_at(data, size))))
         fds: dict[tuple[int, bool], int] = {}
         for n, (ns, ino, b) in enumerate(self.slots):
             for is_exit in (False, True):
@@ -649,6 +710,22 @@ class Brackets:
 
     def figures(self) -> list[Any]:
         return figures_from(self.raw())
+
+    def poll_events(self) -> None:
+        """Move pending per-bracket events into self.events (with `events` only; never waits)."""
+        if self.bpf is not None and self.event_filter is not None:
+            self.bpf.ring_buffer_consume()
+
+    def events_lost(self) -> int:
+        if self.bpf is None or self.event_filter is None:
+            return 0
+        t = self.bpf[b"cnit_lost"]
+        return sum(int(v) for v in t[t.Key(0)])
+
+    def slot_key(self, slot: int) -> dict[str, Any]:
+        """The figure key of bracket `slot` (netns name added) for an event's `slot`."""
+        ns, ino, b = self.slots[slot]
+        return {**b.key(ino), "netns_name": ns or ""}
 
     def reset(self) -> None:
         if self.bpf is None:

@@ -86,7 +86,7 @@ def test_allowed_and_denied_name_rule_and_policy(lab_factory, tmp_path, dp, back
             hops = c["hops"]
             timed = [h for h in hops if h["t_ns"] is not None]
             assert timed[0]["where"].endswith(" receive") and timed[-1]["where"].endswith(" transmit")
-            assert [h["t_ns"] for h in timed] == sorted(h["t_ns"] for h in timed)
+            assert [h["t_ns"] for h in timed] == sorted(h["t_ns"] for h in timed), [(h["where"], h["t_ns"]) for h in timed]
             assert all(h["time"] == ("measured" if h["t_ns"] else "none") for h in hops)
             assert hops and [h["order"] for h in hops] == sorted(h["order"] for h in hops)
             ref = truth["allowed"][proto]
@@ -130,7 +130,9 @@ def test_ovs_and_bpf_datapaths_decide_in_their_layer(lab_factory, tmp_path, dp, 
             hop = c["hops"][c["deciding_hop"]]
             assert hop["layer"] == layer, hop
             assert c["policy"]["source"] == "lab ground truth" and kind_ok(c["policy"]["kind"]), c["policy"]
-            assert c["times"] == "measured" and c["hops"][0]["where"].endswith(" receive")
+            timed = [h for h in c["hops"] if h["t_ns"] is not None]
+            assert c["times"] == "measured" and timed[0]["where"].endswith(" receive")
+            assert c["hops"][0]["netns"] == lab.topo.clients[0].netns     # the sending pod's own hook first
             assert [h["order"] for h in c["hops"]] == list(range(1, len(c["hops"]) + 1))
 
 
@@ -219,7 +221,12 @@ def test_netns_probe_from_netns(netns, tmp_path):
         assert f["verdict"] == "DROPPED" and c["where"] == "ip filter INPUT"
         assert c["rule"] == '-A INPUT -p udp -m udp --dport 9090 -m comment --comment "cali:abcdefghijklmnop" -j DROP'
         assert c["hops"][c["deciding_hop"]]["detail"]["position"] == 1
-        assert c["times"] == "none"            # kernel times are taken in labs only
+        # outside a lab too: the bracket probes time the table the packet died in (on its untraced twin)
+        assert c["times"] == "measured"
+        assert c["hops"][0]["netns"] == a and "output" in c["hops"][0]["where"]   # the sender's namespace first
+        table = [h for h in c["hops"] if h["detail"].get("table") == "filter"]
+        assert len(table) == 1 and table[0]["detail"]["dropped"] and table[0]["detail"]["hook"] == "INPUT"
+        assert table[0]["detail"]["untraced_ns"] is not None and table[0]["cost_ns"] > 0
     p = _cli("trace", "--netns", b, "--probe", "udp:10.99.7.2:9091", "--from-netns", a, "--json", str(out))
     assert p.returncode == 0, p.stderr
     f = json.loads(out.read_text())["flows"][0]
@@ -232,7 +239,7 @@ def test_match_live_packets_at_most_count(netns, tmp_path):
     a, b = _pair(netns)
     out = tmp_path / "m.json"
     proc = subprocess.Popen([*CLI, "trace", "--netns", b, "--match", "udp dst 10.99.7.2 port 9090", "--count", "2",
-                             "--window", "20", "--no-times", "--json", str(out)],
+                             "--window", "20", "--json", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ino = os.stat(f"/run/netns/{b}").st_ino
     deadline = time.monotonic() + 20
@@ -251,6 +258,52 @@ def test_match_live_packets_at_most_count(netns, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["traced"] == 2 and doc["sent"] == 0
     assert all(f["verdict"] == "DROPPED" and f["l4"]["UDP"]["destination_port"] == 9090 for f in doc["flows"])
+    for f in doc["flows"]:      # live packets have no twin: their table time is taken while traced, and says so
+        assert f["cnitrace"]["times"] == "measured"
+        table = [h for h in f["cnitrace"]["hops"] if h["detail"].get("table") == "filter"]
+        assert len(table) == 1 and table[0]["detail"]["untraced_ns"] is None and "while traced" in table[0]["what"]
+        ct = [h for h in f["cnitrace"]["hops"] if h["layer"] == "conntrack"]
+        # no stateful rule in that namespace: conntrack never registered there, and the hop says so
+        assert len(ct) == 1 and ct[0]["detail"]["ct"] == "none" and "not tracked" in ct[0]["what"]
+
+
+def _table_hops(flow):
+    return [h for h in flow["cnitrace"]["hops"] if "table" in h["detail"]]
+
+
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_table_times_per_hop_grow_with_the_policy(lab_factory, tmp_path, backend):
+    """Per-table time on each traced packet (bracket probes): the policy table's time, taken on the
+    probe's untraced twin, grows with the rules before the allow rule; the traced packet's own
+    table times fit inside its measured time in the node's stack; conntrack is "new" at the table,
+    and only an allowed packet leaves an entry."""
+    medians = {}
+    for n in (3, 1000):
+        lab = lab_factory("calico", n, backend=backend)
+        doc = _trace(lab, "tcp", lab.topo.allowed_port, 3, tmp_path)
+        assert doc["traced"] == 3, doc["warnings"]
+        untraced = []
+        for f in doc["flows"]:
+            c = f["cnitrace"]
+            hops = c["hops"]
+            assert hops[0]["netns"] == lab.topo.clients[0].netns            # the pod's own output hook first
+            tables = _table_hops(f)
+            filt = [h for h in tables if h["detail"]["hook"] == "FORWARD" and "filter" in h["detail"]["table"]]
+            assert len(filt) == 1 and not filt[0]["detail"]["dropped"], tables
+            untraced.append(filt[0]["detail"]["untraced_ns"])
+            transmit = hops[-1]
+            assert transmit["where"].endswith(" transmit")
+            assert sum(h["detail"]["traced_ns"] for h in tables) < transmit["cost_ns"]
+            ct = [h for h in hops if h["layer"] == "conntrack"]
+            assert len(ct) == 1 and ct[0]["detail"]["ct"] == "new" and ct[0]["detail"]["entry_state"], ct
+            timed = [h["t_ns"] for h in hops if h["t_ns"] is not None]
+            assert timed == sorted(timed)
+        medians[n] = sorted(untraced)[1]
+        denied = _trace(lab, "tcp", lab.topo.denied_port, 1, tmp_path)["flows"][0]
+        ct = [h for h in denied["cnitrace"]["hops"] if h["layer"] == "conntrack"]
+        assert ct and ct[0]["detail"]["entry_state"] is None          # dropped before conntrack confirmed it
+        assert [h["detail"]["dropped"] for h in _table_hops(denied) if h["detail"]["hook"] == "FORWARD"] == [True]
+    assert medians[1000] > 3 * medians[3], medians
 
 
 def _in_ns(pid, ino):

@@ -19,10 +19,11 @@ from cnitrace.core.records import PREFIX
 from cnitrace.core.selection import parse_iface, validate_netns
 from cnitrace.core.session import Interrupted, Session
 from cnitrace.core.state import StateFile
-from cnitrace.trace import netfilter, output, policy, timing
+from cnitrace.trace import netfilter, output, policy, tabletimes, timing
 from cnitrace.trace.timing import KernelTimes
+from cnitrace.trace.tabletimes import TableTimes
 from cnitrace.trace.hops import Hop
-from cnitrace.trace.plan import MARK_ID_BASE, TraceSpec
+from cnitrace.trace.plan import MARK_ID_BASE, TWIN_ID_BASE, TraceSpec
 
 SETTLE_S = 1.0            # after the last probe: let the monitors flush
 PROBE_SPORT = 41_000
@@ -71,7 +72,8 @@ def _target(cfg: TraceConfig, runner) -> Target:
         except Exception:
             raise UsageError(f"no lab named {cfg.lab!r} (see `cnitrace lab list`)") from None
         client = lab.topo.clients[0]
-        return Target([lab.topo.node_netns], client.netns, client.ip, cfg.spec.dst or lab.topo.server.ip, None, lab)
+        namespaces = [client.netns, lab.topo.node_netns] if cfg.spec.mode == "probe" else [lab.topo.node_netns]
+        return Target(namespaces, client.netns, client.ip, cfg.spec.dst or lab.topo.server.ip, None, lab)
     ns, glob = None, None
     if cfg.iface:
         ns_part, glob = parse_iface(cfg.iface)
@@ -85,7 +87,9 @@ def _target(cfg: TraceConfig, runner) -> Target:
         if "src" not in words:
             raise CnitraceError(f"--from-netns {cfg.from_netns}: no route to {cfg.spec.dst}")
         src = words[words.index("src") + 1]
-    return Target([ns], cfg.from_netns, src, cfg.spec.dst, glob)
+    # the sending pod's namespace first: its own output and postrouting hooks are on the path too
+    namespaces = [cfg.from_netns, ns] if cfg.spec.mode == "probe" and cfg.from_netns != ns else [ns]
+    return Target(namespaces, cfg.from_netns, src, cfg.spec.dst, glob)
 
 
 def _expr(spec: TraceSpec, target: Target) -> str:
@@ -117,10 +121,12 @@ def run_trace(cfg: TraceConfig, *, say: Callable[[str], None] = lambda s: None,
     target = _target(cfg, runner)
     warnings: list[str] = []
     sent: list[dict[str, Any]] = []
+    twins: list[dict[str, Any]] = []
     monitors: list[netfilter.Monitor] = []
     legacy: list[netfilter.NflogMonitor] = []
     interrupted = False
     kt: KernelTimes | None = None
+    tt: TableTimes | None = None
     table = f"{netfilter.TABLE_PREFIX}-{os.getpid()}"
     expr = _expr(cfg.spec, target)
     if target.iface_glob:
@@ -130,11 +136,22 @@ def run_trace(cfg: TraceConfig, *, say: Callable[[str], None] = lambda s: None,
     with sess:
         log_dir = sess.state.dir
         try:
+            # the brackets first (a compile): a monitor that is up means every probe is in place
+            if cfg.times:
+                say("attaching the netfilter bracket probes (table times, conntrack state)")
+                tt = TableTimes(sess, [(n, target.iface_glob) if target.iface_glob and n != target.client_netns else n
+                                       for n in target.namespaces],
+                                cfg.spec.proto, cfg.spec.src or (target.src if cfg.spec.mode == "probe" else None),
+                                cfg.spec.dst or target.dst, cfg.spec.port)
+                if not tt.start():
+                    warnings.append(tt.why_not)
+                    tt = None
             for ns in target.namespaces:
                 sess.track("nft-table", table, family="ip", netns=ns)
                 # --iface: the interface is the way in (prerouting) or the way out (output)
-                text = netfilter.trace_table(table, expr_pre,
-                                             f'oifname "{target.iface_glob}" {expr}' if target.iface_glob else expr)
+                glob = target.iface_glob if ns != target.client_netns else None
+                text = netfilter.trace_table(table, expr_pre if glob else expr,
+                                             f'oifname "{glob}" {expr}' if glob else expr)
                 runner.run(["nft", "-f", "-"], input=text, netns=ns)
                 mon = netfilter.Monitor(sess, ns, log_dir)
                 mon.start()
@@ -154,19 +171,25 @@ def run_trace(cfg: TraceConfig, *, say: Callable[[str], None] = lambda s: None,
             say(f"tracing in {', '.join(n or 'host' for n in target.namespaces)}: {expr}")
             if cfg.spec.mode == "probe":
                 argv = [sys.executable, "-m", "cnitrace.trace.send", target.src, target.dst, cfg.spec.proto,
-                        str(cfg.spec.port), str(cfg.spec.count), str(MARK_ID_BASE), str(PROBE_SPORT + os.getpid() % 10_000)]
+                        str(cfg.spec.port), str(cfg.spec.count), str(MARK_ID_BASE), str(PROBE_SPORT + os.getpid() % 10_000),
+                        str(TWIN_ID_BASE if tt is not None else 0)]
                 out = runner.run(argv, netns=target.client_netns, timeout=60)
-                sent = json.loads(out.stdout.strip().splitlines()[-1])["sent"]
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                sent, twins = got["sent"], got.get("twins", [])
                 say(f"sent {len(sent)} marked {cfg.spec.proto} probe(s) to {target.dst}:{cfg.spec.port}")
                 for _ in range(int(SETTLE_S * 10)):
                     if kt is not None:
                         kt.poll(100)
                     else:
                         time.sleep(0.1)
+                    if tt is not None:
+                        tt.poll()
             else:
                 deadline = time.monotonic() + cfg.window
                 while time.monotonic() < deadline:
                     n = len(_collect(monitors, legacy, runner, None))
+                    if tt is not None:
+                        tt.poll()
                     if n >= cfg.spec.count:
                         time.sleep(0.3)
                         break
@@ -175,7 +198,9 @@ def run_trace(cfg: TraceConfig, *, say: Callable[[str], None] = lambda s: None,
             interrupted = True
         for m in (*monitors, *legacy):
             m.stop()
-        flows, raw = _flows(cfg, target, monitors, legacy, runner, sent, warnings, kt)
+        if tt is not None:
+            tt.close()
+        flows, raw = _flows(cfg, target, monitors, legacy, runner, sent, warnings, kt, tt, twins)
     selection = {"lab": cfg.lab, "iface": cfg.iface, "netns": [n or "host" for n in target.namespaces],
                  "nft_expr": expr, "client_netns": target.client_netns}
     doc = output.document(cfg.spec.to_json(), flows, sent=len(sent), selection=selection,
@@ -220,10 +245,11 @@ def _collect(monitors, legacy, runner, warnings, with_hops=False):
     """-> {(netns, packet key): [packet fields, nft packet, legacy records]} over every monitor."""
     from cnitrace.trace import nflog
     out: dict[tuple, list] = {}
+    legacy_ns = {m.netns for m in legacy}
     for mon in monitors:
         w: list[str] = []
         for p in netfilter.packets(netfilter.parse_trace(mon.text(), w), mon.netns or ""):
-            if any(not e.table.startswith(netfilter.TABLE_PREFIX) for e in p.events) or not legacy:
+            if any(not e.table.startswith(netfilter.TABLE_PREFIX) for e in p.events) or mon.netns not in legacy_ns:
                 out.setdefault((mon.netns, _key(p.packet)), [p.packet, None, []])[1] = p
         if warnings is not None:
             warnings.extend(w)
@@ -256,12 +282,14 @@ def _layer_hops(lab, fields, runner, warnings, start_order: int) -> list[Hop]:
     return [dataclasses.replace(h, order=start_order + i + 1) for i, h in enumerate(out)]
 
 
-def _flows(cfg, target, monitors, legacy, runner, sent, warnings, kt=None) -> tuple[list[dict], list[bytes]]:
+def _flows(cfg, target, monitors, legacy, runner, sent, warnings, kt=None, tt=None,
+           twins=()) -> tuple[list[dict], list[bytes]]:
     from cnitrace.trace import nflog
     from cnitrace.collectors.iptables.parse import parse_ruleset
     lab = target.lab
     truth = lab.truth if lab is not None else None
     by_id = {s["ip_id"]: s for s in sent}
+    twin_of = {s["ip_id"]: t for s, t in zip(sent, twins)}
     flows, raw = [], []
     cache: dict = {}
     timed: dict[int, list] = {}
@@ -285,34 +313,56 @@ def _flows(cfg, target, monitors, legacy, runner, sent, warnings, kt=None) -> tu
             cache[ns] = (positions, ipt, lrules, lchains)
         return cache[ns]
 
-    entries = list(_collect(monitors, legacy, runner, warnings).items())
-    if cfg.spec.mode == "probe" and lab is not None:
+    # One packet is seen in each namespace it crosses (the sending pod's, then the node's): its
+    # views are joined in that order. Probes are told apart by IP ID, live packets by 5-tuple + ID.
+    probe = cfg.spec.mode == "probe"
+    rank = {n: i for i, n in enumerate(target.namespaces)}
+    per: dict[Any, list] = {}
+    for (ns, k), v in sorted(_collect(monitors, legacy, runner, warnings).items(), key=lambda e: rank.get(e[0][0], 99)):
+        fields = v[0]
+        if probe and fields.get("ip_id") not in by_id:
+            continue
+        per.setdefault(fields.get("ip_id") if probe else k, []).append((ns, v))
+    if probe and lab is not None:
         # probes the netfilter layer never saw (OVS / tc BPF datapaths) still get the other layers
-        seen_ids = {fields.get("ip_id") for _, (fields, _n, _r) in entries}
         for s_ in sent:
-            if s_["ip_id"] not in seen_ids:
+            if s_["ip_id"] not in per:
                 fields = {"saddr": target.src, "daddr": target.dst, "proto": cfg.spec.proto, "sport": s_["sport"],
                           "dport": cfg.spec.port, "ip_id": s_["ip_id"]}
-                entries.append(((lab.topo.node_netns, _key(fields)), [fields, None, []]))
-    for (ns, _k), (fields, nftp, recs) in entries:
-        if cfg.spec.mode == "probe" and fields.get("ip_id") not in by_id:
-            continue
-        positions, ipt, lrules, lchains = tables(ns)
-        hops = netfilter.to_hops(nftp, positions=positions, iptables_rules=ipt) if nftp else []
-        hops += nflog.to_hops(recs, lrules, lchains, netns=ns or "", start_order=len(hops))
-        if lab is not None and cfg.spec.mode == "probe":
+                per[s_["ip_id"]] = [(lab.topo.node_netns, [fields, None, []])]
+    node_ns = target.namespaces[-1]
+    for views in per.values():
+        fields = views[-1][1][0]
+        hops: list[Hop] = []
+        for ns, (_f, nftp, recs) in views:
+            positions, ipt, lrules, lchains = tables(ns)
+            hops += netfilter.to_hops(nftp, positions=positions, iptables_rules=ipt, start_order=len(hops)) if nftp else []
+            hops += nflog.to_hops(recs, lrules, lchains, netns=ns or "", start_order=len(hops))
+        if lab is not None and probe:
             hops += _layer_hops(lab, fields, runner, warnings, start_order=len(hops))
         if not hops:
             continue
-        kernel = timing.hops_for(timed.get(fields.get("ip_id"), []), ns or "", names, reasons) if timed else []
-        if kernel:
-            hops = sorted(kernel + hops, key=lambda h: h.order)
+        kernel = timing.hops_for(timed.get(fields.get("ip_id"), []), node_ns or "", names, reasons) if timed else []
+        if kernel:      # received where the node's namespace begins (after the pod's hops); sent / freed at the end
+            first = next((i for i, h in enumerate(hops) if h.netns == (node_ns or "")), len(hops))
+            hops = ([*hops[:first], *(h for h in kernel if h.order < 0), *hops[first:],
+                     *sorted((h for h in kernel if h.order >= 0), key=lambda h: h.order)])
             hops = [dataclasses.replace(h, order=i + 1) for i, h in enumerate(hops)]
+        table_events = tabletimes.events_of(tt.events, fields) if tt is not None else []
+        if table_events:
+            fl = tabletimes.floors(tt.events, tt.keys)
+            twin = twin_of.get(fields.get("ip_id"))
+            twin_events = tabletimes.events_of(tt.events, {**fields, **twin}) if twin else []
+            hops = tabletimes.table_hops(hops, table_events, tt.keys, fl, twin_events)
+            ct = tabletimes.conntrack_hop(table_events, tt.keys)
+            if ct is not None:
+                hops = tabletimes.with_conntrack(hops, tabletimes.conntrack_hop(
+                    table_events, tt.keys, _conntrack_entry(runner, ct.netns or None, fields), looked_up=True))
         hops, verdict, idx = policy.annotate(hops, truth=truth, lab=lab.spec.name if lab else "",
                                              proto=cfg.spec.proto)
         s = by_id.get(fields.get("ip_id"))
-        f = output.flow(fields, hops, verdict, idx, node=ns or os.uname().nodename,
-                        t_wall=s["wall"] if s else None, times="measured" if kernel else "none")
+        f = output.flow(fields, hops, verdict, idx, node=node_ns or os.uname().nodename,
+                        t_wall=s["wall"] if s else None, times="measured" if kernel or table_events else "none")
         if s:
             f["cnitrace"]["sent_t_ns"] = s["t_ns"]
         flows.append(f)
@@ -325,3 +375,17 @@ def _flows(cfg, target, monitors, legacy, runner, sent, warnings, kt=None) -> tu
         if missing:
             warnings.append(f"{len(missing)} probe(s) sent but not traced (IP IDs {missing[:5]})")
     return flows, raw
+
+
+def _conntrack_entry(runner, netns: str | None, fields: dict) -> Any:
+    """The packet's conntrack entry after the trace (`conntrack -L` filtered to its 5-tuple), or None."""
+    from cnitrace.collectors.conntrack.parse import parse_conntrack_L
+    if not fields.get("proto") or runner.which("conntrack") is None:
+        return None
+    argv = ["conntrack", "-L", "-p", str(fields["proto"]), "--orig-src", str(fields.get("saddr")),
+            "--orig-dst", str(fields.get("daddr"))]
+    if fields.get("sport") is not None and fields.get("dport") is not None:
+        argv += ["--sport", str(fields["sport"]), "--dport", str(fields["dport"])]
+    out = runner.run(argv, netns=netns, check=False)
+    conns = parse_conntrack_L(out.stdout, netns or "").records if out.ok else ()
+    return conns[0] if conns else None
