@@ -264,6 +264,61 @@ NFB_PAIR(14)
 NFB_PAIR(15)
 #endif
 
+/* Chained brackets (NFB_NMID): where bracket j's entry would directly follow bracket i's exit
+ * on a hook, one program linked at i's exit closes i and then opens j (its time taken after
+ * closing i), so each packet runs one program fewer there. NFB_MID<k>_FROM/_TO/_NS: i, j and
+ * j's namespace inode. */
+#ifndef NFB_NMID
+#define NFB_NMID 0
+#endif
+#define NFB_MIDP(k) \
+    int nfb_mid_##k(void *ctx) { nfb_exit(ctx, NFB_MID##k##_FROM); return nfb_enter(ctx, NFB_MID##k##_TO, NFB_MID##k##_NS); }
+#if NFB_NMID > 0
+NFB_MIDP(0)
+#endif
+#if NFB_NMID > 1
+NFB_MIDP(1)
+#endif
+#if NFB_NMID > 2
+NFB_MIDP(2)
+#endif
+#if NFB_NMID > 3
+NFB_MIDP(3)
+#endif
+#if NFB_NMID > 4
+NFB_MIDP(4)
+#endif
+#if NFB_NMID > 5
+NFB_MIDP(5)
+#endif
+#if NFB_NMID > 6
+NFB_MIDP(6)
+#endif
+#if NFB_NMID > 7
+NFB_MIDP(7)
+#endif
+#if NFB_NMID > 8
+NFB_MIDP(8)
+#endif
+#if NFB_NMID > 9
+NFB_MIDP(9)
+#endif
+#if NFB_NMID > 10
+NFB_MIDP(10)
+#endif
+#if NFB_NMID > 11
+NFB_MIDP(11)
+#endif
+#if NFB_NMID > 12
+NFB_MIDP(12)
+#endif
+#if NFB_NMID > 13
+NFB_MIDP(13)
+#endif
+#if NFB_NMID > 14
+NFB_MIDP(14)
+#endif
+
 /* A packet dropped inside a table: nf_hook_slow frees it with NETFILTER_DROP on the same CPU,
  * before any later hook runs. The open slot tagged with this skb is the bracket it died in. */
 static __always_inline void nfb_dropped(void *ctx, u64 skb, u32 slot, u64 now)

@@ -241,6 +241,10 @@ class Bracket:
 class Plan:
     brackets: tuple[Bracket, ...]          # tables first (by pf, hook, priority), then floors
     refused: tuple[Refused, ...] = ()
+    # (i, j): bracket i's exit and bracket j's entry are one program (linked at i's exit): nothing
+    # is registered between them, so j may start where i ends, and every packet runs one program
+    # fewer there (chain_pairs)
+    chains: tuple[tuple[int, int], ...] = ()
 
     @property
     def tables(self) -> tuple[Bracket, ...]:
@@ -349,7 +353,25 @@ def plan(registered: Iterable[Registered], *, hooks: Iterable[int] | None = None
             if (b.pf, b.hook) not in hooks_kept:
                 hooks_kept.append((b.pf, b.hook))
         brackets = kept + [floors[h] for h in hooks_kept if h in floors]
-    return Plan(tuple(brackets), tuple(out_refused))
+    return Plan(tuple(brackets), tuple(out_refused), chain_pairs(brackets, everything))
+
+
+def chain_pairs(brackets: Sequence[Bracket], registered: Iterable[Registered]) -> tuple[tuple[int, int], ...]:
+    """(i, j) for each exit of bracket i followed, on its (pf, hook), directly by the entry of
+    bracket j with nothing registered between them (a function at priority r runs between our
+    programs at a and b when a < r <= b: ours run after a table at an equal priority). One
+    program there can close i and open j: bracket j then starts at i's exit, which is the same
+    place, as nothing runs in between (pure)."""
+    regs = list(registered)
+    out: list[tuple[int, int]] = []
+    for pf, hook in sorted({(b.pf, b.hook) for b in brackets}):
+        progs = sorted(((b.exit, 0, i) if is_exit else (b.entry, 1, i))
+                       for i, b in enumerate(brackets) if (b.pf, b.hook) == (pf, hook) for is_exit in (True, False))
+        here = [r.priority for r in regs if (r.pf, r.hook) == (pf, hook)]
+        for (pa, ka, i), (pb, kb, j) in zip(progs, progs[1:]):
+            if ka == 0 and kb == 1 and i != j and not any(pa < r <= pb for r in here):
+                out.append((i, j))
+    return tuple(out)
 
 
 def plan_from_text(nft_json: str = "", legacy_v4: str = "", legacy_v6: str = "", **kw: Any) -> Plan:
@@ -358,6 +380,20 @@ def plan_from_text(nft_json: str = "", legacy_v4: str = "", legacy_v6: str = "",
     r4, f4 = legacy_registered(legacy_v4, IPV4)
     r6, f6 = legacy_registered(legacy_v6, IPV6)
     return plan(regs + r4 + r6, refused=ref + f4 + f6 + list(kw.pop("refused", ())), **kw)
+
+
+def link_plan(brackets: Sequence[Bracket], chains: Iterable[tuple[int, int]] = ()) -> list[tuple[str, int, int | None]]:
+    """The programs to link, in link order: ("entry", slot, None), ("exit", slot, None), or
+    ("mid", i, j) for a chained exit of i + entry of j (linked at i's exit) (pure)."""
+    mids = dict(chains)
+    into = set(mids.values())
+    out: list[tuple[str, int, int | None]] = []
+    for slot, is_exit in link_order(brackets):
+        if is_exit:
+            out.append(("mid", slot, mids[slot]) if slot in mids else ("exit", slot, None))
+        elif slot not in into:
+            out.append(("entry", slot, None))
+    return out
 
 
 def link_order(brackets: Sequence[Bracket]) -> list[tuple[int, bool]]:
@@ -428,10 +464,11 @@ def decode_event(raw: bytes) -> dict[str, Any]:
 
 
 def cflags(plan_: Plan | Sequence[Bracket], netns_of: Sequence[int], offsets: Mapping[str, int],
-           ifaces: Sequence[tuple[int, int]] = (), drop_reason: int = 0, entry: bool = False) -> dict[str, str]:
+           ifaces: Sequence[tuple[int, int]] = (), drop_reason: int = 0, entry: bool = False,
+           mids: Sequence[tuple[int, int]] = ()) -> dict[str, str]:
     """-D options: slot count, each slot's netns inode, BTF offsets, the interface pairs (matched
     as the packet's entry interface with `entry`, else as its in or out device), the
-    NETFILTER_DROP reason value (0: no drop probe)."""
+    NETFILTER_DROP reason value (0: no drop probe), the chained (exit i, entry j) programs."""
     brackets = plan_.brackets if isinstance(plan_, Plan) else tuple(plan_)
     if not 1 <= len(brackets) <= MAX_SLOTS:
         raise UsageError(f"{len(brackets)} brackets: between 1 and {MAX_SLOTS} fit")
@@ -443,6 +480,9 @@ def cflags(plan_: Plan | Sequence[Bracket], netns_of: Sequence[int], offsets: Ma
     out.update({f"CNIT_OFF_{k}": str(v) for k, v in offsets.items()})
     out.update({f"CNIT_IF{n}": str(i) for n, (_, i) in enumerate(pairs)})
     out.update({f"CNIT_NS{n}": str(ns) for n, (ns, _) in enumerate(pairs)})
+    out["NFB_NMID"] = str(len(mids))
+    for k, (i, j) in enumerate(mids):
+        out.update({f"NFB_MID{k}_FROM": str(i), f"NFB_MID{k}_TO": str(j), f"NFB_MID{k}_NS": str(netns_of[j])})
     if drop_reason:
         out["NFB_DROP_REASON"] = str(drop_reason)
     if entry:
@@ -557,6 +597,7 @@ class Brackets:
         self._given_plans = dict(plans or {})
         self.plans: dict[str | None, Plan] = {}
         self.slots: list[tuple[str | None, int, Bracket]] = []   # (netns name, netns inode, bracket)
+        self.mids: list[tuple[int, int]] = []                     # chained (exit slot, entry slot)
         self.refused: list[tuple[str | None, Refused]] = []
         self.created: list[dict[str, Any]] = []   # every kernel object made, in order
         self.bpf: Any = None
@@ -580,6 +621,10 @@ class Brackets:
             self.plans[ns] = p
             self.refused += [(ns, r) for r in p.refused]
         slots = [(ns, netns_inode(ns), b) for ns, p in self.plans.items() for b in p.brackets]
+        base, self.mids = 0, []
+        for p in self.plans.values():          # chains by global slot, where both ends keep a slot
+            self.mids += [(base + i, base + j) for i, j in p.chains if base + max(i, j) < MAX_SLOTS]
+            base += len(p.brackets)
         if len(slots) > MAX_SLOTS:
             for ns, _, b in slots[MAX_SLOTS:]:
                 for m in b.tables:
@@ -633,7 +678,7 @@ class Brackets:
             except btfmod.BtfError:
                 reason = 0
         flags = cflags([b for _, _, b in self.slots], [ino for _, ino, _ in self.slots], offsets, ifaces, reason,
-                       entry=self._entry is not None)
+                       entry=self._entry is not None, mids=self.mids)
         if self.event_filter is not None:
             for name, (struct, field) in EVENT_FIELDS.items():
                 try:
@@ -646,27 +691,28 @@ class Brackets:
         if self.event_filter is not None:
             self.bpf[b"cnit_events"].open_ring_buffer(
                 lambda ctx, data, size: self.events.append(decode_event(ctypes.string_at(data, size))))
-        fds: dict[tuple[int, bool], int] = {}
-        for n, (ns, ino, b) in enumerate(self.slots):
-            for is_exit in (False, True):
-                fn = f"nfb_{'out' if is_exit else 'in'}_{n}"
-                fd = bpfsys.load_program(self.bpf.dump_func(fn.encode()), prog_type=bpfsys.BPF_PROG_TYPE_NETFILTER,
-                                         attach_type=bpfsys.BPF_NETFILTER, name=f"cnit_nfb_{n}{'x' if is_exit else 'e'}")
-                self._progs.append(fd)
-                fds[(n, is_exit)] = fd
-                self.created.append({"kind": "bpf_prog", "fd": fd, **bpfsys.fd_ids(fd), "slot": n})
+        mid_of = {i: k for k, (i, _j) in enumerate(self.mids)}
         for ns in self.netns:
             mine = [i for i, (sns, _, _) in enumerate(self.slots) if sns == ns]
-            order = [(mine[s], e) for s, e in link_order([self.slots[i][2] for i in mine])]
+            chains = [(mine.index(i), mine.index(j)) for i, j in self.mids if i in mine and j in mine]
+            order = [(kind, mine[a], None if b is None else mine[b])
+                     for kind, a, b in link_plan([self.slots[i][2] for i in mine], chains)]
 
             def link_all(order=order) -> None:
-                for n, is_exit in order:
+                for kind, n, _to in order:
                     b = self.slots[n][2]
-                    prio = b.exit if is_exit else b.entry
+                    prio = b.entry if kind == "entry" else b.exit
+                    fn = {"entry": f"nfb_in_{n}", "exit": f"nfb_out_{n}", "mid": f"nfb_mid_{mid_of.get(n)}"}[kind]
+                    fd = bpfsys.load_program(self.bpf.dump_func(fn.encode()), prog_type=bpfsys.BPF_PROG_TYPE_NETFILTER,
+                                             attach_type=bpfsys.BPF_NETFILTER,
+                                             name=f"cnit_nfb_{n}{ {'entry': 'e', 'exit': 'x', 'mid': 'm'}[kind]}")
+                    self._progs.append(fd)
+                    self.created.append({"kind": "bpf_prog", "fd": fd, **bpfsys.fd_ids(fd), "slot": n,
+                                         "program": kind, **({"to_slot": _to} if _to is not None else {})})
                     try:
-                        lfd = bpfsys.link_netfilter(fds[(n, is_exit)], b.pf, b.hook, prio)
+                        lfd = bpfsys.link_netfilter(fd, b.pf, b.hook, prio)
                     except OSError as exc:
-                        raise ToolError(f"linking bracket {n} ({'exit' if is_exit else 'entry'}) at "
+                        raise ToolError(f"linking bracket {n} ({kind}) at "
                                         f"{NF_FAMILIES.get(b.pf)} {NF_HOOKS.get(b.hook)} priority {prio}: "
                                         f"{exc.strerror}") from None
                     self._links.append(lfd)

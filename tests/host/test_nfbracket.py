@@ -49,7 +49,10 @@ def measure(path: Path, port: int) -> tuple[dict, list, dict]:
     with nb.Brackets([(path.node, path.node_a)], hooks=("FORWARD",), pfs=(nb.IPV4,), session=session) as br:
         assert session.callbacks == [br.close]
         ids = br.kernel_ids()
-        assert len(ids["link"]) == 5 and len(ids["prog"]) == 5     # 2 pairs + the kfree_skb probe
+        # 2 brackets (floor, filter) chained: floor entry, floor exit + filter entry, filter exit;
+        # and the kfree_skb probe
+        assert len(br.mids) == 1 and br.slots[br.mids[0][0]][2].floor and not br.slots[br.mids[0][1]][2].floor
+        assert len(ids["link"]) == 4 and len(ids["prog"]) == 4
         assert set(ids["link"]) <= bpftool_ids("link") and set(ids["prog"]) <= bpftool_ids("prog")
         send(path, port, COUNT)
         figs = br.figures()

@@ -259,3 +259,40 @@ def test_nf_bpf_is_a_trial_backed_check():
                                                                              "Invalid argument"}}}
     c = checks.trial_check_from("nf_bpf", old, {})
     assert c.status == Status.MISSING and "Invalid argument" in c.reason
+
+
+def test_chains_join_an_exit_to_the_next_entry_when_nothing_runs_between():
+    """filter (0) and security (50) on FORWARD, the floor far below: floor -> filter -> security
+    chain (nothing registered between), so 3 tables' worth of brackets link 4 programs, not 6."""
+    regs = [nb.Registered(2, FWD, 0, "iptables", "filter", "FORWARD"),
+            nb.Registered(2, FWD, 50, "iptables", "security", "FORWARD")]
+    p = nb.plan(regs)
+    names = {i: (b.tables[0].table if b.tables else "floor") for i, b in enumerate(p.brackets)}
+    assert {(names[i], names[j]) for i, j in p.chains} == {("floor", "filter"), ("filter", "security")}
+    progs = nb.link_plan(p.brackets, p.chains)
+    assert [k for k, _, _ in progs] == ["entry", "mid", "mid", "exit"]
+    # a kernel hook or an unselected table between two brackets breaks the chain
+    pre = [nb.Registered(2, 0, -150, "iptables", "mangle", "PREROUTING"),
+           nb.Registered(2, 0, -100, "iptables", "nat", "PREROUTING"),
+           nb.Registered(2, 0, -300, "iptables", "raw", "PREROUTING")]
+    q = nb.plan(pre, select=lambda r: r.table != "nat")
+    tables = {i: b.tables[0].table for i, b in enumerate(q.brackets) if b.tables}
+    chained = {(tables.get(i, "floor"), tables.get(j, "floor")) for i, j in q.chains}
+    assert ("raw", "mangle") not in chained            # conntrack (-200) runs between them
+    assert not any("mangle" == a for a, _ in chained)   # nat (-100, not selected) follows mangle
+
+
+def test_chains_never_join_nested_or_overlapping_brackets():
+    outer = nb.Bracket(2, FWD, -1010, -990)
+    inner = nb.Bracket(2, FWD, -1000, -999)
+    assert nb.chain_pairs([outer, inner], []) == ()
+    a, b = nb.Bracket(2, FWD, -1000, -999), nb.Bracket(2, FWD, -998, -997)
+    assert nb.chain_pairs([a, b], []) == ((0, 1),)
+    assert nb.chain_pairs([a, b], [nb.Registered(2, FWD, -998, "nft", "t", "c")]) == ()
+    assert nb.chain_pairs([a, nb.Bracket(2, 1, -998, -997)], []) == ()     # another hook
+
+
+def test_cflags_name_each_chained_program():
+    a, b = nb.Bracket(2, FWD, -1000, -999), nb.Bracket(2, FWD, -998, -997)
+    f = nb.cflags([a, b], [11, 22], {}, mids=[(0, 1)])
+    assert (f["NFB_NMID"], f["NFB_MID0_FROM"], f["NFB_MID0_TO"], f["NFB_MID0_NS"]) == ("1", "0", "1", "22")

@@ -121,7 +121,8 @@ def test_brackets_and_function_probes_agree_per_table(namespaces, force):
     with Session() as s:
         br = nb.Brackets([(path.node, path.node_a)], hooks=("FORWARD",), pfs=(nb.IPV4,), session=s).attach()
         br_ids = br.kernel_ids()
-        assert len(br_ids["link"]) == 5 and len(br_ids["prog"]) == 5   # table + floor pairs, kfree_skb
+        # floor and table chained (floor entry, floor exit + table entry, table exit), kfree_skb
+        assert len(br.mids) == 1 and len(br_ids["link"]) == 4 and len(br_ids["prog"]) == 4
         ps = ProbeSet(["netfilter"], netns=[path.node], filt=Filter(proto=17, dport=port),
                       force={"netfilter": force} if force else None, session=s, host=host())
         choice = ps.start()["netfilter"]
