@@ -111,6 +111,43 @@ def chained_cost(path) -> dict:
     return {"ns_per_table": statistics.median(diffs), "diffs": diffs}
 
 
+# BPF_MOV64_IMM(r0, 1) (NF_ACCEPT); BPF_EXIT_INSN(): a netfilter program that does nothing
+NULL_PROG = bytes([0xb7, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x95, 0, 0, 0, 0, 0, 0, 0])
+
+
+def dispatch_cost(path) -> dict:
+    """What the kernel charges for any two programs on a hook, whatever they do: outer A/B as
+    above, the holder also running two do-nothing programs (two hook slots, two program runs).
+    Bounds what any pair of bracket programs can cost from below (and one, a chained table)."""
+    from cnitrace.probes import bpfsys
+    from cnitrace.probes import nfbracket as nb
+    from tests.host.probes_path import send
+
+    diffs = []
+    outer = nb.Plan((nb.Bracket(nb.IPV4, 2, -1010, -990), nb.Bracket(nb.IPV4, 2, -2010, -1990)))
+    for i in range(2 * PAIRS):
+        holder = i % 2
+        base = -1000 if holder == 0 else -2000
+        fds: list[int] = []
+        with nb.Brackets([(path.node, path.node_a)], plans={path.node: outer}, drops=False) as br:
+            try:
+                def link() -> None:
+                    for prio in (base, base + 1):
+                        prog = bpfsys.load_program(NULL_PROG, prog_type=bpfsys.BPF_PROG_TYPE_NETFILTER,
+                                                   attach_type=bpfsys.BPF_NETFILTER, name="cnit_nfb_null")
+                        fds.append(prog)
+                        fds.append(bpfsys.link_netfilter(prog, nb.IPV4, 2, prio))
+                nb.in_netns(path.node, link)
+                send(path, 9, PACKETS)
+                a, b = (h for _, _, _, h, _ in br.raw())
+                with_null, without = (a, b) if holder == 0 else (b, a)
+                diffs.append(with_null.mean - without.mean)
+            finally:
+                for fd in reversed(fds):
+                    os.close(fd)
+    return {"ns_per_pair": statistics.median(diffs), "diffs": diffs}
+
+
 def iperf(r, path, seconds: int) -> float:
     from tests.bench.bench_probe_overhead import _iperf
     return _iperf(r, path, seconds)
@@ -141,6 +178,10 @@ def main() -> int:
               f"an empty bracket's own interval (the floor) {cost['interval_ns']:.0f} ns")
         print(f"  bpf_stats run time of a bracket's two programs: {cost['stats_ns_per_table']:.1f} ns per packet "
               "(programs only, stats clock reads included)")
+        null = dispatch_cost(path)
+        print(f"the kernel's own charge for two do-nothing programs on a hook (two hook slots, two runs): "
+              f"{null['ns_per_pair']:.1f} ns per packet (median of {', '.join(f'{d:.0f}' for d in null['diffs'])}): "
+              f"the floor under any pair of bracket programs, and half of it under a chained one")
         chained = chained_cost(path)
         print(f"per table per packet where brackets chain (nothing registered between tables; the floor "
               f"chains to the first table): {chained['ns_per_table']:.1f} ns "
