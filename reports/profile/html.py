@@ -49,6 +49,30 @@ def chain_bars(root: Node, width: int = 640) -> str:
             f'height="{18 * len(items) + 6}">{"".join(rows)}</svg>')
 
 
+def detour_bars(root: Node, width: int = 640, bar_h: int = 22) -> str:
+    """The L7 detour of one request in parts (when the profile has them): a stacked bar with a legend
+    naming each part's provenance; empty otherwise."""
+    l7 = root.find("stage", "l7_proxy")
+    d = l7.detail.get("parts") if l7 is not None else None
+    if not d or not d.get("total_ns"):
+        return ""
+    x, rects, legend = 0.0, [], []
+    for i, p in enumerate(d["parts"]):
+        w = max(p["ns"], 0.0) / d["total_ns"] * width
+        color = PALETTE[i % len(PALETTE)]
+        title = html.escape(f"{p['name']}: {fmt_ns(p['ns'])} ({p['provenance']}: {p['source']})")
+        rects.append(f'<rect x="{x:.1f}" y="18" width="{w:.1f}" height="{bar_h}" fill="{color}"><title>{title}</title></rect>')
+        legend.append(f'<rect x="0" y="{bar_h + 28 + 18 * i}" width="12" height="12" fill="{color}"/>'
+                      f'<text x="18" y="{bar_h + 39 + 18 * i}" font-size="12">{title}</text>')
+        x += w
+    head = html.escape(f"L7 detour per request through {d['proxy']} (concurrency {d['concurrency']}): "
+                       f"{fmt_ns(d['total_ns'])} measured by the client")
+    h = bar_h + 36 + 18 * len(d["parts"])
+    return (f'<svg id="l7-detour-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" '
+            f'aria-label="L7 detour in parts"><text x="0" y="12" font-size="12">{head}</text>'
+            f'{"".join(rects)}{"".join(legend)}</svg>')
+
+
 def render_html(doc: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("cnitrace.reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -58,4 +82,4 @@ def render_html(doc: dict[str, Any]) -> str:
         doc=doc, root=root, rows=rows, fmt_ns=fmt_ns, ovs_calibration_text=ovs_calibration_text, calibration_text=calibration_text,
         changed=CHANGED,
         stage_svg=jinja2.utils.markupsafe.Markup(stage_bars(root)),
-        chain_svg=jinja2.utils.markupsafe.Markup(chain_bars(root)))
+        chain_svg=jinja2.utils.markupsafe.Markup(chain_bars(root) + detour_bars(root)))

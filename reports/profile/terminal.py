@@ -68,6 +68,9 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
     con.print(t)
     more = f"; {hidden} rows under 0.1 % not shown (see --json/--html)" if hidden else ""
     con.print(f"total per packet: {fmt_ns(root.ns_per_packet)} ({root.provenance}){more}")
+    l7 = root.find("stage", "l7_proxy")
+    if l7 is not None and l7.detail.get("parts"):
+        render_detour(l7.detail["parts"], con)
     ovs = root.find("stage", "ovs")
     kd = ovs.detail.get("kernel_datapath") if ovs is not None else None
     if kd:
@@ -108,6 +111,28 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
         render_changes(doc["changes"], con)
     for w in doc["warnings"]:
         con.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def render_detour(d: dict[str, Any], con: Console) -> None:
+    """The L7 detour of one request in parts, each with where its figure came from."""
+    t = Table(title=f"L7 detour per request through {d['proxy']} (concurrency {d['concurrency']}, "
+                    f"{d['requests']:,} requests)", width=WIDTH)
+    for col, just in (("part", "left"), ("per request", "right"), ("share", "right"), ("source", "left")):
+        t.add_column(col, justify=just, overflow="fold")
+    total = d["total_ns"] or 0.0
+    for p in d["parts"]:
+        t.add_row(p["name"], fmt_ns(p["ns"]), _pct(p["ns"] / total if total else None),
+                  f"{p['provenance']}: {p['source']}")
+    t.add_row("total (client)", fmt_ns(total), "", "measured: ab mean time per request")
+    con.print(t)
+    if d.get("direct_ns") is not None:
+        con.print(f"direct (no detour): {fmt_ns(d['direct_ns'])} per request (measured)")
+    st = d.get("envoy_stats")
+    if st:
+        con.print(f"envoy statistics (measured): RBAC allowed {st['rbac_allowed']:,}, denied {st['rbac_denied']:,}; "
+                  "downstream " + ", ".join(f"{k} {v:,}" for k, v in st["downstream_rq"].items() if v))
+    if d.get("stall"):
+        con.print(f"[yellow]{d['stall']}[/yellow]")
 
 
 CHANGES_SHOWN = 10

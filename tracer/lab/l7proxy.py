@@ -38,11 +38,20 @@ class Proxy:
     rundir: str
     pid: int = 0
     start_time: str | None = None
+    admin_port: int = 0          # envoy: its admin endpoint on the node netns' loopback
+    http_rules: int = 1          # the method + path pairs it enforces
 
     @property
     def access_log(self) -> Path:
-        # nginx writes its own access log; haproxy logs to stdout, which the launcher sends here
-        return Path(self.rundir) / ("access.log" if self.kind == "nginx" else "output.log")
+        # nginx and envoy write their own access log; haproxy logs to stdout, which the launcher sends here
+        return Path(self.rundir) / ("output.log" if self.kind == "haproxy" else "access.log")
+
+    def label(self, datapath: str) -> str:
+        """How reports name it: Envoy is what Cilium runs; nginx/haproxy stand in for the CNI's own
+        engine (Suricata for Antrea), and every report says so."""
+        if self.kind == "envoy":
+            return "envoy"
+        return f"{self.kind} (stand-in for Suricata)" if datapath == "antrea" else f"{self.kind} (stand-in proxy)"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,7 +22,7 @@ from cnitrace.attribution.tree import (Calib, bpf_stage, build_tree, clamp_tree,
                                        with_ovs_kernel)
 from cnitrace.calibrate.rules import cpu_model
 from cnitrace.collectors.iptables.source import ruleset_of
-from cnitrace.profile import exercised
+from cnitrace.profile import exercised, l7
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.ovs import OVS_USERSPACE_BACKEND, ovs_node_of
 from cnitrace.profile.target import Target
@@ -95,13 +95,16 @@ def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal
         kernel = ovs_kernel_of(figures, entry)
         stages.append(with_ovs_kernel(ovs_node, kernel, packets) if kernel else ovs_node)
         win.backends["ovs_userspace"] = OVS_USERSPACE_BACKEND
-    detour = proxy_detour_of(win.through, win.direct, target.lab.spec.l7_proxy) if target.lab else None
+    detour = proxy_detour_of(win.through, win.direct, l7.proxy_label(target)) if target.lab else None
     if detour is not None:
         node = proxy_stage(detour)
         node.detail.update({"through_proxy_mean_ms": win.through.metrics.get("mean_ms"),
                             "direct_mean_ms": win.direct.metrics.get("mean_ms"),
                             "proxy_connections_seen": proxy_connections(figures, target),
                             "method": "ab -c 1 through the proxy vs direct from the node namespace"})
+        if win.l7_parts:
+            node.detail["parts"] = win.l7_parts
+            warnings += [f"L7 detour: {w}" for w in [*win.l7_parts["warnings"], win.l7_parts["stall"]] if w]
         stages.append(node)
     root = build_tree(stages, transit, packets)
     warnings += clamp_tree(root)

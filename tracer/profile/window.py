@@ -29,6 +29,7 @@ from cnitrace.probes.progtime import ProgTime
 from cnitrace.probes.nfbracket import FLOOR_MAP, Brackets
 from cnitrace.probes.runtime import Filter, ProbeSet, netns_inode
 from cnitrace.probes.specs import COUNTERS, NF_BPF, NF_HOOKS, SPECS
+from cnitrace.profile import l7
 from cnitrace.profile.config import ProfileConfig
 from cnitrace.profile.ovs import idle_cpu, kernel_datapath, ovs_cpu_reading, ovs_target, vswitchd_pid
 from cnitrace.profile.target import Target
@@ -385,6 +386,7 @@ class Window:
     overhead: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     mid: list[Counters] = dataclasses.field(default_factory=list)   # rule snapshots taken during the window
+    l7_parts: dict[str, Any] | None = None    # L7: the timed run's detour in parts (cnitrace.profile.l7)
 
 
 def _pin_counters(backends: dict[str, dict[str, Any]], force: dict[str, str]) -> None:
@@ -422,6 +424,7 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
     overhead: dict[str, Any] = {}
     figures: list[Any] = []
     interrupted, traffic_result, through, direct, lost = False, None, None, None, 0
+    l7_parts = None
     ovs = ovs_target(target)
     ovs_idle: tuple[int, float] | None = None
     with Session(runner=runner) as session, _bpf_stats(session) as stats_mode:
@@ -467,7 +470,9 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
                 warnings.append(f"traffic: {traffic_result.metrics['error']}")
             if cfg.traffic == "http" and target.lab is not None and target.lab.spec.l7:
                 say("L7 detour: request latency through the proxy vs direct (concurrency 1)")
+                l7_mark = l7.mark(target, l7_probes)
                 through, direct = latency_pair(target, 1, runner)
+                l7_parts = l7.parts(target, l7_mark, l7_probes, through, direct, runner)
             remaining = cfg.duration - (time.monotonic() - t_window)
             if cfg.traffic == "none" and remaining > 0:
                 time.sleep(remaining)
@@ -496,4 +501,4 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
             for stage, ch in probes.choices.items():
                 backends[stage] = backend_used(ch, force.get(stage), backends.get(stage))
     return Window(before, after, figures, backends, seconds, traffic_result, through, direct, ovs_idle,
-                  (ovs_w0, ovs_w1), int(lost), interrupted, overhead, warnings, mid)
+                  (ovs_w0, ovs_w1), int(lost), interrupted, overhead, warnings, mid, l7_parts)

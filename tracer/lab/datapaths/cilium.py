@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnitrace.core.errors import ToolError
 from cnitrace.lab.datapaths import cilium_maps as cm
-from cnitrace.lab import l7proxy
+from cnitrace.lab import envoy, l7proxy
 from cnitrace.lab.datapath import Datapath
 from cnitrace.lab.model import CounterRef, GroundTruth, LabSpec, Topology
 from cnitrace.lab.policy import port_rules
@@ -170,12 +170,12 @@ class Cilium(Datapath):
         return dataclasses.replace(topo, extra=extra)
 
     def l7(self, session: "Session", topo: Topology, spec: LabSpec) -> Topology:
-        """The allow entry for HTTP already carries the proxy port (build saw --l7): start the
-        proxy in the node netns and the rule that delivers the program's marked packets to it."""
-        proxy = l7proxy.start(session, topo, spec.l7_proxy, listen_port=L7_PORT,
-                              upstream=(topo.server.ip, topo.allowed_port))
-        restore = "iptables-legacy-restore" if spec.backend == "legacy" else "iptables-nft-restore"
-        session.runner.run([restore, "--noflush"], input=render_l7_nat(topo), netns=topo.node_netns)
+        """The allow entry for HTTP already carries the proxy port (build saw --l7): start Envoy in
+        the node netns behind Cilium's TPROXY redirect, enforcing N HTTP rules (N = --rules, at least
+        one). Cilium's L7 proxy is Envoy, so --l7-proxy (the stand-ins' choice) does not apply."""
+        proxy = envoy.start(session, topo, listen_port=L7_PORT, program_mark=proxy_mark(L7_PORT),
+                            rules=envoy.http_rules(max(1, min(spec.rules, envoy.MAX_HTTP_RULES))),
+                            backend=spec.backend)
         return dataclasses.replace(topo, extra={**topo.extra, "l7": proxy.to_json()})
 
     @staticmethod
