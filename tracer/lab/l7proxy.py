@@ -61,6 +61,11 @@ class Proxy:
         return cls(**d)
 
 
+def kind_for(datapath: str, requested: str) -> str:
+    """The proxy a lab runs: Envoy on cilium (what Cilium runs), else the requested stand-in."""
+    return "envoy" if datapath == "cilium" else requested
+
+
 def render_config(kind: str, *, lab: str, listen_port: int, upstream: tuple[str, int], rundir: str) -> str:
     """The proxy's configuration from its packaged template (pure; values validated first)."""
     if kind not in KINDS:

@@ -21,6 +21,7 @@ from cnitrace.core import faults
 from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.core.files import exclusive, remove_if_unlocked
 from cnitrace.lab.datapaths import registry, replay
+from cnitrace.lab import l7proxy
 from cnitrace.lab import policy, topology
 from cnitrace.lab.model import GroundTruth, LabSpec, Topology
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
@@ -76,7 +77,7 @@ def preflight(spec: LabSpec, runner: Runner = DEFAULT_RUNNER) -> registry.Datapa
     if spec.l7 and not dp.supports_l7:
         raise UsageError(f"--l7 is not supported by the {dp.name} datapath")
     tools = [*BASE_TOOLS, *dp.tools]
-    if spec.l7:
+    if spec.l7 and l7proxy.kind_for(spec.datapath, spec.l7_proxy) != "envoy":   # envoy: the venv's wheel
         tools.append(spec.l7_proxy)
     for tool in tools:
         if runner.which(tool) is None:
@@ -128,7 +129,7 @@ def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFil
         say("server pod listeners")
         pid = start_server(s, topo)
         if spec.l7:
-            say(f"L7 proxy: {spec.l7_proxy}")
+            say(f"L7 proxy: {l7proxy.kind_for(spec.datapath, spec.l7_proxy)}")
             topo = dp.l7(s, topo, spec)
         truth = dp.ground_truth(topo, spec)
         timings["total"] = time.monotonic() - t0

@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Any, Callable, Mapping
 
+from cnitrace.lab.l7proxy import kind_for
 from cnitrace.traffic import generators as traffic
 from cnitrace.core import faults
 from cnitrace.core.errors import CnitraceError, UsageError
@@ -241,7 +242,7 @@ def measure_point(ps: PointSpec, cfg: SweepConfig, lab, base: Baselines, ns_per_
             twin = base.http_c1_ms.get((ps.datapath, ps.rules, ps.clients, ps.placement))
             stages.append({"stage": "l7-proxy", "unit": "ns/request",
                            "measured_ns": (c1 - twin) * 1e6 if twin is not None else None, "modelled_ns": None,
-                           "detail": f"{lab.spec.l7_proxy} detour: request latency at concurrency 1, "
+                           "detail": f"{kind_for(lab.spec.datapath, lab.spec.l7_proxy)} detour: request latency at concurrency 1, "
                                      f"{c1:.3f} ms through the proxy vs {twin if twin is not None else float('nan'):.3f} ms direct"})
     sem["passed"] = sem["passed"] and not (not ps.l7 and "throughput_gbps" not in metrics)
     return flag_changes({
