@@ -589,6 +589,13 @@ def sweep(datapaths, rules, clients, l7, placement, repeat, backend, quick, attr
 
 # --- commands defined in their own packages (one line each) ------------------------------------
 # (agent, merge, k8s, study: added here as their packages land)
+from cnitrace.agent.command import agent  # noqa: E402
+cli.add_command(agent)
+from cnitrace.study.command import study  # noqa: E402
+cli.add_command(study)
+from cnitrace.cluster.command import k8s, merge  # noqa: E402
+cli.add_command(merge)
+cli.add_command(k8s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,2 @@
-"""(filled in by this session)"""
+"""Rendering of the cluster document (`cnitrace merge`, `kubectl cnitrace report`): terminal,
+HTML and its JSON schema (cluster.schema.json)."""

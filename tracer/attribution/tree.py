@@ -252,6 +252,8 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                 continue
             modelled = _per_packet(cal.chain_ns(c.evaluations, c.classes), packets)
             detail: dict = {"table": table, "evaluations": c.evaluations}
+            if c.rule_count is not None:
+                detail["rules"] = c.rule_count       # how big the chain is (a cluster merge compares it)
             if c.mark:
                 detail["change"] = c.change
             if c.chain in clamped:
