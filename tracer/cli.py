@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from cnitrace import __version__
-from cnitrace.core.errors import CnitraceError, ExitStatus, NotRootError
+from cnitrace.core.entry import run_click
+from cnitrace.core.errors import ExitStatus, NotRootError
 from cnitrace.node import checks
 from cnitrace.collectors import registry
 from cnitrace.core.errors import UsageError
@@ -31,6 +32,7 @@ from cnitrace.lab.model import MAX_RULES, LabSpec
 from cnitrace.lab.replay_plan import replay_summary
 from cnitrace.lab.replay_plan import report_text as replay_report_text
 from cnitrace.node.doctor import run_doctor
+from cnitrace.outputs import write_document
 from cnitrace.probes import command
 from cnitrace.probes.command import parse_force
 from cnitrace.probes.runtime import Filter
@@ -136,16 +138,7 @@ def cleanup(labs: tuple[str, ...], all_labs: bool, force: bool, as_json: bool) -
 
 def _write_outputs(doc: dict, json_out: str | None, html_out: str | None, render_html=None) -> None:
     """Write the JSON document and/or its HTML rendering (the profile's unless told otherwise)."""
-    if render_html is None:
-        render_html = render_profile_html
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        click.echo(f"wrote {json_out}", err=True)
-    if html_out:
-        with open(html_out, "w", encoding="utf-8") as f:
-            f.write(render_html(doc))
-        click.echo(f"wrote {html_out}", err=True)
+    write_document(doc, json_out, html_out, render_html or render_profile_html)
 
 
 def _say(msg: str) -> None:
@@ -604,22 +597,4 @@ def main(argv: list[str] | None = None) -> int:
     # A 100,000-rule snapshot allocates millions of small objects and no cycles: the default
     # young-generation threshold (700) makes the collector rescan them all ~every millisecond.
     gc.set_threshold(100_000, 50, 100)
-    try:
-        rv = cli.main(args=argv, prog_name="cnitrace", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return ExitStatus.INTERRUPTED
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        click.echo(f"cnitrace: {exc.format_message()}", err=True)
-        return exc.exit_code if exc.exit_code else ExitStatus.USAGE
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return ExitStatus.INTERRUPTED
-    except CnitraceError as exc:
-        if debug:
-            raise
-        click.echo(f"cnitrace: {exc.message}", err=True)
-        return exc.exit_status
-    return int(rv) if isinstance(rv, int) else ExitStatus.OK
+    return run_click(cli, "cnitrace", argv, debug)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +11,7 @@ import click
 from cnitrace.cluster.manifest import DEFAULT_IMAGE, DEFAULT_NAMESPACE, DEFAULT_PORT, ManifestConfig, parse_selector, render
 from cnitrace.cluster.merge import merge as merge_docs
 from cnitrace.core.errors import ExitStatus, UsageError
+from cnitrace.outputs import write_document
 from cnitrace.reports.cluster.document import validate as validate_cluster
 from cnitrace.reports.cluster.html import render_cluster_html
 from cnitrace.reports.cluster.terminal import render_cluster
@@ -41,16 +41,7 @@ def write_cluster_outputs(doc: dict[str, Any], json_out: str | None, html_out: s
     errors = validate_cluster(doc)
     if errors:      # our own contract: a bug, said plainly rather than writing a bad document
         raise RuntimeError(f"cluster document does not match its schema: {errors[0]}")
-    if json_out == "-":
-        click.echo(json.dumps(doc, indent=1, sort_keys=True))
-    else:
-        render_cluster(doc)
-    if json_out and json_out != "-":
-        Path(json_out).write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
-        click.echo(f"wrote {json_out}", err=True)
-    if html_out:
-        Path(html_out).write_text(render_cluster_html(doc), encoding="utf-8")
-        click.echo(f"wrote {html_out}", err=True)
+    write_document(doc, json_out, html_out, render_cluster_html, render_cluster)
 
 
 @click.command()

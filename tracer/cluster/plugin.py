@@ -13,10 +13,6 @@ rolling window cannot give — and renders its document here.
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import click
 
 from cnitrace import __version__
@@ -24,8 +20,10 @@ from cnitrace.cluster.collect import KubectlFetcher, UrlFetcher, collect, named_
 from cnitrace.cluster.command import write_cluster_outputs
 from cnitrace.cluster.manifest import DEFAULT_NAMESPACE
 from cnitrace.cluster.merge import merge
-from cnitrace.core.errors import CnitraceError, ExitStatus, ToolError, UsageError
+from cnitrace.core.errors import ExitStatus, ToolError, UsageError
 from cnitrace.core.selection import validate_glob
+from cnitrace.core.entry import run_click
+from cnitrace.outputs import write_document
 from cnitrace.reports.profile.html import render_html as render_profile_html
 from cnitrace.reports.profile.terminal import render_profile
 
@@ -41,16 +39,7 @@ def _fetcher(namespace: str, context: str | None, endpoints: tuple[str, ...]):
 
 
 def _write_profile(doc: dict, json_out: str | None, html_out: str | None) -> None:
-    if json_out == "-":
-        click.echo(json.dumps(doc, indent=1, sort_keys=True))
-    else:
-        render_profile(doc)
-    if json_out and json_out != "-":
-        Path(json_out).write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
-        click.echo(f"wrote {json_out}", err=True)
-    if html_out:
-        Path(html_out).write_text(render_profile_html(doc), encoding="utf-8")
-        click.echo(f"wrote {html_out}", err=True)
+    write_document(doc, json_out, html_out, render_profile_html, render_profile)
 
 
 _common = [
@@ -130,24 +119,4 @@ def profile(node, ifaces, duration, namespace, context, json_out, html_out) -> i
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point and the one error boundary."""
-    try:
-        rv = cli.main(args=argv, prog_name="kubectl cnitrace", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return ExitStatus.INTERRUPTED
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        click.echo(f"kubectl-cnitrace: {exc.format_message()}", err=True)
-        return exc.exit_code if exc.exit_code else ExitStatus.USAGE
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return ExitStatus.INTERRUPTED
-    except CnitraceError as exc:
-        click.echo(f"kubectl-cnitrace: {exc.message}", err=True)
-        return exc.exit_status
-    return int(rv) if isinstance(rv, int) else ExitStatus.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_click(cli, "kubectl-cnitrace", argv)

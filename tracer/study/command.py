@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
 
 from cnitrace.core.errors import ExitStatus, NotRootError
+from cnitrace.outputs import write_document
 
 
 def _write(doc: dict, json_out: str | None, html_out: str | None) -> None:
     from cnitrace.reports.study.html import render_study_html
 
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        click.echo(f"wrote {json_out}", err=True)
-    if html_out:
-        with open(html_out, "w", encoding="utf-8") as f:
-            f.write(render_study_html(doc))
-        click.echo(f"wrote {html_out}", err=True)
+    write_document(doc, json_out, html_out, render_study_html)
 
 
 @click.command()
