@@ -13,15 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import uuid
 from typing import Any, Callable, Mapping, Sequence
 
 from cnitrace.core import faults
-from cnitrace.core.errors import CnitraceError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
-from cnitrace.lab import manager, overlay
-from cnitrace.lab.model import LabSpec
 from cnitrace.study import figures as figures_mod
 from cnitrace.study.plan import PlannedPoint, StudyPlan, make_plan, scaling
 from cnitrace.study.table import build_rows
@@ -53,10 +49,6 @@ def make_config(*, quick: bool, families: str | None = None, datapaths: str | No
     return StudyConfig(plan=plan, sweep=sw)
 
 
-def lab_name() -> str:
-    return f"st{uuid.uuid4().hex[:6]}"
-
-
 def proxy_of(lab) -> str | None:
     """The L7 proxy the lab actually started (its description), else the one it was asked for."""
     l7 = (lab.topo.extra or {}).get("l7") or {}
@@ -69,31 +61,13 @@ def run_point(pp: PlannedPoint, cfg: StudyConfig, base: "sweep_run.Baselines", c
     recorded in the point, not raised (Ctrl-C is)."""
     ps = pp.spec
     pcfg = dataclasses.replace(cfg.sweep, l7=pp.http, attribute=pp.attribute)
-    name = lab_name()
-    spec = LabSpec(name=name, datapath=ps.datapath, rules=ps.rules, pods=ps.clients, l7=ps.l7,
-                   backend=cfg.sweep.backend)
-    t0 = time.monotonic()
-    try:
-        lab = manager.up(spec, runner=runner)
-        if ps.placement == "inter":
-            lab = overlay.attach(lab, runner=runner)
-        up_s = time.monotonic() - t0
-        out = sweep_run.measure_point(ps, pcfg, lab, base, cal["ns_per_rule_eval"] if cal else None, runner,
-                                      sweep_run.calib_of(cal))
-        out["lab_up_s"] = up_s
+
+    def proxy(lab, out: dict[str, Any]) -> None:
         if ps.l7:
             out["proxy"] = proxy_of(lab)
-        return out
-    except CnitraceError as exc:
-        return {"spec": ps.to_json(), "status": "failed", "error": exc.message, "lab": name,
-                "seconds": time.monotonic() - t0}
-    except Exception as exc:  # noqa: BLE001 - one bad point must not lose the study's other results
-        return {"spec": ps.to_json(), "status": "failed", "lab": name, "seconds": time.monotonic() - t0,
-                "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
-    finally:
-        why = sweep_run._down(name, runner)
-        if why:
-            base.leftovers.append(f"{name}: {why}")   # recorded: `cnitrace cleanup` removes it
+
+    return sweep_run.run_point(ps, pcfg, base, cal["ns_per_rule_eval"] if cal else None, runner,
+                               sweep_run.calib_of(cal), after=proxy)
 
 
 def run(cfg: StudyConfig, *, runner: Runner = DEFAULT_RUNNER, progress: Progress | None = None,

@@ -384,8 +384,9 @@ def attribute(lab) -> dict[str, Any]:
 
 
 def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: float | None,
-              runner: Runner, cal=None) -> dict[str, Any]:
-    """Build the point's lab, measure, and always remove it; a failure is recorded, not raised."""
+              runner: Runner, cal=None, after=None) -> dict[str, Any]:
+    """Build the point's lab, measure, and always remove it; a failure is recorded, not raised.
+    `after(lab, out)` adds to a measured point what a caller reads from its lab (the study: the proxy)."""
 
     name = lab_name()
     spec = LabSpec(name=name, datapath=ps.datapath, rules=ps.rules, pods=ps.clients, l7=ps.l7,
@@ -398,6 +399,8 @@ def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: flo
         up_s = time.monotonic() - t0
         out = measure_point(ps, cfg, lab, base, ns_per_eval, runner, cal)
         out["lab_up_s"] = up_s
+        if after is not None:
+            after(lab, out)
         return out
     except CnitraceError as exc:
         return {"spec": ps.to_json(), "status": "failed", "error": exc.message, "lab": name,
