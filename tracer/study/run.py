@@ -67,7 +67,7 @@ def run_point(pp: PlannedPoint, cfg: StudyConfig, base: "sweep_run.Baselines", c
             out["proxy"] = proxy_of(lab)
 
     return sweep_run.run_point(ps, pcfg, base, cal["ns_per_rule_eval"] if cal else None, runner,
-                               sweep_run.calib_of(cal), after=proxy)
+                               sweep_run.calib_of(cal), after=proxy, prefix="st")
 
 
 def run(cfg: StudyConfig, *, runner: Runner = DEFAULT_RUNNER, progress: Progress | None = None,

@@ -55,8 +55,8 @@ Progress = Callable[[Mapping[str, Any]], None]
 CT_KEYS = ("insert_failed", "drop", "early_drop", "invalid", "insert")
 
 
-def lab_name() -> str:
-    return f"sw{uuid.uuid4().hex[:6]}"
+def lab_name(prefix: str = "sw") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
 @contextlib.contextmanager
@@ -384,11 +384,12 @@ def attribute(lab) -> dict[str, Any]:
 
 
 def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: float | None,
-              runner: Runner, cal=None, after=None) -> dict[str, Any]:
+              runner: Runner, cal=None, after=None, prefix: str = "sw") -> dict[str, Any]:
     """Build the point's lab, measure, and always remove it; a failure is recorded, not raised.
-    `after(lab, out)` adds to a measured point what a caller reads from its lab (the study: the proxy)."""
+    `after(lab, out)` adds to a measured point what a caller reads from its lab (the study: the proxy);
+    `prefix` names its labs (the study's are st*)."""
 
-    name = lab_name()
+    name = lab_name(prefix)
     spec = LabSpec(name=name, datapath=ps.datapath, rules=ps.rules, pods=ps.clients, l7=ps.l7,
                    backend=cfg.backend)
     t0 = time.monotonic()
