@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from cnitrace.cluster.manifest import APP, CONTAINER, DEFAULT_NAMESPACE, DEFAULT_PORT, NAME_LABEL
 from cnitrace.core.errors import ToolError, UsageError
 from cnitrace.core.runner import Runner
-from cnitrace.reports.document import validate
+from cnitrace.reports.load import parse_profile
 
 FETCH_TIMEOUT = 20.0
 
@@ -206,15 +206,9 @@ def split_endpoints(values: Iterable[str]) -> list[str]:
 def parse_document(text: str, where: str) -> dict[str, Any]:
     """An agent's answer → a valid profile document, or one clear error line."""
     try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise ToolError(f"{where}: not JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ToolError(f"{where}: not a cnitrace profile document")
-    errors = validate(doc)
-    if errors:
-        raise ToolError(f"{where}: not a valid cnitrace profile document: {errors[0]}")
-    return doc
+        return parse_profile(text, where)
+    except UsageError as exc:       # the agent's answer, not the user's input
+        raise ToolError(exc.message) from None
 
 
 def collect(fetcher: Fetcher, nodes: Sequence[str] = ()) -> tuple[list[tuple[str, str | None, dict]], list[str]]:
