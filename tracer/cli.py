@@ -289,7 +289,8 @@ def lab() -> None:
 
 @lab.command("up")
 @click.option("--datapath", "-d", default=None,
-              help="calico, kube-router, weave, nft, flannel, antrea, cilium (with --replay: the pods' shape; default: the dump's).")
+              help="calico, kube-router, weave, nft, flannel, antrea, cilium; weave-fastdp (needs the openvswitch "
+                   "kernel module) (with --replay: the pods' shape; default: the dump's).")
 @click.option("--rules", "-n", default=0, show_default=True, type=int, help=f"Port-range rules (0..{MAX_RULES}).")
 @click.option("--pods", default=1, show_default=True, type=int, help="Client pods (1..250).")
 @click.option("--l7", is_flag=True, help="Detour allowed HTTP through a real L7 proxy (GET / only).")

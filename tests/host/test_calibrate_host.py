@@ -26,7 +26,7 @@ def test_calibration_measures_per_rule_cost(node_before_after, method):
 @pytest.mark.parametrize("backend", ["legacy", "nft"])
 def test_shape_calibration_is_bounded_ordered_and_cached(node_before_after, backend, tmp_path):
     from cnitrace.calibrate.rules import cached_or_measure_shapes
-    from cnitrace.calibrate.shapes import EARLY
+    from cnitrace.calibrate.shapes import CALIBRATION_SHAPES, EARLY
 
     cache = tmp_path / "calibration.json"
     cal = cached_or_measure_shapes(backend=backend, cache=cache)
@@ -34,8 +34,12 @@ def test_shape_calibration_is_bounded_ordered_and_cached(node_before_after, back
     assert cal.seconds is not None and cal.seconds < 20.0, cal.seconds      # it runs at profile start
     # Relations that hold on any CPU: a rule rejected at its header is the cheapest evaluation; every
     # module adds time; an ipset lookup costs more than a mark test; two modules more than one.
+    # (each module shape is measured as pairs — an early rule, then the shape's rule — per pair, so
+    # it exceeds one early rule by the whole rule of the shape; how much more depends on the CPU and
+    # the backend: on nft a mark test costs barely more than the header miss.)
     assert cal.early_ns > 0
-    assert all(cal.samples[s] > 2 * cal.early_ns for s in ("mark", "port", "multiport", "conntrack"))
+    assert min(CALIBRATION_SHAPES, key=cal.samples.get) == "early", cal.samples
+    assert all(cal.samples[s] > cal.early_ns for s in ("mark", "port", "multiport", "conntrack"))
     assert cal.class_ns(EARLY) < cal.class_ns("full:mark") < cal.class_ns("full:comment+mark")
     assert cal.module_ns["set"] > cal.module_ns["mark"]
     again = cached_or_measure_shapes(backend=backend, cache=cache)

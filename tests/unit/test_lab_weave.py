@@ -163,13 +163,54 @@ def test_plan_names_pods_like_weave_on_the_weave_bridge():
     assert "weave" in registry.names() and WEAVE.backends == ("legacy", "nft") and WEAVE.policy_stage == "netfilter"
 
 
-def test_fastdp_is_refused_with_the_reason(capsys, tmp_path, monkeypatch):
-    with pytest.raises(UsageError, match="fastdp is not built: it needs the openvswitch kernel module"):
-        registry.get("weave-fastdp")
-    monkeypatch.setenv("CNITRACE_STATE_DIR", str(tmp_path / "st"))
-    assert main(["lab", "up", "-d", "weave-fastdp"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("cnitrace: ") and "openvswitch" in err and err.count("\n") == 1
+def test_fastdp_is_built_on_request_only_and_refused_without_the_openvswitch_module(monkeypatch):
+    from cnitrace.core.capability import missing
+    from cnitrace.core.errors import ToolError
+    from cnitrace.lab import manager
+    from cnitrace.sweep.model import DATAPATHS as SWEEP_DEFAULT
+
+    dp = registry.get("weave-fastdp")
+    assert dp.caps == ("ovs_kernel",) and "ovs-dpctl" in dp.tools and dp.policy_stage == "netfilter"
+    assert "weave-fastdp" in registry.names() and "weave-fastdp" not in SWEEP_DEFAULT   # CI's kernel has no module
+
+    class Host:
+        def check(self, name):
+            return missing(name, "no openvswitch kernel module (not loaded, not built in)")
+
+    class Tools:
+        def which(self, tool):
+            return f"/usr/bin/{tool}"
+
+    monkeypatch.setattr(manager.checks, "host", lambda runner: Host())
+    with pytest.raises(ToolError, match=r"^ovs_kernel: no openvswitch kernel module"):
+        manager.preflight(LabSpec(name="fd", datapath="weave-fastdp"), Tools())
+
+
+def test_fastdp_flows_are_the_routers_per_mac_pair_with_weaves_vni():
+    from cnitrace.lab.datapaths import weave_fastdp as fdp
+
+    spec = LabSpec(name="fd", datapath="weave-fastdp", rules=3, pods=3)
+    topo = plan(spec, registry.get("weave-fastdp"))
+    assert fdp.vni(2, 1) == 0x1002 and fdp.vni(1, 2) == 0x2001          # src | dst << 12
+    flows = fdp.flows(topo)
+    n1, n2 = topo.node_netns, fdp.node2_netns("fd")
+    assert len(flows) == 2 * (3 * len(topo.clients) + 1) and len({f.key for f in flows if f.netns == n1}) == 3 * 3 + 1
+    srv = topo.server.mac
+    for c in topo.clients:
+        enc = [f for f in flows if f.netns == n2 and f"eth(src={c.mac}," in f.key]
+        assert {f.key.split("dst=")[-1] for f in enc} == {f"{srv})", "ff:ff:ff:ff:ff:ff)"}
+        assert all(f.key.startswith("in_port(1),") and "tun_id=0x1002,src=192.168.254.2,dst=192.168.254.1" in f.actions
+                   and "ttl=64" in f.actions and "flags(df)" in f.actions and f.actions.endswith(",2") for f in enc)
+        dec = [f for f in flows if f.netns == n1 and f"eth(src={c.mac}," in f.key]
+        # the kernel wants a tunnel key's TTL set; the router's flow does not care about it (mask 0)
+        assert all(f.key.startswith("in_port(2),tunnel(tun_id=0x1002,src=192.168.254.2,dst=192.168.254.1,ttl=64/0),")
+                   and f.actions == "1" for f in dec) and len(dec) == 2
+    p = fdp.plan(topo)
+    assert [l for l in p["node"] if " netns " in l and l.startswith("link set")] == \
+        [f"link set {c.node_iface} netns {n2}" for c in topo.clients]
+    assert all(f"link set {c.node_iface} master weave" in p["n2"] for c in topo.clients)
+    assert "link add vxlan-6784 type vxlan external dstport 6784" in p["n2"]
+    assert not any("vxlan-6784 up" in l for l in p["node"] + p["n2"])     # up only once it is a vport
 
 
 # --- detection ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnitrace.core.errors import UsageError
@@ -135,6 +136,10 @@ def plumb_bridge(runner: "Runner", topo: Topology) -> None:
     for p in topo.pods:
         cmds += [f"link set {p.node_iface} master {topo.bridge}", f"link set {p.node_iface} up"]
     runner.run(["ip", "-n", topo.node_netns, "-batch", "-"], input="\n".join(cmds) + "\n")
+    if not Path("/proc/sys/net/bridge").exists():
+        # what a bridged CNI does on a node without it (the vm tier's stock kernel): without
+        # br_netfilter bridged traffic would bypass the policy in FORWARD
+        runner.run(["modprobe", "br_netfilter"])
     runner.run(["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"], netns=topo.node_netns)
     for p in topo.pods:
         _pod_up(runner, p, [f"route add default via {p.gateway} dev {p.iface}"])

@@ -24,7 +24,7 @@ from cnitrace.calibrate.rules import cpu_model
 from cnitrace.collectors.iptables.source import ruleset_of
 from cnitrace.profile import exercised, l7
 from cnitrace.profile.config import ProfileConfig
-from cnitrace.profile.ovs import OVS_USERSPACE_BACKEND, ovs_node_of
+from cnitrace.profile.ovs import OVS_USERSPACE_BACKEND, ovs_node_of, router_node_of
 from cnitrace.profile.target import Target
 from cnitrace.profile.window import Counters, Window, proxy_connections
 from cnitrace.reports.document import SCHEMA_VERSION, Node, headline, validate
@@ -95,6 +95,10 @@ def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal
         kernel = ovs_kernel_of(figures, entry)
         stages.append(with_ovs_kernel(ovs_node, kernel, packets) if kernel else ovs_node)
         win.backends["ovs_userspace"] = OVS_USERSPACE_BACKEND
+    elif win.before.router_dp:
+        kernel = ovs_kernel_of(figures, entry)
+        if kernel:
+            stages.append(router_node_of(win.before.router_dp, win.after.router_dp, kernel, packets))
     detour = proxy_detour_of(win.through, win.direct, l7.proxy_label(target)) if target.lab else None
     if detour is not None:
         node = proxy_stage(detour)

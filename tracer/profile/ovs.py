@@ -12,15 +12,16 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from cnitrace.attribution.tree import Calib, ovs_stage
+from cnitrace.attribution.tree import Calib, ovs_stage, with_ovs_kernel
+from cnitrace.reports.document import Node
 from cnitrace.attribution.datapath import busy_ns, datapath_cache, ovs_work
 from cnitrace.core.runner import Runner
 from cnitrace.attribution.datapath import cpu_ns
 from cnitrace.attribution.datapath import pids_of
 from cnitrace.calibrate import ovs as calibrate_ovs
-from cnitrace.collectors.ovs.parse import Datapath
+from cnitrace.collectors.ovs.parse import Datapath, parse_dpctl_show
 from cnitrace.collectors.ovs.source import OvsTarget
 from cnitrace.core.errors import ToolError
 from cnitrace.core.state import StateFile
@@ -150,3 +151,54 @@ def kernel_datapath(ovs_snap: Any) -> bool:
     """Whether the OVS instance forwards in the kernel (a `system@` datapath in dpctl/show)."""
     return ovs_snap is not None and any(isinstance(r, Datapath) and r.name.startswith("system@")
                                         for r in ovs_snap.records)
+
+
+def router_datapaths(target: "Target", runner: Runner, ovs: Any) -> tuple[str, ...]:
+    """The selection's namespaces holding an OVS kernel datapath that no ovs-vswitchd drives:
+    weave's fastdp router programs `datapath` directly over netlink. Empty where an ovs-vswitchd
+    is the selection's OVS (its own snapshot covers the datapath) or the module is not loaded."""
+    if ovs is not None or not os.path.exists("/sys/module/openvswitch") or runner.which("ovs-dpctl") is None:
+        return ()
+    found = []
+    for ns in target.rule_netns:
+        done = runner.run(["ovs-dpctl", "show"], netns=ns or None, check=False)
+        if done.ok and parse_dpctl_show(done.stdout).records:
+            found.append(ns)
+    return tuple(found)
+
+
+def router_counters(netns: Sequence[str], runner: Runner) -> dict[str, tuple[Datapath, ...]]:
+    """Each router datapath's lookups (hit / missed / lost) and flow count, per namespace."""
+    out = {}
+    for ns in netns:
+        done = runner.run(["ovs-dpctl", "show"], netns=ns or None, check=False)
+        out[ns] = parse_dpctl_show(done.stdout).records if done.ok else ()
+    return out
+
+
+def router_lookups(before: dict[str, tuple[Datapath, ...]], after: dict[str, tuple[Datapath, ...]]) -> dict[str, Any]:
+    """Per router datapath ("<netns>/system@datapath"), its lookups in the window: hit (a flow
+    covered the frame), missed (no flow: an upcall to the router) and lost (an upcall nobody took),
+    with the flows it held at the end (pure)."""
+    out: dict[str, Any] = {}
+    for ns, dps in after.items():
+        was = {d.name: d for d in before.get(ns, ())}
+        for d in dps:
+            b = was.get(d.name)
+            if b is None:
+                continue
+            out[f"{ns}/{d.name}"] = {"hit": max(d.hit - b.hit, 0), "missed": max(d.missed - b.missed, 0),
+                                     "lost": max(d.lost - b.lost, 0), "flows": d.flows}
+    return out
+
+
+def router_node_of(before: dict[str, tuple[Datapath, ...]], after: dict[str, tuple[Datapath, ...]],
+                   kernel: Any, packets: int) -> Node:
+    """The OVS stage of a kernel datapath a CNI's router drives (weave fastdp): each packet's
+    kernel visit, measured by the ovs_kernel probe, with the datapath's own lookups beside it. It
+    has no model and no userspace share: the router's miss handling is not timed, and the
+    lookups say how often it would have run (missed)."""
+    stage = Node("stage", "ovs", packets=packets,
+                 detail={"datapath": "OVS kernel datapath driven by the CNI's router (no ovs-vswitchd)",
+                         "lookups": router_lookups(before, after)})
+    return with_ovs_kernel(stage, kernel, packets)

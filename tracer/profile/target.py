@@ -41,17 +41,30 @@ class Target:
 
 
 def lab_selection(lab: Any) -> Selection:
-    """A lab's node-side pod interfaces, already resolved by the lab (no lookup, no patterns)."""
+    """A lab's node-side pod interfaces, already resolved by the lab (no lookup, no patterns): the
+    pods on the lab's node, plus the interfaces where requests from pods on another node enter it
+    (topology extra "entry": weave fastdp's VXLAN vport)."""
     topo = lab.topo
-    return Selection(tuple(Interface(p.node_iface, topo.node_netns, p.node_ifindex, "veth", p.iface, p.netns)
-                           for p in topo.pods), (topo.node_netns,))
+    moved = set(topo.extra.get("moved_clients", ()))
+    pods = tuple(Interface(p.node_iface, topo.node_netns, p.node_ifindex, "veth", p.iface, p.netns)
+                 for p in topo.pods if p.name not in moved)
+    entry = tuple(Interface(e["name"], topo.node_netns, int(e["ifindex"]), e.get("kind", ""))
+                  for e in topo.extra.get("entry", ()))
+    return Selection(pods + entry, (topo.node_netns,))
+
+
+def lab_entry(lab: Any) -> set[int]:
+    """Where the lab's requests enter its node: the client pods' veths, or (clients on another
+    node) the interfaces the lab names as its entry."""
+    named = {int(e["ifindex"]) for e in lab.topo.extra.get("entry", ())}
+    return named or {p.node_ifindex for p in lab.topo.clients}
 
 
 def resolve_target(cfg: ProfileConfig, runner: Runner) -> Target:
     if cfg.lab:
         lab = manager.load(cfg.lab)
         # Requests enter the node from client pods: time those (replies are a different path).
-        return Target(lab_selection(lab), lab, {p.node_ifindex for p in lab.topo.clients})
+        return Target(lab_selection(lab), lab, lab_entry(lab))
     found = sel.resolve(list(cfg.ifaces), list(cfg.netns))
     found = Selection(found.interfaces, tuple(sorted({i.netns for i in found.interfaces})))
     peer, entry = None, None

@@ -31,7 +31,8 @@ from cnitrace.probes.runtime import Filter, ProbeSet, netns_inode
 from cnitrace.probes.specs import COUNTERS, NF_BPF, NF_HOOKS, SPECS
 from cnitrace.profile import l7
 from cnitrace.profile.config import ProfileConfig
-from cnitrace.profile.ovs import idle_cpu, kernel_datapath, ovs_cpu_reading, ovs_target, vswitchd_pid
+from cnitrace.profile.ovs import (idle_cpu, kernel_datapath, ovs_cpu_reading, ovs_target, router_counters,
+                                  router_datapaths, vswitchd_pid)
 from cnitrace.profile.target import Target
 from cnitrace.traffic import generators as traffic
 from cnitrace.traffic import replay as replay_traffic
@@ -53,6 +54,7 @@ class Counters:
     at: float | None = None                   # monotonic time the snapshot was complete
     bpf_maps: tuple[Any, ...] = ()            # the programs' maps (names, ids) when `bpf` was taken without maps
     link_packets: dict[str, int] = dataclasses.field(default_factory=dict)   # rule netns -> rx + tx, all links
+    router_dp: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)  # netns -> OVS datapaths no vswitchd drives
 
 
 def rx_packets(target: Target, runner: Runner) -> dict[int, int]:
@@ -98,16 +100,19 @@ def map_list(bpf: Any, runner: Runner) -> tuple[Any, ...]:
 NETFILTER_AND_BPF = ("iptables", "nftables", "bpf", "conntrack")
 
 
-def snapshot_counters(target: Target, runner: Runner, ovs: Any = None, maps: bool = False) -> Counters:
+def snapshot_counters(target: Target, runner: Runner, ovs: Any = None, maps: bool = False,
+                      router_netns: Sequence[str] = ()) -> Counters:
     """Every collector once, through the one registry, for the target's Selection. Map dumps
-    (O(entries)) only when asked: pressure is a gauge read after."""
+    (O(entries)) only when asked: pressure is a gauge read after. `router_netns`: namespaces
+    whose OVS kernel datapath a CNI's router drives without ovs-vswitchd (weave fastdp)."""
     ctx = registry.Context(selection=target.selection, runner=runner, ovs=ovs,
                            options=registry.Options(families=("ipv4",), maps=maps, megaflows=False))
     snaps = registry.snapshot(target.selection, ctx, [*NETFILTER_AND_BPF, *(["ovs"] if ovs is not None else [])])
     pid = vswitchd_pid(ovs) if ovs is not None else None
     return Counters(registry.per_netns(snaps["iptables"]), registry.per_netns(snaps["nftables"]), snaps["bpf"],
                     snaps.get("ovs"), snaps["conntrack"], cpu_ns(pid) if pid else None, rx_packets(target, runner),
-                    time.monotonic(), map_list(snaps["bpf"], runner), link_packets(target.rule_netns, runner))
+                    time.monotonic(), map_list(snaps["bpf"], runner), link_packets(target.rule_netns, runner),
+                    router_counters(router_netns, runner))
 
 
 # Mid-window rule snapshots (attribution.changes re-bases counters that restarted on them). One costs,
@@ -432,14 +437,15 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
             ovs_idle = idle_cpu(ovs, 0.5)
         say("snapshots: every collector's counters before the window")
         t0 = time.monotonic()
-        before = snapshot_counters(target, runner, ovs)
+        router_ns = router_datapaths(target, runner, ovs)
+        before = snapshot_counters(target, runner, ovs, router_netns=router_ns)
         overhead["snapshot_s"] = round(time.monotonic() - t0, 4)
         # from the before snapshot on: what changes while probes attach changes the deltas too
         sampler = MidSampler(before, runner, cfg.duration + 5.0).start()
         session.on_exit(sampler.stop)
         overhead["bpf_stats"] = stats_mode
         force = dict(cfg.force)
-        kernel_ovs = kernel_datapath(before.ovs)
+        kernel_ovs = kernel_datapath(before.ovs) or bool(router_ns)
         stages = _probe_stages(backends, force, kernel_ovs)
         if "ovs_kernel" in force and not kernel_ovs:
             warnings.append("--probe-backend ovs_kernel ignored: the selection has no OVS kernel datapath")
@@ -485,7 +491,7 @@ def run_window(cfg: ProfileConfig, target: Target, backends: dict[str, dict[str,
         seconds = time.monotonic() - t_window
         ovs_w1 = ovs_cpu_reading(ovs)
         say("snapshots: every collector's counters after the window")
-        after = snapshot_counters(target, runner, ovs, maps=True)
+        after = snapshot_counters(target, runner, ovs, maps=True, router_netns=router_ns)
         if l7_probes is not None:
             figures += l7_probes.snapshot()
         if progtime is not None:

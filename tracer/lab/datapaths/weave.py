@@ -26,8 +26,8 @@ NEW packet is matched against position+1 ingress rules, each TCP rule running tw
 for a TCP packet (a UDP packet stops at `-p tcp`). ipsets are per network namespace, so every
 set lives and dies with the lab's node namespace.
 
-fastdp (the `datapath` Open vSwitch kernel datapath in place of the sleeve port) needs the
-openvswitch kernel module, which this kernel lacks: it is not built here (vm tier).
+fastdp (the `datapath` Open vSwitch kernel datapath in place of the sleeve port) is the
+`weave-fastdp` datapath (lab/datapaths/weave_fastdp.py); it needs the openvswitch kernel module.
 """
 
 from __future__ import annotations
@@ -190,12 +190,13 @@ def render_filter(topo: Topology, spec: LabSpec) -> str:
     return "\n".join(out) + "\n"
 
 
-def plumb_sleeve(runner: "Runner", topo: Topology) -> None:
-    """The weave bridge with the pods on it, the sleeve router's veth pair as one more port, and
-    weave's MTU on every port and pod interface (the bridge takes its ports' minimum)."""
+def plumb_sleeve(runner: "Runner", topo: Topology, router_port: str = PCAP_PORT) -> None:
+    """The weave bridge with the pods on it, the router's veth pair as one more port (its far end
+    `router_port`: vethwe-pcap for the sleeve, vethwe-datapath for fastdp), and weave's MTU on
+    every port and pod interface (the bridge takes its ports' minimum)."""
     plumb_bridge(runner, topo)
-    cmds = [f"link add {BRIDGE_PORT} mtu {MTU} type veth peer name {PCAP_PORT} mtu {MTU}",
-            f"link set {BRIDGE_PORT} master {topo.bridge}", f"link set {BRIDGE_PORT} up", f"link set {PCAP_PORT} up"]
+    cmds = [f"link add {BRIDGE_PORT} mtu {MTU} type veth peer name {router_port} mtu {MTU}",
+            f"link set {BRIDGE_PORT} master {topo.bridge}", f"link set {BRIDGE_PORT} up", f"link set {router_port} up"]
     cmds += [f"link set {p.node_iface} mtu {MTU}" for p in topo.pods]
     runner.run(["ip", "-n", topo.node_netns, "-batch", "-"], input="\n".join(cmds) + "\n")
     for p in topo.pods:
@@ -205,7 +206,7 @@ def plumb_sleeve(runner: "Runner", topo: Topology) -> None:
 class Weave(MarkReturnDatapath):
     name = "weave"
     description = ("Weave Net (sleeve): weave bridge, weave-npc WEAVE-NPC/-DEFAULT/-INGRESS/-EGRESS chains "
-                   "with weave-* ipsets; fastdp (OVS kernel datapath) not built here")
+                   "with weave-* ipsets (weave-fastdp: the OVS kernel datapath between two nodes)")
     tools = ("ipset", "iptables-legacy-restore", "iptables-nft-restore")
     routed = False
     bridge = BRIDGE
