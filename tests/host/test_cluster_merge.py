@@ -6,15 +6,9 @@ own node namespace with its own netfilter rules. Zero residue."""
 from __future__ import annotations
 
 import json
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +19,7 @@ from cnitrace.cluster.merge import merge
 from cnitrace.lab import manager
 from cnitrace.reports.cluster.document import validate as validate_cluster
 from cnitrace.traffic import generators as traffic
+from tests.support.agentproc import AgentProc
 
 pytestmark = pytest.mark.requires("nf_bpf", "tp_btf", "btf", "bcc", "iptables")
 
@@ -83,55 +78,6 @@ def test_merge_names_the_node_with_more_rules(lab_factory, node_before_after, tm
 
 # --- two agents, read by the plugin's collection code --------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Agent:
-    """`cnitrace agent --lab NAME` as a subprocess on a free loopback port, windows bounded."""
-
-    def __init__(self, lab: str, tmp: Path, window: float, windows: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ready = tmp / f"ready-{self.port}"
-        self.err = open(tmp / f"agent-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cnitrace", "agent", "--lab", lab,
-                                      "--listen", f"127.0.0.1:{self.port}", "--window", f"{window:g}",
-                                      "--windows", str(windows), "--ready-file", str(self.ready)],
-                                     stdout=subprocess.DEVNULL, stderr=self.err, text=True)
-
-    def log(self) -> str:
-        self.err.flush()
-        self.err.seek(0)
-        return self.err.read()
-
-    def wait_ready(self, deadline_s: float = 240) -> None:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end and not self.ready.exists():
-            assert self.proc.poll() is None, self.log()
-            time.sleep(0.1)
-        assert self.ready.exists(), self.log()
-
-    def windows(self) -> int:
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=10) as r:
-                return int(json.loads(r.read())["windows_total"])
-        except urllib.error.HTTPError as exc:
-            return int(json.loads(exc.read()).get("windows_total") or 0)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self.err.close()
-
-
 class Probes(threading.Thread):
     """Crafted probes into each lab, round after round, until stopped: every agent window has
     traffic whatever its phase. Bounded in rounds and time."""
@@ -163,7 +109,7 @@ class Probes(threading.Thread):
 def test_plugin_collects_two_agents_and_names_the_outlier(lab_factory, node_before_after, tmp_path, capsys):
     light, heavy = lab_factory("calico", LIGHT), lab_factory("calico", HEAVY)
     window = 4.0
-    agents = [Agent(lab.spec.name, tmp_path, window, windows=60) for lab in (light, heavy)]
+    agents = [AgentProc(lab.spec.name, tmp_path, "--window", f"{window:g}", "--windows", "60") for lab in (light, heavy)]
     probes = Probes((light, heavy))
     try:
         for a in agents:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,28 +17,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnitrace.core.state import StateFile
-from cnitrace.lab import manager
 from cnitrace.reports.study.schema import validate
 from cnitrace.study.figures import FAMILIES
 from tests.support.nodestate import settled_node_state
+from tests.support.runs import assert_no_lab_left, interrupted_after_first_point, netns_names
 
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 QUICK_LIMIT_S = 15 * 60
-
-
-def netns_names() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def assert_no_lab_left(doc: dict) -> None:
-    labs = {p["lab"] for p in doc["points"]}
-    assert not labs & set(manager.names())
-    assert not {ns for ns in netns_names() for lab in labs if ns.startswith(f"cnit-{lab}-")}
-    assert not [r for r in StateFile().live() if r.owner in {f"lab:{lab}" for lab in labs}]
-    assert not doc["leftovers"]
 
 
 @pytest.fixture(scope="module")
@@ -173,21 +158,8 @@ def test_html_renders_every_family_in_chromium(quick):
 def test_ctrl_c_writes_a_partial_document_and_leaves_nothing(tmp_path: Path, node_before_after):
     out = tmp_path / "partial.json"
     before = {ns for ns in netns_names() if ns.startswith("cnit-st")}
-    proc = subprocess.Popen([sys.executable, "-m", "cnitrace", "study", "--quick", "--families", "policy",
-                             "--datapaths", "calico,kube-router", "--json", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen: set[str] = set()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        seen |= {ns for ns in netns_names() if ns.startswith("cnit-st") and ns.endswith("-node")} - before
-        if len(seen) >= 2:          # the second point's lab exists: the first point is finished
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the study ended before it could be interrupted"
-    os.kill(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=90)
-    assert proc.returncode == 130, err[-500:]
-    doc = json.loads(out.read_text())
+    doc = interrupted_after_first_point(["study", "--quick", "--families", "policy", "--datapaths", "calico,kube-router"],
+                                        out, "cnit-st", wait_s=120, exit_s=90)
     assert doc["interrupted"] and not doc["complete"] and validate(doc) == []
     assert doc["points_done"] >= 1 and doc["points"][0]["status"] == "ok"
     assert_no_lab_left(doc)

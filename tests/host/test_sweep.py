@@ -4,12 +4,7 @@ stages, the HTML renders with its plots, and no lab is left — after the sweep 
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,28 +12,12 @@ from PIL import Image
 
 from cnitrace.sweep import run as sweep
 from cnitrace.calibrate.costmodel import fit_line, is_flat
-from cnitrace.lab import manager
 from cnitrace.reports.sweep.html import PALETTE, render_sweep_html
-from cnitrace.core.state import StateFile
 from cnitrace.sweep.model import make_config
+from tests.support.runs import assert_no_lab_left, interrupted_after_first_point, netns_names
 
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def netns_names() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def assert_no_lab_left(doc: dict) -> None:
-    labs = {p["lab"] for p in doc["points"]}
-    assert not labs & set(manager.names())
-    left = {ns for ns in netns_names() for lab in labs if ns.startswith(f"cnit-{lab}-")}
-    assert not left, left
-    live = StateFile().live()
-    assert not [r for r in live if r.owner in {f"lab:{lab}" for lab in labs}]
-    assert not doc["leftovers"]
 
 
 def curve(doc: dict, dp: str, metric: str = "new_flow_ns") -> dict:
@@ -230,21 +209,8 @@ def test_l7_detour_and_vxlan_overlay_are_their_own_stages():
 def test_ctrl_c_keeps_finished_points_and_removes_the_lab(tmp_path: Path, node_before_after):
     out = tmp_path / "partial.json"
     before = {ns for ns in netns_names() if ns.startswith("cnit-sw")}
-    proc = subprocess.Popen([sys.executable, "-m", "cnitrace", "sweep", "--datapath", "calico,nft",
-                             "--rules", "0,100", "--quick", "--json", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen: set[str] = set()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        seen |= {ns for ns in netns_names() if ns.startswith("cnit-sw") and ns.endswith("-node")} - before
-        if len(seen) >= 2:          # the second point's lab exists: the first point is finished
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    os.kill(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-500:]
-    doc = json.loads(out.read_text())
+    doc = interrupted_after_first_point(["sweep", "--datapath", "calico,nft", "--rules", "0,100", "--quick"], out,
+                                        "cnit-sw", wait_s=90, exit_s=60)
     assert doc["interrupted"] and not doc["complete"]
     assert doc["points_done"] >= 1 and doc["points"][0]["status"] == "ok"
     assert doc["points"][0]["semantics"]["passed"]
