@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from cnitrace.core.errors import ToolError
 from cnitrace.core.state import StateFile
 from cnitrace.lab import manager
+from cnitrace.lab.topology import node2_netns
 
 if TYPE_CHECKING:
     from cnitrace.lab.manager import Lab
@@ -27,10 +28,6 @@ UNDERLAY = ("192.168.255.1", "192.168.255.2")     # /30 on the underlay veth (no
 TUNNEL = ("10.255.255.1", "10.255.255.2")         # /30 on the VXLAN devices
 VNI, VXLAN_PORT, MTU = 4242, 4789, 1450
 DEVS = {"underlay": ("cnitu0", "cnitu1"), "vxlan": "cnitvx0"}
-
-
-def node2_netns(lab: str) -> str:
-    return f"cnit-{lab}-n2"
 
 
 def plan(lab: "Lab") -> dict[str, list[str]]:

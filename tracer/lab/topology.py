@@ -45,6 +45,11 @@ def pod_netns(lab: str, index: int) -> str:
     return f"cnit-{lab}-p{index}"
 
 
+def node2_netns(lab: str) -> str:
+    """A second node's namespace: the inter-node overlay's, or weave fastdp's clients' node."""
+    return f"cnit-{lab}-n2"
+
+
 def short_hash(*parts: object, n: int = 11) -> str:
     """Deterministic hex, like the CNIs' hashes of the workload endpoint id."""
     return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:n]

@@ -159,12 +159,7 @@ def router_datapaths(target: "Target", runner: Runner, ovs: Any) -> tuple[str, .
     is the selection's OVS (its own snapshot covers the datapath) or the module is not loaded."""
     if ovs is not None or not os.path.exists("/sys/module/openvswitch") or runner.which("ovs-dpctl") is None:
         return ()
-    found = []
-    for ns in target.rule_netns:
-        done = runner.run(["ovs-dpctl", "show"], netns=ns or None, check=False)
-        if done.ok and parse_dpctl_show(done.stdout).records:
-            found.append(ns)
-    return tuple(found)
+    return tuple(ns for ns, dps in router_counters(target.rule_netns, runner).items() if dps)
 
 
 def router_counters(netns: Sequence[str], runner: Runner) -> dict[str, tuple[Datapath, ...]]:

@@ -190,14 +190,20 @@ def render_filter(topo: Topology, spec: LabSpec) -> str:
     return "\n".join(out) + "\n"
 
 
+def router_port_cmds(bridge: str, router_port: str) -> list[str]:
+    """`ip -batch` lines for the router's port on the weave bridge: `vethwe-bridge`, whose veth
+    peer `router_port` is the router's end (vethwe-pcap for the sleeve, vethwe-datapath for
+    fastdp), both at weave's MTU (pure)."""
+    return [f"link add {BRIDGE_PORT} mtu {MTU} type veth peer name {router_port} mtu {MTU}",
+            f"link set {BRIDGE_PORT} master {bridge}", f"link set {BRIDGE_PORT} up", f"link set {router_port} up"]
+
+
 def plumb_sleeve(runner: "Runner", topo: Topology, router_port: str = PCAP_PORT) -> None:
     """The weave bridge with the pods on it, the router's veth pair as one more port (its far end
     `router_port`: vethwe-pcap for the sleeve, vethwe-datapath for fastdp), and weave's MTU on
     every port and pod interface (the bridge takes its ports' minimum)."""
     plumb_bridge(runner, topo)
-    cmds = [f"link add {BRIDGE_PORT} mtu {MTU} type veth peer name {router_port} mtu {MTU}",
-            f"link set {BRIDGE_PORT} master {topo.bridge}", f"link set {BRIDGE_PORT} up", f"link set {router_port} up"]
-    cmds += [f"link set {p.node_iface} mtu {MTU}" for p in topo.pods]
+    cmds = router_port_cmds(topo.bridge, router_port) + [f"link set {p.node_iface} mtu {MTU}" for p in topo.pods]
     runner.run(["ip", "-n", topo.node_netns, "-batch", "-"], input="\n".join(cmds) + "\n")
     for p in topo.pods:
         runner.run(["ip", "-n", p.netns, "link", "set", p.iface, "mtu", str(MTU)])

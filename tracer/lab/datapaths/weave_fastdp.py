@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from cnitrace.collectors.ovs.parse import parse_dpctl_show_ports
 from cnitrace.core.errors import ToolError
-from cnitrace.lab.datapaths.weave import BRIDGE, MTU, Weave, plumb_sleeve
+from cnitrace.lab.datapaths.weave import BRIDGE, MTU, Weave, plumb_sleeve, router_port_cmds
 from cnitrace.lab.model import LabSpec, Topology
+from cnitrace.lab.topology import node2_netns
 
 if TYPE_CHECKING:
     from cnitrace.core.runner import Runner
@@ -48,11 +49,6 @@ UNDERLAY_DEVS = ("weu0", "weu1")      # the nodes' "eth0": a veth pair, node 1 e
 UNDERLAY = ("192.168.254.1", "192.168.254.2")
 SHORT_IDS = (1, 2)                    # mesh peer short ids of node 1 (server) and node 2 (clients)
 BROADCAST = "ff:ff:ff:ff:ff:ff"
-
-
-def node2_netns(lab: str) -> str:
-    """The clients' node: the same name the inter-node overlay gives its second node."""
-    return f"cnit-{lab}-n2"
 
 
 def vni(src_peer: int, dst_peer: int) -> int:
@@ -108,10 +104,7 @@ def plan(topo: Topology) -> dict[str, list[str]]:
             f"link set {d0} up", vx]
     node += [f"link set {c.node_iface} netns {n2}" for c in topo.clients]
     second = [f"addr add {UNDERLAY[1]}/30 dev {d1}", f"link set {d1} up", "link set lo up",
-              f"link add {BRIDGE} type bridge", f"link set {BRIDGE} up",
-              f"link add vethwe-bridge mtu {MTU} type veth peer name {DP_PORT} mtu {MTU}",
-              f"link set vethwe-bridge master {BRIDGE}", "link set vethwe-bridge up", f"link set {DP_PORT} up",
-              vx]
+              f"link add {BRIDGE} type bridge", f"link set {BRIDGE} up", *router_port_cmds(BRIDGE, DP_PORT), vx]
     for c in topo.clients:
         second += [f"link set {c.node_iface} mtu {MTU}", f"link set {c.node_iface} master {BRIDGE}",
                    f"link set {c.node_iface} up"]
@@ -180,5 +173,4 @@ def fastdp_extra(topo: Topology, runner: "Runner", n_flows: int) -> dict[str, An
                        "vni": {"to_server": vni(SHORT_IDS[1], SHORT_IDS[0]), "to_clients": vni(*SHORT_IDS)},
                        "underlay": list(UNDERLAY), "flows": n_flows},
             "moved_clients": [c.name for c in topo.clients],
-            "entry": [{"name": VXLAN_DEV, "ifindex": vports[VXLAN_DEV], "kind": "vxlan"}],
-            "node2_netns": node2_netns(topo.lab)}
+            "entry": [{"name": VXLAN_DEV, "ifindex": vports[VXLAN_DEV], "kind": "vxlan"}]}
