@@ -144,8 +144,11 @@ def calibration_text(cal: dict[str, Any]) -> str:
                + "".join(f", interval map of {n:,} {fmt_ns(v)}" for n, v in imaps))
     else:
         nft = f"; nft rule {s['nft_rule_ns']:.0f} ns" if s.get("nft_rule_ns") else ""
+    walks = "".join(f"; {w['chain']}: header miss {w['ns_per_rule']:.1f} (its walk, {w['provenance']} on a replay at "
+                    f"page offset {w['page_offset']})" if w.get("ns_per_rule") is not None else
+                    f"; {w['chain']}: walk not replayed ({w.get('reason')})" for w in cal.get("walks") or ())
     return (f"ns per rule evaluation by shape (iptables {s['backend']}, {cal['provenance']}): "
-            f"header miss {s['early_ns']:.1f}; header fits: {s['early_ns']:.1f} plus per module {mods}{nft}")
+            f"header miss {s['early_ns']:.1f}; header fits: {s['early_ns']:.1f} plus per module {mods}{nft}{walks}")
 
 
 def overhead_text(overhead: dict[str, Any]) -> str:

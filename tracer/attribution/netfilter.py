@@ -10,7 +10,7 @@ counting the same work twice.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from cnitrace.attribution.tree import ChainWork, RuleHit
 from cnitrace.calibrate.shapes import RuleCount, matched_headers, parse_shape, split_rules
@@ -78,9 +78,21 @@ def rule_counts(delta: Ruleset, costs: Mapping | None = None,
     return out
 
 
-def iptables_work(delta: Ruleset, top_rules: int = 3) -> tuple[list[ChainWork], tuple[str, ...]]:
+def walk_fields(walk: Any) -> tuple[float | None, str | None]:
+    """A chain's timed walk (calibrate.walk.Walk) as ChainWork's (walk_ns, walk_note) (pure)."""
+    if walk is None:
+        return None, None
+    if walk.ns_per_rule is None:
+        return None, f"walk not replayed ({walk.reason}): its header checks are priced by the uniform calibration"
+    return walk.ns_per_rule, (f"header walk {walk.ns_per_rule:.1f} ns per rule, {walk.provenance} on a replay of its "
+                              f"{walk.rules:,} rules at page offset {walk.page_offset}")
+
+
+def iptables_work(delta: Ruleset, top_rules: int = 3, walks: Mapping[tuple[str, str, str], Any] = {}
+                  ) -> tuple[list[ChainWork], tuple[str, ...]]:
     """Per chain with packets: its work (entering, evaluations), its evaluations by cost class
-    (calibrate.shapes: from the rule text and the per-rule counters) and its top rules."""
+    (calibrate.shapes: from the rule text and the per-rule counters) and its top rules; `walks`
+    ((family, table, chain) -> calibrate.walk.Walk) price the header checks of long chains."""
     costs, graphs, warnings = _costs_and_graphs(delta)
     active = {k for k, c in costs.items() if c.entering and c.evaluations is not None}
     counted = rule_counts(delta, costs, active, graphs)
@@ -101,10 +113,11 @@ def iptables_work(delta: Ruleset, top_rules: int = 3) -> tuple[list[ChainWork], 
         rule_classes = {rule.position: tuple(sorted(m.items())) for (rule, _), m in zip(rows, per_rule)}
         hits = sorted((rule for rule, _ in rows if rule.packets), key=lambda r: -r.packets)[:top_rules]
         label = f"{table} ({'iptables-' + backend if backend else 'iptables'}, {family})"
+        walk_ns, walk_note = walk_fields(walks.get((family, table, chain)) if backend != "nft" else None)
         out.append(ChainWork(label, chain, int(round(c.entering)), int(round(c.evaluations)),
                              tuple(RuleHit(r.position, r.spec, r.packets, rule_classes.get(r.position, ()))
                                    for r in hits),
-                             classes=tuple(sorted(classes.items()))))
+                             classes=tuple(sorted(classes.items())), walk_ns=walk_ns, walk_note=walk_note))
     return out, warnings
 
 

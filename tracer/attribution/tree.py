@@ -51,6 +51,10 @@ class ChainWork:
     mark: str | None = None
     excluded: bool = False
     change: str | None = None
+    # a long legacy chain's header walk, timed on a replay at its page offset (calibrate.walk): ns per
+    # rule evaluation in place of the uniform header-miss figure, and what the replay said
+    walk_ns: float | None = None
+    walk_note: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +123,18 @@ class Calib:
     ovs_upcall_ns: float | None = None        # per upcall with no table walked (cnitrace.calibrate.ovs)
     shapes: ShapeCosts | None = None          # per rule shape (calibrate.shapes): preferred where given
 
-    def chain_ns(self, evaluations: float, classes: Sequence[tuple[str, float]] | Mapping[str, float] = ()) -> float:
-        """Modelled ns of `evaluations` rule evaluations (their classes priced by shape when both exist)."""
+    def chain_ns(self, evaluations: float, classes: Sequence[tuple[str, float]] | Mapping[str, float] = (),
+                 walk_ns: float | None = None) -> float:
+        """Modelled ns of `evaluations` rule evaluations (their classes priced by shape when both exist;
+        the header check at `walk_ns` where the chain's walk was timed)."""
         cls = dict(classes)
         if self.shapes is not None and cls:
-            return self.shapes.cost(cls)
+            return self.shapes.cost(cls, walk_ns)
         return evaluations * self.ns_per_rule_eval
+
+    def work_ns(self, c: "ChainWork") -> float:
+        """Modelled ns of one chain's work over the window."""
+        return self.chain_ns(c.evaluations, c.classes, c.walk_ns)
 
     @classmethod
     def from_shapes(cls, shapes: ShapeCosts, **kw) -> "Calib":
@@ -243,14 +253,14 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
         cs = [c for c, _ in bounded]
         clamped = {c.chain: why for c, why in bounded if why}
         tnode = Node("table", table, packets=max((c.packets for c in cs), default=0))
-        for c in sorted(cs, key=lambda c: -cal.chain_ns(c.evaluations, c.classes)):
+        for c in sorted(cs, key=lambda c: -cal.work_ns(c)):
             if c.packets == 0 and c.evaluations == 0:
                 continue
             if c.excluded:
                 tnode.children.append(Node("chain", c.chain, packets=c.packets, provenance="modelled", basis=c.mark,
                                            detail={"table": table, "change": c.change}))
                 continue
-            modelled = _per_packet(cal.chain_ns(c.evaluations, c.classes), packets)
+            modelled = _per_packet(cal.work_ns(c), packets)
             detail: dict = {"table": table, "evaluations": c.evaluations}
             if c.rule_count is not None:
                 detail["rules"] = c.rule_count       # how big the chain is (a cluster merge compares it)
@@ -265,15 +275,20 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                               for k, v in c.classes if k.startswith("full:"))
                 if lookups:
                     detail["ipset_lookups"] = lookups / packets if packets else None
-                detail["ns_per_evaluation"] = (cal.chain_ns(c.evaluations, c.classes) / c.evaluations
-                                               if c.evaluations else None)
+                detail["ns_per_evaluation"] = cal.work_ns(c) / c.evaluations if c.evaluations else None
                 detail["model"] = "rule evaluations by shape x this node's calibrated ns per shape"
+                if c.walk_ns is not None:
+                    detail["walk_ns_per_rule"] = c.walk_ns
+                    detail["model"] += ("; header checks at this chain's own walk, timed on a replay at its page "
+                                        "offset (measured)")
+            if c.walk_note:
+                detail["walk"] = c.walk_note
             cnode = Node("chain", c.chain, packets=c.packets, ns_per_packet=modelled, modelled_ns=modelled,
                          evaluations_per_packet=(c.evaluations / c.packets) if c.packets else 0.0,
                          provenance="modelled", detail=detail, basis=c.mark)
             for r in sorted(c.rules, key=lambda r: -r.packets)[:top_rules]:
                 if r.packets:
-                    rm = (_per_packet(cal.chain_ns(0, r.classes), packets)
+                    rm = (_per_packet(cal.chain_ns(0, r.classes, c.walk_ns), packets)
                           if r.classes and cal.shapes is not None else None)
                     cnode.children.append(Node("rule", f"{c.chain}#{r.position}", packets=r.packets,
                                                ns_per_packet=rm, modelled_ns=rm,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import platform
 import socket
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from cnitrace import __version__
 from cnitrace.attribution.datapath import bpf_programs
@@ -31,18 +31,20 @@ from cnitrace.reports.document import SCHEMA_VERSION, Node, headline, validate
 
 
 def netfilter_inputs(before: Counters, after: Counters, mid: Sequence[Counters] = (),
-                     changes: Changes | None = None) -> tuple[list, list[str], list[str], list]:
+                     changes: Changes | None = None, walks: Mapping[str, Mapping] = {}
+                     ) -> tuple[list, list[str], list[str], list]:
     """Per rule namespace: each chain's work over the window, its counters re-based over the
     mid-window snapshots (a chain replaced mid-window keeps what it counted before), changed chains
     marked re-based or excluded (attribution.changes), every chain bounded by the packets its
-    namespace's links carried; the evaluation order and the rules that dropped."""
+    namespace's links carried; the evaluation order and the rules that dropped. `walks`: per
+    namespace, the long chains' timed header walks (calibrate.walk)."""
     changes = changes if changes is not None else changes_between(before, after, mid)
     seq = [before, *mid, after]
     work, warnings, order, drops = [], [], [], []
     for ns in after.iptables:
         rulesets = [ruleset_of(c.iptables[ns]) for c in seq if ns in c.iptables]
         delta = rebased_ruleset(rulesets, forced_resets(changes, ns, seq))
-        iw, w2 = iptables_work(delta)
+        iw, w2 = iptables_work(delta, walks=walks.get(ns, {}))
         recs = rebased_nft([c.nft[ns].records for c in seq if ns in c.nft])
         nw, w4 = nft_work(recs, skip=iptables_nft_tables(delta))
         counts = rule_counts(rulesets[-1], after.nft[ns].records if ns in after.nft else ())
@@ -70,11 +72,13 @@ def packets_of(cfg: ProfileConfig, win: Window, target: Target, transit: Any, wo
     return max((w.packets for w in work), default=0)
 
 
-def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal: Any) -> dict[str, Any]:
+def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal: Any,
+              walks: Mapping[str, Mapping] = {}) -> dict[str, Any]:
     """Window -> the stage tree and the figures beside it (drops, evaluation order, warnings, what
     changed under the profiler and what that did to the figures)."""
     changes = changes_between(win.before, win.after, win.mid)
-    work, order, warnings, rule_drops = netfilter_inputs(win.before, win.after, win.mid, changes)
+    work, order, warnings, rule_drops = netfilter_inputs(win.before, win.after, win.mid, changes, walks)
+    warnings = [*warnings, *(f"{c.chain}: {c.walk_note}" for c in work if c.walk_note and c.walk_ns is None)]
     figures = win.figures
     entry = target.entry_ifindexes
     transit = transit_of(figures, entry)
@@ -116,6 +120,7 @@ def attribute(cfg: ProfileConfig, target: Target, win: Window, cal: Any, ovs_cal
     if changes:
         warnings.append(f"{len(changes)} object(s) changed during the window (see changes); {MEASURED_STAY_VALID}")
     return {"root": root, "order": order, "warnings": warnings, "drops": merge_drops(drops_of(figures), rule_drops),
+            "walks": walks_json(walks),
             "changes": changes}
 
 
@@ -129,14 +134,20 @@ def changes_json(changes: Changes | None, win: Window) -> dict[str, Any] | None:
     return {**changes.to_json(), "mid_snapshots": win.overhead.get("mid_snapshots"), "packets_crossed": crossed}
 
 
-def calibration_json(cal: Any, ovs_cal: Any) -> dict[str, Any] | None:
+def walks_json(walks: Mapping[str, Mapping]) -> list[dict[str, Any]]:
+    """The long chains' timed header walks (calibrate.walk), one row per chain."""
+    return [{"netns": ns, "table": k[1], "chain": k[2], **w.to_json()}
+            for ns, per in walks.items() for k, w in per.items()]
+
+
+def calibration_json(cal: Any, ovs_cal: Any, walks: Sequence[dict[str, Any]] = ()) -> dict[str, Any] | None:
     """The per-shape calibration (calibrate.shapes.ShapeCosts); ns_per_rule_eval is its port-match
     rule, the figure for chains whose rules have no shape (native nft without counters)."""
     if not cal:
         return None
     return {"ns_per_rule_eval": Calib.from_shapes(cal).ns_per_rule_eval, "provenance": cal.provenance,
             "backend": cal.backend, "method": cal.method, "shapes": cal.to_json(),
-            "ovs": ovs_cal.summary() if ovs_cal else None}
+            "ovs": ovs_cal.summary() if ovs_cal else None, "walks": list(walks)}
 
 
 def build_document(cfg: ProfileConfig, target: Target, cnis: list[dict[str, Any]], started_at: float, win: Window,
@@ -155,7 +166,7 @@ def build_document(cfg: ProfileConfig, target: Target, cnis: list[dict[str, Any]
         "traffic": {"kind": cfg.traffic, "packets_sent": sent,
                     "result": win.traffic.to_json() if win.traffic else None},
         "backends": win.backends,
-        "calibration": calibration_json(cal, ovs_cal),
+        "calibration": calibration_json(cal, ovs_cal, result.get("walks", ())),
         "tree": root.to_json(), "headline": headline(root),
         "drops": result["drops"], "conntrack": conntrack_of(win.before.conntrack, win.after.conntrack),
         "maps": maps_of(win.after.bpf),

@@ -14,6 +14,8 @@ import time
 from typing import Any, Callable
 
 from cnitrace.calibrate import rules as calibrate
+from cnitrace.calibrate import walk
+from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
 from cnitrace.core import faults
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.state import StateFile
@@ -45,6 +47,23 @@ def calibration(backend: str, runner: Runner, say: Callable[[str], None]) -> Any
     return calibrate.cached_or_measure_shapes(backend=backend, runner=runner)
 
 
+def walk_calibration(target: Target, backend: str, runner: Runner, say: Callable[[str], None]
+                     ) -> dict[str, dict]:
+    """Per rule namespace, the header walks of its longest legacy chains (calibrate.walk): timed on a
+    replay at their page offsets before the window, so the replay's traffic never overlaps it."""
+    out: dict[str, dict] = {}
+    if backend != "legacy":
+        return out
+    for ns in target.rule_netns:
+        rs = ruleset_of(IptablesCollector(runner, netns=ns or None, backends=("legacy",),
+                                          families=("ipv4",)).snapshot())
+        if walk.candidates(rs):
+            say(f"calibration: header walks of the longest chains{f' in {ns}' if ns else ''} (replayed at their "
+                f"page offsets)")
+            out[ns] = walk.walks_for(rs, backend, ns or None, runner)
+    return out
+
+
 def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAULT_RUNNER,
                 say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """One profiling window; returns the validated profile document."""
@@ -60,9 +79,10 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     warnings: list[str] = []
     cal = calibration(ipt_backend, runner, say) if cfg.calibrate else None
     ovs_cal = ovs_calibration(target, runner, say, warnings) if cfg.calibrate else None
+    walks = walk_calibration(target, ipt_backend, runner, say) if cfg.calibrate else {}
     win = run_window(cfg, target, backends, host, runner, say)
     say("attribution: counters and probe figures into the stage tree")
-    result = attribute(cfg, target, win, cal, ovs_cal)
+    result = attribute(cfg, target, win, cal, ovs_cal, walks)
     faults.checkpoint("report")
     return build_document(cfg, target, cnis, started_at, win, result, cal, ovs_cal,
                           [*warnings, *win.warnings, *result["warnings"]])

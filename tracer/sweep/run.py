@@ -34,6 +34,7 @@ from cnitrace.attribution.netfilter import nft_work
 from cnitrace.attribution.tree import Calib
 from cnitrace.attribution.tree import netfilter_stage
 from cnitrace.calibrate import rules as calibrate
+from cnitrace.calibrate import walk
 from cnitrace.calibrate.shapes import ShapeCosts
 from cnitrace.collectors.iptables.graph import ruleset_delta
 from cnitrace.collectors.iptables.source import IptablesCollector
@@ -338,7 +339,8 @@ def model_point(lab, cal, backend: str, runner: Runner, transit: bool = True) ->
                     bursts.append((count, sum(x.hist.sum for x in figs) / count))
         a_ipt, a_nft = ipt.snapshot(), nft.snapshot()
     delta, _ = ruleset_delta(ruleset_of(b_ipt), ruleset_of(a_ipt))
-    iw, _ = iptables_work(delta)
+    walks = walk.walks_for(ruleset_of(a_ipt), backend, topo.node_netns, runner)
+    iw, _ = iptables_work(delta, walks=walks)
     recs, _ = records_delta(b_nft, a_nft)
     nw, _ = nft_work(recs, skip=iptables_nft_tables(delta))
     stage = netfilter_stage(iw + nw, sent, cal)
@@ -349,8 +351,9 @@ def model_point(lab, cal, backend: str, runner: Runner, transit: bool = True) ->
     out.update({"packets": sent, "modelled_ns": stage.modelled_ns or 0.0,
                 "evaluations_per_packet": sum(w.evaluations for w in iw + nw) / sent if sent else None,
                 "classes_per_packet": classes,
-                "chains": {w.chain: round(cal.chain_ns(w.evaluations, w.classes) / sent, 1) for w in iw + nw
-                           if w.evaluations} if sent else {}})
+                "chains": {w.chain: round(cal.work_ns(w) / sent, 1) for w in iw + nw
+                           if w.evaluations} if sent else {},
+                "walks": {k[2]: {"table": k[1], **w.to_json()} for k, w in walks.items()}})
     # like the NEW-flow metric, the least disturbed burst: interference only ever adds time
     if sender:
         out["new_flow_bursts_ns"] = [round(x, 1) for x in sender]
