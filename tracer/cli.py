@@ -194,7 +194,7 @@ def demo(datapath: str, rules: int, backend: str, json_out: str | None, html_out
     require_root()
     spec = LabSpec(name="demo", datapath=datapath, rules=rules, backend=backend)
     _say(f"lab up: {datapath}, {rules} rules ({backend})")
-    manager.up(spec, progress=_say)
+    manager.up(spec, progress=_say, temporary=True)
     try:
         doc = run_profile(ProfileConfig(lab="demo", duration=3.0, traffic="probe"), say=_say)
     finally:

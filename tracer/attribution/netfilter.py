@@ -83,7 +83,7 @@ def walk_fields(walk: Any) -> tuple[float | None, str | None]:
     if walk is None:
         return None, None
     if walk.ns_per_rule is None:
-        return None, f"walk not replayed ({walk.reason}): its header checks are priced by the uniform calibration"
+        return None, f"walk not replayed ({walk.reason}): its header misses are priced by the uniform calibration"
     return walk.ns_per_rule, (f"header walk {walk.ns_per_rule:.1f} ns per rule, {walk.provenance} on a replay of its "
                               f"{walk.rules:,} rules at page offset {walk.page_offset}")
 
@@ -92,7 +92,7 @@ def iptables_work(delta: Ruleset, top_rules: int = 3, walks: Mapping[tuple[str, 
                   ) -> tuple[list[ChainWork], tuple[str, ...]]:
     """Per chain with packets: its work (entering, evaluations), its evaluations by cost class
     (calibrate.shapes: from the rule text and the per-rule counters) and its top rules; `walks`
-    ((family, table, chain) -> calibrate.walk.Walk) price the header checks of long chains."""
+    ((family, table, chain) -> calibrate.walk.Walk) price the header misses of long chains."""
     costs, graphs, warnings = _costs_and_graphs(delta)
     active = {k for k, c in costs.items() if c.entering and c.evaluations is not None}
     counted = rule_counts(delta, costs, active, graphs)

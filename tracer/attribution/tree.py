@@ -52,7 +52,7 @@ class ChainWork:
     excluded: bool = False
     change: str | None = None
     # a long legacy chain's header walk, timed on a replay at its page offset (calibrate.walk): ns per
-    # rule evaluation in place of the uniform header-miss figure, and what the replay said
+    # header miss in place of the uniform calibration's, and what the replay said
     walk_ns: float | None = None
     walk_note: str | None = None
 
@@ -126,7 +126,7 @@ class Calib:
     def chain_ns(self, evaluations: float, classes: Sequence[tuple[str, float]] | Mapping[str, float] = (),
                  walk_ns: float | None = None) -> float:
         """Modelled ns of `evaluations` rule evaluations (their classes priced by shape when both exist;
-        the header check at `walk_ns` where the chain's walk was timed)."""
+        its header misses at `walk_ns` where the chain's walk was timed)."""
         cls = dict(classes)
         if self.shapes is not None and cls:
             return self.shapes.cost(cls, walk_ns)
@@ -279,7 +279,7 @@ def netfilter_stage(chains: Sequence[ChainWork], packets: int, cal: Calib,
                 detail["model"] = "rule evaluations by shape x this node's calibrated ns per shape"
                 if c.walk_ns is not None:
                     detail["walk_ns_per_rule"] = c.walk_ns
-                    detail["model"] += ("; header checks at this chain's own walk, timed on a replay at its page "
+                    detail["model"] += ("; header misses at this chain's own walk, timed on a replay at its page "
                                         "offset (measured)")
             if c.walk_note:
                 detail["walk"] = c.walk_note

@@ -24,11 +24,14 @@ class Interrupted(KeyboardInterrupt):
 
 class Session:
     def __init__(self, owner: str | None = None, *, state: StateFile | None = None,
-                 runner: Runner = DEFAULT_RUNNER, keep: bool = False):
+                 runner: Runner = DEFAULT_RUNNER, keep: bool = False, mark_kept: bool = True):
         self.owner = owner or f"run:{os.getpid()}"
         self.state = state or StateFile()
         self.runner = runner
         self.keep = keep            # True for `lab up`: objects outlive the process on success
+        # False for a lab a run builds for itself (sweep, demo): its objects outlive the Session but
+        # not the run; a node-wide cleanup after the run was killed removes them (no keep mark)
+        self.mark_kept = mark_kept
         self._callbacks: list[Callable[[], Any]] = []
         self._old_handlers: dict[int, Any] = {}
         self._cleaning = False
@@ -66,7 +69,8 @@ class Session:
                 with contextlib.suppress(Exception):
                     fn()
             if keep:
-                self.state.keep(self.owner)
+                if self.mark_kept:
+                    self.state.keep(self.owner)
             else:
                 self.result = cleanup(self.state, self.owner, self.runner)
         finally:

@@ -92,8 +92,10 @@ def preflight(spec: LabSpec, runner: Runner = DEFAULT_RUNNER) -> registry.Datapa
 
 
 def up(spec: LabSpec, *, runner: Runner = DEFAULT_RUNNER, state: StateFile | None = None,
-       progress: Callable[[str], None] | None = None) -> Lab:
-    """Build the lab described by `spec`; all or nothing."""
+       progress: Callable[[str], None] | None = None, temporary: bool = False) -> Lab:
+    """Build the lab described by `spec`; all or nothing. `temporary`: a lab the calling run takes
+    down itself (sweep, demo); if the run is killed, a plain `cnitrace cleanup` removes it, where
+    a `lab up` lab is kept until named."""
     say = progress or (lambda msg: None)
     dp = preflight(spec, runner)
     state = state or StateFile()
@@ -103,10 +105,11 @@ def up(spec: LabSpec, *, runner: Runner = DEFAULT_RUNNER, state: StateFile | Non
     with exclusive(meta_path(spec.name)):
         if meta_path(spec.name).exists() or state.live(owner(spec.name)):
             raise UsageError(f"lab {spec.name!r} already exists; run `cnitrace lab down --name {spec.name}` first")
-        return _build(spec, dp, runner, state, say)
+        return _build(spec, dp, runner, state, say, temporary)
 
 
-def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFile, say: Callable[[str], None]) -> Lab:
+def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFile, say: Callable[[str], None],
+           temporary: bool = False) -> Lab:
     if spec.replay:
         spec = dp.resolved(spec)
         topo = dp.plan(spec)
@@ -114,7 +117,7 @@ def _build(spec: LabSpec, dp: registry.Datapath, runner: Runner, state: StateFil
         topo = topology.plan(spec, dp)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    with Session(owner(spec.name), state=state, runner=runner, keep=True) as s:
+    with Session(owner(spec.name), state=state, runner=runner, keep=True, mark_kept=not temporary) as s:
         s.track("path", str(meta_path(spec.name)))
         say(f"namespaces: node + {len(topo.pods)} pods")
         topology.create_namespaces(s, topo)

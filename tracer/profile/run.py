@@ -17,6 +17,7 @@ from cnitrace.calibrate import rules as calibrate
 from cnitrace.calibrate import walk
 from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
 from cnitrace.core import faults
+from cnitrace.core.errors import CnitraceError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.state import StateFile
 from cnitrace.node.detect import detect_cnis, gather_evidence
@@ -47,16 +48,20 @@ def calibration(backend: str, runner: Runner, say: Callable[[str], None]) -> Any
     return calibrate.cached_or_measure_shapes(backend=backend, runner=runner)
 
 
-def walk_calibration(target: Target, backend: str, runner: Runner, say: Callable[[str], None]
-                     ) -> dict[str, dict]:
+def walk_calibration(target: Target, backend: str, runner: Runner, say: Callable[[str], None],
+                     warnings: list[str]) -> dict[str, dict]:
     """Per rule namespace, the header walks of its longest legacy chains (calibrate.walk): timed on a
     replay at their page offsets before the window, so the replay's traffic never overlaps it."""
     out: dict[str, dict] = {}
     if backend != "legacy":
         return out
     for ns in target.rule_netns:
-        rs = ruleset_of(IptablesCollector(runner, netns=ns or None, backends=("legacy",),
-                                          families=("ipv4",)).snapshot())
+        try:
+            rs = ruleset_of(IptablesCollector(runner, netns=ns or None, backends=("legacy",),
+                                              families=("ipv4",)).snapshot())
+        except CnitraceError as exc:
+            warnings.append(f"header walks not timed{f' in {ns}' if ns else ''}: {exc.message}")
+            continue
         if walk.candidates(rs):
             say(f"calibration: header walks of the longest chains{f' in {ns}' if ns else ''} (replayed at their "
                 f"page offsets)")
@@ -79,7 +84,7 @@ def run_profile(cfg: ProfileConfig, *, host: Any = None, runner: Runner = DEFAUL
     warnings: list[str] = []
     cal = calibration(ipt_backend, runner, say) if cfg.calibrate else None
     ovs_cal = ovs_calibration(target, runner, say, warnings) if cfg.calibrate else None
-    walks = walk_calibration(target, ipt_backend, runner, say) if cfg.calibrate else {}
+    walks = walk_calibration(target, ipt_backend, runner, say, warnings) if cfg.calibrate else {}
     win = run_window(cfg, target, backends, host, runner, say)
     say("attribution: counters and probe figures into the stage tree")
     result = attribute(cfg, target, win, cal, ovs_cal, walks)

@@ -397,7 +397,7 @@ def run_point(ps: PointSpec, cfg: SweepConfig, base: Baselines, ns_per_eval: flo
                    backend=cfg.backend)
     t0 = time.monotonic()
     try:
-        lab = manager.up(spec, runner=runner)
+        lab = manager.up(spec, runner=runner, temporary=True)
         if ps.placement == "inter":
             lab = overlay.attach(lab, runner=runner)
         up_s = time.monotonic() - t0
