@@ -343,7 +343,13 @@ def fake_lab(monkeypatch):
 
     calls = {"up": [], "down": [], "measure": []}
     monkeypatch.setattr(study_run, "Session", lambda *a, **k: contextlib.nullcontext())
-    monkeypatch.setattr(study_run.sweep_run.manager, "up", lambda spec, runner: calls["up"].append(spec) or _Lab(spec))
+
+    def up(spec, runner, temporary):
+        assert temporary, spec        # the study's labs go with the run, also after a kill
+        calls["up"].append(spec)
+        return _Lab(spec)
+
+    monkeypatch.setattr(study_run.sweep_run.manager, "up", up)
     monkeypatch.setattr(study_run.sweep_run.overlay, "attach", lambda lab, runner: lab)
     monkeypatch.setattr(study_run.sweep_run, "_down", lambda name, runner: calls["down"].append(name) or None)
     monkeypatch.setattr(study_run.sweep_run, "calibration", lambda cfg, dp, runner: None)
