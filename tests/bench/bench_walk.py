@@ -10,7 +10,6 @@ target: it shows why the model times long chains' walks instead of carrying one 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 from cnitrace.calibrate import walk
 from cnitrace.calibrate.rules import cached_or_measure_shapes
 from cnitrace.collectors.iptables.layout import PAGE, ChainLayout, read_layout
-from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
 from cnitrace.lab import manager
 from cnitrace.lab.model import LabSpec
 
@@ -40,11 +38,9 @@ def main() -> int:
         lab = manager.up(LabSpec(name=name, datapath=dp, rules=RULES, backend="legacy"))
         try:
             ns = lab.topo.node_netns
-            rs = ruleset_of(IptablesCollector(netns=ns, backends=("legacy",), families=("ipv4",)).snapshot())
-            [(key, rules)] = walk.candidates(rs).items()
+            [(key, rules)] = walk.candidates(walk.legacy_rules(ns)).items()
             lay = read_layout(key[1], ns).chains[key[2]]
-            save = subprocess.run(["ip", "netns", "exec", ns, "ipset", "save"], capture_output=True, text=True).stdout
-            creates = walk.set_creates(save, walk.referenced(rules, ())[0])
+            creates = walk.sets_in(ns, walk.referenced(rules, ())[0])
             own = walk.WalkChain(*key, tuple(rules), lay)
             chains = [own] + [dataclasses.replace(own, chain=f"{key[2]}@{o}", layout=shifted(lay, o))
                               for o in OFFSETS if o != own.page_offset]

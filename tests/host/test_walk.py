@@ -5,16 +5,10 @@ of giving a figure, and the bench leaves nothing behind."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 
 from cnitrace.calibrate import walk
 from cnitrace.collectors.iptables.layout import PAGE, ChainLayout, read_layout
-from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
 from tests.support.runs import netns_names
-
-
-def rules_of(netns: str):
-    return ruleset_of(IptablesCollector(netns=netns, backends=("legacy",), families=("ipv4",)).snapshot())
 
 
 def no_bench_left() -> bool:
@@ -25,7 +19,7 @@ def test_a_long_chain_is_timed_on_its_replay_and_cached(lab_factory, tmp_path):
     lab = lab_factory("kube-router", 1000)
     ns = lab.topo.node_netns
     cache = tmp_path / "calibration.json"
-    rs = rules_of(ns)
+    rs = walk.legacy_rules(ns)
     [(key, w)] = walk.walks_for(rs, "legacy", ns, cache=cache).items()
     chain = key[2]
     lay = read_layout("filter", ns).chains[chain]
@@ -41,12 +35,12 @@ def test_a_long_chain_is_timed_on_its_replay_and_cached(lab_factory, tmp_path):
 def test_a_replay_that_cannot_reproduce_the_layout_gives_no_figure(lab_factory, tmp_path):
     lab = lab_factory("kube-router", 1000)
     ns = lab.topo.node_netns
-    [(key, rules)] = walk.candidates(rules_of(ns)).items()
+    [(key, rules)] = walk.candidates(walk.legacy_rules(ns)).items()
     lay = read_layout("filter", ns).chains[key[2]]
     # a node whose rules were 8 bytes longer each (another iptables's match revision, say)
     other = ChainLayout(lay.name, tuple((o + 8 * i, s + 8) for i, (o, s) in enumerate(lay.rules)))
     ch = walk.WalkChain(*key, tuple(rules), other)
-    creates = _creates(ns, rules)
+    creates = walk.sets_in(ns, walk.referenced(rules, ())[0])
     got = walk.measure_walks([ch], creates=creates, cache=tmp_path / "c.json")[key]
     assert got.ns_per_rule is None and "lays the rules out differently" in got.reason
     assert not (tmp_path / "c.json").exists() or key[2] not in (tmp_path / "c.json").read_text()
@@ -55,7 +49,3 @@ def test_a_replay_that_cannot_reproduce_the_layout_gives_no_figure(lab_factory, 
     ok = walk.measure_walks([dataclasses.replace(ch, layout=lay)], cache=tmp_path / "c.json", creates=creates)[key]
     assert ok.reason is None and ok.ns_per_rule > 0
 
-
-def _creates(ns: str, rules) -> str:
-    save = subprocess.run(["ip", "netns", "exec", ns, "ipset", "save"], capture_output=True, text=True, check=True).stdout
-    return walk.set_creates(save, walk.referenced(rules, ())[0])

@@ -163,6 +163,7 @@ class _Bench:
         self.s, self.r = session, runner
         tag = uuid.uuid4().hex[:6]
         self.ns = {k: f"cnit-cal{tag}-{k}" for k in ("c", "n", "s")}
+        self.sport = 20_000          # send_new_flows: the next burst's first source port
 
     def build(self) -> None:
         r, ns = self.r, self.ns
@@ -216,13 +217,21 @@ class _Bench:
                 "    s.sendto(b'cnitrace-calibration', ('10.250.2.2', 5201))\n")
         self.r.run([sys.executable, "-c", code], netns=self.ns["c"], timeout=30)
 
-    def transit_ns(self, probes: ProbeSet, packets: int, settle_s: float, drain_s: float = 0.05) -> float:
+    def send_new_flows(self, count: int) -> None:
+        """`count` UDP datagrams client → server, each on its own source port (a NEW flow: nat and
+        raw chains see NEW packets only)."""
+        self.r.run([sys.executable, "-m", "cnitrace.traffic.flood", "10.250.1.2", "10.250.2.2", "5201",
+                    str(self.sport), str(count), "1"], netns=self.ns["c"], timeout=60)
+        self.sport = 20_000 + (self.sport - 20_000 + count) % 40_000
+
+    def transit_ns(self, probes: ProbeSet, packets: int, settle_s: float, drain_s: float = 0.05,
+                   send: Callable[[int], None] | None = None) -> float:
         """Mean transit time of `packets` datagrams through the node, timed by `probes` (a transit
         ProbeSet on the node's client-side interface), after `settle_s` for the last ruleset's
-        deferred freeing."""
+        deferred freeing. `send` sends them (default: `send_udp`, one flow)."""
         time.sleep(settle_s)
         probes.reset()
-        self.send_udp(packets)
+        (send or self.send_udp)(packets)
         time.sleep(drain_s)
         figs = [f for f in probes.snapshot() if f.stage == "transit"]
         count = sum(f.hist.count for f in figs)

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import platform
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -38,11 +37,13 @@ from typing import Iterable, Mapping, Sequence
 from cnitrace.calibrate.rules import CACHE, _Bench, cached, cpu_model
 from cnitrace.collectors.iptables.layout import PAGE, ChainLayout, read_layout
 from cnitrace.collectors.iptables.parse import Ruleset
+from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
 from cnitrace.core import faults
 from cnitrace.core.errors import CnitraceError, ToolError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
 from cnitrace.core.session import Session
 from cnitrace.probes.runtime import ProbeSet
+from cnitrace.traffic.generators import median
 
 WALK_MIN_RULES = 1000            # shorter chains stay in cache: the per-shape figures hold for them
 MAX_WALK_CHAINS = 8              # the longest chains of a node, bounded
@@ -185,11 +186,6 @@ def candidates(ruleset: Ruleset, backend: str = "legacy", limit: int = MAX_WALK_
     return {k: [s for _, s in sorted(v)] for k, v in long_}
 
 
-def median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
-
-
 def cache_key(chain: WalkChain) -> str:
     h = hashlib.sha1("\n".join([chain.table, *map(str, chain.layout.sizes), *chain.rules]).encode()).hexdigest()
     return f"walk-v{WALK_CACHE_VERSION}|{platform.release()}|{cpu_model()}|{chain.page_offset}|{h}"
@@ -210,26 +206,14 @@ class _Replay:
         self.probes = ProbeSet(["transit"], ifaces=[(self.ns, "c0")], session=session, runner=runner)
         session.on_exit(self.probes.close)
         self.probes.start()
-        self.sport = 20_000
 
     def restore(self, body: str) -> None:
         self.r.run(["iptables-legacy-restore"], input=body, netns=self.ns, timeout=120)
         faults.checkpoint("calibrate")
 
     def timed(self, packets: int) -> float:
-        """Mean transit ns of `packets` NEW UDP flows through the bench node (each its own source
-        port: nat and raw chains see NEW packets only)."""
-        time.sleep(0.1)
-        self.probes.reset()
-        self.r.run([sys.executable, "-m", "cnitrace.traffic.flood", "10.250.1.2", "10.250.2.2", "5201",
-                    str(self.sport), str(packets), "1"], netns=self.b.ns["c"], timeout=60)
-        self.sport = 20_000 + (self.sport - 20_000 + packets) % 40_000
-        time.sleep(0.05)
-        figs = [f for f in self.probes.snapshot() if f.stage == "transit"]
-        count = sum(f.hist.count for f in figs)
-        if count < packets // 2:
-            raise ToolError(f"walk replay: only {count} of {packets} packets were timed")
-        return sum(f.hist.sum for f in figs) / count
+        """Mean transit ns of `packets` NEW UDP flows through the bench node."""
+        return self.b.transit_ns(self.probes, packets, settle_s=0.1, send=self.b.send_new_flows)
 
     def measure(self, chain: WalkChain, user_chains: Sequence[str], repeats: int, packets: int) -> Walk:
         t0 = time.monotonic()
@@ -290,6 +274,22 @@ def measure_walks(chains: Sequence[WalkChain], *, user_chains: Mapping[str, Sequ
     return out
 
 
+def legacy_rules(netns: str | None = None, runner: Runner = DEFAULT_RUNNER) -> Ruleset:
+    """The legacy IPv4 rules of `netns`, the ones a walk can be replayed from."""
+    return ruleset_of(IptablesCollector(runner, netns=netns or None, backends=("legacy",),
+                                        families=("ipv4",)).snapshot())
+
+
+def sets_in(netns: str | None, names: Iterable[str], runner: Runner = DEFAULT_RUNNER) -> str:
+    """`ipset restore` lines creating the named sets as they are in `netns` (empty: none named, or
+    ipset cannot read them — the replay then says which set it missed)."""
+    names = set(names)
+    if not names:
+        return ""
+    done = runner.run(["ipset", "save"], netns=netns or None, check=False)
+    return set_creates(done.stdout, names) if done.returncode == 0 else ""
+
+
 def walks_for(ruleset: Ruleset, backend: str, netns: str | None = None, runner: Runner = DEFAULT_RUNNER,
               cache: Path = CACHE) -> dict[tuple[str, str, str], Walk]:
     """The walks of the longest legacy IPv4 chains of the rules in `netns` (`ruleset` read there).
@@ -315,11 +315,7 @@ def walks_for(ruleset: Ruleset, backend: str, netns: str | None = None, runner: 
                                                         "between the reads)")
             continue
         chains.append(WalkChain(family, table, chain, tuple(rules), lay))
-    sets = sorted({s for c in chains for s in referenced(c.rules, ())[0]})
-    creates = ""
-    if sets:
-        done = runner.run(["ipset", "save"], netns=netns or None, check=False)
-        creates = set_creates(done.stdout, sets) if done.returncode == 0 else ""
+    creates = sets_in(netns, [s for c in chains for s in referenced(c.rules, ())[0]], runner)
     user = {}
     for c in ruleset.chains:
         if not c.builtin and c.family == "ipv4":

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 from cnitrace.calibrate import rules as calibrate
 from cnitrace.calibrate import walk
-from cnitrace.collectors.iptables.source import IptablesCollector, ruleset_of
 from cnitrace.core import faults
 from cnitrace.core.errors import CnitraceError
 from cnitrace.core.runner import DEFAULT_RUNNER, Runner
@@ -57,8 +56,7 @@ def walk_calibration(target: Target, backend: str, runner: Runner, say: Callable
         return out
     for ns in target.rule_netns:
         try:
-            rs = ruleset_of(IptablesCollector(runner, netns=ns or None, backends=("legacy",),
-                                              families=("ipv4",)).snapshot())
+            rs = walk.legacy_rules(ns, runner)
         except CnitraceError as exc:
             warnings.append(f"header walks not timed{f' in {ns}' if ns else ''}: {exc.message}")
             continue
