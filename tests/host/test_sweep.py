@@ -57,11 +57,51 @@ def test_iptables_datapaths_grow_linearly_with_rules(reduced, dp):
 
 
 @pytest.mark.parametrize("dp", ["nft", "cilium"])
-def test_set_and_hash_map_datapaths_stay_flat(reduced, dp):
-    c = curve(reduced, dp)
-    assert is_flat([tuple(xy) for xy in c["points"]]), c["points"]
+def test_set_and_hash_map_datapaths_grow_far_less_than_iptables(reduced, dp):
+    """Side by side in one sweep: a set or hash-map datapath adds under a tenth of what calico's
+    linear chain adds per rule (a relation one disturbed point cannot flip: 25 % noise on a ~7 µs
+    point is ~1.7 ns per rule, calico adds tens)."""
     calico = reduced["per_datapath"]["calico"]["ns_per_rule"]
     assert abs(reduced["per_datapath"][dp]["ns_per_rule"]) < calico / 10
+
+
+# Flatness is judged over FLAT_RUNS sweeps on fresh labs, by the median run. One sweep on this
+# shared 2-core machine can see a neighbour for the seconds of one point: the stop CI of the seventh
+# session measured nft 6.8/6.6/8.5 µs and cilium 5.5/6.0/6.6 µs per NEW packet at N = 0/100/1,000
+# (a 20-25 % rise, while both transit slopes stayed under 1 ns per rule), and a quiet rerun gave
+# 7.8/7.1/7.0 and 5.3/6.7/5.3. Interference only adds time and rarely covers the same N in most runs.
+FLAT_RUNS = 3
+
+
+@pytest.fixture(scope="module")
+def flat_runs():
+    docs = []
+    for _ in range(FLAT_RUNS):
+        doc = sweep.run(make_config(datapaths="nft,cilium", rules="0,100,1000", quick=True))
+        assert doc["complete"] and doc["semantics_all_passed"], [p.get("error") for p in doc["points"]]
+        assert_no_lab_left(doc)
+        docs.append(doc)
+    return docs
+
+
+def growth(points) -> float:
+    """The linear fit's rise across the rule range as a share of the curve's mean (what is_flat bounds)."""
+    pts = [tuple(xy) for xy in points]
+    slope, _, _ = fit_line(pts)
+    xs = [x for x, _ in pts]
+    return slope * (max(xs) - min(xs)) / (sum(y for _, y in pts) / len(pts))
+
+
+@pytest.mark.parametrize("dp", ["nft", "cilium"])
+def test_set_and_hash_map_datapaths_stay_flat(flat_runs, dp):
+    runs = [curve(d, dp)["points"] for d in flat_runs]
+    rises = [round(growth(pts), 3) for pts in runs]
+    print(f"{dp}: rise across 0..1000 rules as a share of the mean, per run: {rises}")
+    assert median(rises) <= 0.15, runs                         # is_flat's tolerance, median run
+    assert sum(is_flat([tuple(xy) for xy in pts]) for pts in runs) * 2 > len(runs), runs
+    # the kernel-timed transit through the node: flat in the majority of runs too
+    rows = [d["agreement"][dp] for d in flat_runs]
+    assert sum(bool(r.get("flat_transit")) for r in rows) * 2 > len(rows), rows
 
 
 def test_policy_stage_is_measured_and_modelled(reduced):
@@ -76,25 +116,13 @@ def stage_of(p: dict) -> dict:
     return st
 
 
-def assert_model_agrees(doc: dict, dp: str) -> None:
-    """The modelled policy slope (counters priced by rule shape) within ±25 % of the measured ones:
-    the NEW-flow timing and the transit time through the node (or both flat, for set/map datapaths)."""
-    a = doc["agreement"][dp]
+def test_modelled_policy_cost_agrees_with_the_measured_one_on_sets(flat_runs):
+    """Set datapaths: the model says flat, and the median run measures flat too, on both the
+    NEW-flow timing and the transit (the iptables datapaths' agreement is tested below)."""
     for key in ("new_flow", "transit"):
-        assert a.get(f"model_vs_{key}") is not None, (dp, key, a)
-        assert a.get(f"flat_{key}") or 0.75 <= a[f"model_vs_{key}"] <= 1.25, (dp, key, a)
-        assert a[f"agrees_{key}"], (dp, key, a)
-    for p in doc["points"]:
-        if p["spec"]["datapath"] == dp and p["spec"]["rules"] >= 1000 and not a.get("flat_new_flow"):
-            st = stage_of(p)
-            assert 0.75 <= st["model_vs_measured"] <= 1.25, (p["spec"]["id"], st)     # the `policy (m)` column
-
-
-@pytest.mark.parametrize("dp", ["nft"])
-def test_modelled_policy_cost_agrees_with_the_measured_one(reduced, dp):
-    """Set datapaths: both slopes flat (the nft datapath's model is being rebuilt; see the agreement
-    tests below for the iptables datapaths)."""
-    assert_model_agrees(reduced, dp)
+        rows = [d["agreement"]["nft"] for d in flat_runs]
+        assert all(r.get(f"model_vs_{key}") is not None for r in rows), rows
+        assert sum(bool(r.get(f"flat_{key}")) and r[f"agrees_{key}"] for r in rows) * 2 > len(rows), (key, rows)
 
 
 # --- modelled against measured, robust to a noisy shared machine ----------------------------------
