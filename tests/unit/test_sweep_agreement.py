@@ -116,3 +116,26 @@ def test_a_falling_measured_cost_on_a_datapath_without_policy_is_flat():
     curves = build_curves(done)
     a = agreement(ns_per_eval(curves, done), curves, done)["flannel"]
     assert a["flat_new_flow"] and a["agrees_new_flow"] and a["agrees_transit"]
+
+
+def test_a_new_flow_rise_the_transit_does_not_show_is_flagged_in_the_headline():
+    """The last stop's CI: nft 6.8/6.6/8.5 µs per NEW packet at N = 0/100/1,000 (one disturbed point),
+    transit slope 0.6 ns per rule. The headline still reports the measured rise, and says the
+    kernel-timed transit does not confirm it; a real rise (calico) gets no such doubt."""
+    from cnitrace.sweep.model import headline
+    base = (6783.0, 67.0, 2800.0)
+    nft = [point("nft", r, nf, 67.0, 2800.0 + 0.6 * r, base)
+           for r, nf in ((0, 6783.0), (100, 6611.0), (1000, 8522.0))]
+    cbase = (7000.0, 1300.0, 3900.0)
+    calico = [point("calico", r, cbase[0] + 52.5 * r, cbase[1] + 50.6 * r, cbase[2] + 52.9 * r, cbase)
+              for r in (0, 100, 1000)]
+    done = nft + calico
+    curves = build_curves(done)
+    per = ns_per_eval(curves, done)
+    lines = headline(per, curves, agreement(per, curves, done))
+    [n] = [ln for ln in lines if ln.startswith("nft:")]
+    [c] = [ln for ln in lines if ln.startswith("calico:")]
+    assert "grows" in n and "not confirmed" in n and "0.60 ns per rule" in n and "--repeat" in n
+    assert "grows" in c and "not confirmed" not in c
+    # without the transit (a node where it is not timed) nothing is claimed either way
+    assert not any("not confirmed" in ln for ln in headline(per, curves))
