@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cnitrace.reports.console import plain_console
+
 WIDTH = 100
 _STYLE = {"ok": "green", "degraded": "yellow", "missing": "red", "error": "bold red"}
 
@@ -20,7 +22,7 @@ def console(file=None) -> Console:
     """A console no wider than WIDTH, and exactly WIDTH when not writing to a terminal."""
     probe = Console(file=file)
     width = min(probe.width, WIDTH) if probe.is_terminal else WIDTH
-    return Console(file=file, width=width, soft_wrap=False)
+    return plain_console(file=file, width=width, soft_wrap=False)
 
 
 def render_doctor(report: Any, out: Console | None = None) -> None:

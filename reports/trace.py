@@ -8,6 +8,8 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
+from cnitrace.reports.console import plain_console, styled
+
 
 def _t(hop: Mapping[str, Any], t0: int | None) -> str:
     t = hop.get("t_ns")
@@ -17,18 +19,18 @@ def _t(hop: Mapping[str, Any], t0: int | None) -> str:
 
 
 def render_trace(doc: Mapping[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or plain_console()
     sel = doc.get("selection", {})
-    console.print(f"[bold]cnitrace trace[/] {sel.get('nft_expr', '')}  in {', '.join(sel.get('netns', []))}"
-                  f"  — sent {doc.get('sent', 0)}, traced {doc.get('traced', 0)}")
+    console.print(styled(("cnitrace trace", "bold"), f" {sel.get('nft_expr', '')}  in {', '.join(sel.get('netns', []))}"
+                         f"  — sent {doc.get('sent', 0)}, traced {doc.get('traced', 0)}"))
     for n, f in enumerate(doc.get("flows", []), 1):
         c = f["cnitrace"]
         ip, l4 = f.get("IP", {}), f.get("l4", {})
         ports = next(iter(l4.values()), {}) if l4 else {}
         proto = next(iter(l4), "")
-        head = (f"packet {n}: {proto} {ip.get('source')}:{ports.get('source_port')} → "
-                f"{ip.get('destination')}:{ports.get('destination_port')}  ip id {c.get('ip_id')}  "
-                f"[bold]{f['verdict']}[/]")
+        head = styled(f"packet {n}: {proto} {ip.get('source')}:{ports.get('source_port')} → "
+                      f"{ip.get('destination')}:{ports.get('destination_port')}  ip id {c.get('ip_id')}  ",
+                      (str(f["verdict"]), "bold"))
         table = Table(title=head, title_justify="left", show_edge=False, pad_edge=False, box=None)
         table.add_column("#", justify="right")
         table.add_column("time")
@@ -48,4 +50,4 @@ def render_trace(doc: Mapping[str, Any], console: Console | None = None) -> None
             console.print("  policy: none found (no policy chain or comment names one)")
         console.print(f"  times per hop: {c.get('times')}")
     for w in doc.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(styled(("warning:", "yellow"), f" {w}"))

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
+from cnitrace.reports.console import plain_console, styled
 from cnitrace.reports.document import fmt_ns
 
 WIDTH = 100
@@ -87,7 +88,7 @@ def cost_line(doc: Mapping[str, Any]) -> str:
 
 
 def render_analysis(doc: Mapping[str, Any], console: Console | None = None) -> None:
-    con = console or Console(width=WIDTH, highlight=False)
+    con = console or plain_console(width=WIDTH)
     for line in summary_lines(doc):
         con.print(line)
     nf = doc.get("netfilter")
@@ -100,11 +101,11 @@ def render_analysis(doc: Mapping[str, Any], console: Console | None = None) -> N
         _chains(con, nf)
         for t in nf["tables"]:
             if not t["rule_counters"]:
-                con.print(f"[yellow]{t['label']}:[/yellow] {t['counters_note']}")
+                con.print(styled((f"{t['label']}:", "yellow"), f" {t['counters_note']}"))
                 break
         for t in nf["tables"]:
             if t.get("static_note"):
-                con.print(f"[yellow]{t['label']}:[/yellow] {t['static_note']}")
+                con.print(styled((f"{t['label']}:", "yellow"), f" {t['static_note']}"))
                 break
     if doc.get("ovs"):
         _ovs(con, doc["ovs"])
@@ -116,12 +117,12 @@ def render_analysis(doc: Mapping[str, Any], console: Console | None = None) -> N
         if doc.get(key):
             con.print(f"{key}: {_short(doc[key])}")
     for s in doc["skipped"]:
-        con.print(f"[yellow]skipped[/yellow] {s['file']} section {s['section']} (line {s['line']}"
-                  f"{', `' + s['command'] + '`' if s['command'] else ''}): {s['reason']}")
+        con.print(styled(("skipped", "yellow"), f" {s['file']} section {s['section']} (line {s['line']}"
+                         f"{', `' + s['command'] + '`' if s['command'] else ''}): {s['reason']}"))
     con.print("provenance: " + doc["cost"]["legend"], style="dim")
     warnings = doc["warnings"]
     for w in warnings[:10]:
-        con.print(f"[yellow]warning:[/yellow] {w}")
+        con.print(styled(("warning:", "yellow"), f" {w}"))
     if len(warnings) > 10:
         con.print(f"... and {len(warnings) - 10} more warnings (see --json)")
 
@@ -267,7 +268,7 @@ def _delta_ns(d: Mapping[str, Any]) -> str:
 
 
 def render_diff(doc: Mapping[str, Any], console: Console | None = None, top: int = 15) -> None:
-    con = console or Console(width=WIDTH, highlight=False)
+    con = console or plain_console(width=WIDTH)
     con.print(f"before: {', '.join(doc['before'])}\nafter:  {', '.join(doc['after'])}")
     hooks = [h for h in doc["hooks"] if h["worst_ns"]["delta"] or h["typical_ns"]["delta"]
              or h["worst_evaluations"]["delta"]]
@@ -313,11 +314,11 @@ def render_diff(doc: Mapping[str, Any], console: Console | None = None, top: int
                       _n(r["inclusive_evaluations_per_packet"]))
         con.print(t)
     for n in c["notes"]:
-        con.print(f"[yellow]{n}[/yellow]")
+        con.print(n, style="yellow")
     for s in doc["sets"][:top]:
         con.print(f"set {s['set']}: {_n(s['before'])} → {_n(s['after'])} elements ({s['delta']:+,})")
     for o in doc["ovs_tables"][:top]:
         con.print(f"OVS {o['bridge']} table {o['table']}: {_n(o['flows_before'])} → {_n(o['flows_after'])} flows "
                   f"({o['delta']:+,})")
     for w in c["warnings"][:5]:
-        con.print(f"[yellow]warning:[/yellow] {w}")
+        con.print(styled(("warning:", "yellow"), f" {w}"))

@@ -6,7 +6,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from cnitrace.reports.console import plain_console, styled
 from cnitrace.reports.document import fmt_ns
 
 WIDTH = 100
@@ -33,8 +35,8 @@ def node_columns(doc: dict[str, Any]) -> list[str]:
 
 
 def render_cluster(doc: dict[str, Any], console: Console | None = None) -> None:
-    con = console or Console(width=WIDTH, highlight=False)
-    con.print(f"[bold]{doc['headline']}[/bold]", overflow="fold")
+    con = console or plain_console(width=WIDTH)
+    con.print(doc["headline"], style="bold", overflow="fold")
     tot = doc["totals"]
     ct = tot.get("conntrack")
     con.print(f"{tot['nodes']} nodes · {tot['packets']:,} packets · cluster per packet "
@@ -43,7 +45,7 @@ def render_cluster(doc: dict[str, Any], console: Console | None = None) -> None:
               + (f" · conntrack fullest {ct['fullest_node']} {ct['fullest_fill'] * 100:.1f} %"
                  if ct and ct.get("fullest_fill") is not None else ""), overflow="fold")
     if doc["outliers"]:
-        con.print("[bold]outliers[/bold]")
+        con.print("outliers", style="bold")
         for o in doc["outliers"]:
             con.print(f"  • {o['text']}", overflow="fold")
 
@@ -79,7 +81,7 @@ def render_cluster(doc: dict[str, Any], console: Console | None = None) -> None:
         cells = []
         for c in cols:
             s = _cell(f["nodes"].get(c))
-            cells.append(f"[bold red]{s}[/bold red]" if (c, key) in flagged else s)
+            cells.append(Text(s, style="bold red") if (c, key) in flagged else s)
         t.add_row(("  " * indent + f["label"])[:44], *cells, fmt_ns(f["median_ns"]))
     con.print(t)
     if hidden or len(doc["nodes"]) > len(cols):
@@ -92,4 +94,4 @@ def render_cluster(doc: dict[str, Any], console: Console | None = None) -> None:
               "by a probe; modelled = counters × that node's calibration; apportioned = a measured table's time "
               "split by the model's shares.", overflow="fold")
     for w in doc["warnings"]:
-        con.print(f"[yellow]warning:[/yellow] {w}", overflow="fold")
+        con.print(styled(("warning:", "yellow"), f" {w}"), overflow="fold")

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cnitrace.reports.console import plain_console, styled
 from cnitrace.reports.document import CHANGED, Node, calibration_text, fmt_ns, overhead_text, ovs_calibration_text
 
 WIDTH = 100
@@ -34,9 +35,9 @@ def source_text(n: Node) -> str:
 
 
 def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
-    con = console or Console(width=WIDTH, highlight=False)
+    con = console or plain_console(width=WIDTH)
     root = Node.from_json(doc["tree"])
-    con.print(f"[bold]{doc['headline']}[/bold]")
+    con.print(doc["headline"], style="bold")
     sel = ", ".join(i["name"] for i in doc["selection"]["interfaces"]) or "—"
     cni = ", ".join(c["name"] for c in doc.get("cni", [])) or "none detected"
     con.print(f"selection: {sel}   cni: {cni}   window: {doc['duration_s']:.1f} s   "
@@ -110,7 +111,7 @@ def render_profile(doc: dict[str, Any], console: Console | None = None) -> None:
     if (doc.get("changes") or {}).get("count"):
         render_changes(doc["changes"], con)
     for w in doc["warnings"]:
-        con.print(f"[yellow]warning:[/yellow] {w}")
+        con.print(styled(("warning:", "yellow"), f" {w}"))
 
 
 def render_detour(d: dict[str, Any], con: Console) -> None:
@@ -132,7 +133,7 @@ def render_detour(d: dict[str, Any], con: Console) -> None:
         con.print(f"envoy statistics (measured): RBAC allowed {st['rbac_allowed']:,}, denied {st['rbac_denied']:,}; "
                   "downstream " + ", ".join(f"{k} {v:,}" for k, v in st["downstream_rq"].items() if v))
     if d.get("stall"):
-        con.print(f"[yellow]{d['stall']}[/yellow]")
+        con.print(d["stall"], style="yellow")
 
 
 CHANGES_SHOWN = 10
@@ -144,8 +145,8 @@ def render_changes(ch: dict[str, Any], con: Console, limit: int = CHANGES_SHOWN)
     mid = ch.get("mid_snapshots") or {}
     watched = (f"{mid['count']} mid-window snapshots" if mid.get("count") is not None
                else f"no mid-window snapshot ({mid['skipped']})" if mid.get("skipped") else "before/after only")
-    con.print(f"[bold yellow]changed during the window:[/bold yellow] {ch['count']} object(s), watched by {watched}; "
-              f"{ch.get('measured', '')}", overflow="fold")
+    con.print(styled(("changed during the window:", "bold yellow"), f" {ch['count']} object(s), watched by "
+                     f"{watched}; {ch.get('measured', '')}"), overflow="fold")
     for o in ch["objects"][:limit]:
         con.print(f"  • {o['label']}: {'; '.join(o['what'])} — {o['effect']}", overflow="fold")
     if ch["count"] > limit:
@@ -155,12 +156,14 @@ def render_changes(ch: dict[str, Any], con: Console, limit: int = CHANGES_SHOWN)
 def render_exercised(r: dict[str, Any], con: Console) -> None:
     """A replay lab's exercised rules: N of M, the chains packets reached (with their cost), what was never hit."""
     rep = r.get("replayed") or {}
-    con.print(f"[bold]replayed ruleset:[/bold] {r['exercised']:,} of {r['rules']:,} rules exercised "
-              f"({r['never_exercised']:,} never); {r.get('probe_port_rules', 0):,} exercised rules match a probed port"
-              + (f"; {r['not_countable']:,} nft rules without a counter" if r.get("not_countable") else "")
-              + (f"; {r['ipv6_not_probed']:,} IPv6 rules not probed" if r.get("ipv6_not_probed") else "")
-              + (f"; loaded {rep.get('rules_loaded', 0):,} of {rep.get('rules_in', 0):,} "
-                 f"({rep.get('dropped', 0):,} dropped, see {rep.get('report')})" if rep else ""))
+    con.print(styled(("replayed ruleset:", "bold"),
+                     f" {r['exercised']:,} of {r['rules']:,} rules exercised "
+                     f"({r['never_exercised']:,} never); {r.get('probe_port_rules', 0):,} exercised rules match a "
+                     "probed port"
+                     + (f"; {r['not_countable']:,} nft rules without a counter" if r.get("not_countable") else "")
+                     + (f"; {r['ipv6_not_probed']:,} IPv6 rules not probed" if r.get("ipv6_not_probed") else "")
+                     + (f"; loaded {rep.get('rules_loaded', 0):,} of {rep.get('rules_in', 0):,} "
+                        f"({rep.get('dropped', 0):,} dropped, see {rep.get('report')})" if rep else "")))
     if r["top_chains"]:
         t = Table(title="top exercised chains", width=WIDTH)
         for col, just in (("chain", "left"), ("table", "left"), ("exercised", "right"), ("packets", "right"),

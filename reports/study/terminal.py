@@ -8,6 +8,8 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
+from cnitrace.reports.console import plain_console, styled
+
 WIDTH = 100
 
 
@@ -55,23 +57,23 @@ def family_table(doc: Mapping[str, Any], fam: Mapping[str, Any]) -> Table:
 
 
 def render_study(doc: Mapping[str, Any], console: Console | None = None) -> None:
-    con = console or Console(width=WIDTH)
+    con = console or plain_console(width=WIDTH, highlight=True)
     state = " — INTERRUPTED, partial result" if doc.get("interrupted") else ""
-    con.print(f"[bold]cnitrace study[/bold]{' --quick' if doc['config']['quick'] else ''}: "
-              f"{doc['points_done']}/{doc['points_total']} points in {doc['elapsed_s']:.0f} s{state}")
+    con.print(styled(("cnitrace study", "bold"), f"{' --quick' if doc['config']['quick'] else ''}: "
+                     f"{doc['points_done']}/{doc['points_total']} points in {doc['elapsed_s']:.0f} s{state}"))
     con.print(f"Study: {doc['citation_text']}")
     s = doc["summary"]
     con.print(f"Shapes: {s['agree']} agree, {s['differ']} differ, {s['not_compared']} not compared "
               f"(the study gives no figure, or a point was not measured)")
     for fam in doc["families"]:
         con.print(family_table(doc, fam))
-    con.print("[bold]Scaling[/bold] (this node vs the study's cluster):")
+    con.print(styled(("Scaling", "bold"), " (this node vs the study's cluster):"))
     for line in doc["scaling"]:
         con.print(f"  · {line}")
     for line in doc["scaled_down"]:
         con.print(f"  · scaled down: {line}")
     for p in doc["points"]:
         if p.get("status") != "ok":
-            con.print(f"[red]point {p['spec']['id']} {p.get('status')}: {p.get('error')}[/red]")
+            con.print(f"point {p['spec']['id']} {p.get('status')}: {p.get('error')}", style="red")
     for left in doc.get("leftovers") or ():
-        con.print(f"[red]not removed: {left} (run `cnitrace cleanup`)[/red]")
+        con.print(f"not removed: {left} (run `cnitrace cleanup`)", style="red")

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
+from cnitrace.reports.console import plain_console, styled
 from cnitrace.reports.document import fmt_ns
 
 WIDTH = 100
@@ -54,10 +55,10 @@ def models(doc: Mapping[str, Any]) -> list[str]:
 
 
 def render_sweep(doc: Mapping[str, Any], console: Console | None = None) -> None:
-    con = console or Console(width=WIDTH)
+    con = console or plain_console(width=WIDTH, highlight=True)
     state = "interrupted — partial result" if doc.get("interrupted") else "complete"
-    con.print(f"[bold]cnitrace sweep[/]: {doc['points_done']}/{doc['points_total']} points, "
-              f"{doc['elapsed_s']:.0f} s, {state}")
+    con.print(styled(("cnitrace sweep", "bold"), f": {doc['points_done']}/{doc['points_total']} points, "
+                     f"{doc['elapsed_s']:.0f} s, {state}"))
     if doc.get("headline"):
         con.print("Measured on this node:")
     for line in doc.get("headline", ()):
@@ -65,19 +66,19 @@ def render_sweep(doc: Mapping[str, Any], console: Console | None = None) -> None
     if doc.get("agreement_lines"):
         con.print("Modelled (counters × per-shape calibration) against measured, within ±25 %:")
     for line in doc.get("agreement_lines", ()):
-        con.print(("• " if "outside" not in line else "[red]✗[/] ") + line, soft_wrap=False, overflow="fold")
+        con.print(styled("• " if "outside" not in line else ("✗ ", "red"), line), soft_wrap=False, overflow="fold")
     con.print(table(doc))
     failed = [p for p in doc.get("points", ()) if p.get("status") != "ok"]
     for p in failed:
-        con.print(f"[red]✗ {p['spec']['id']}[/]: {p.get('error')}", overflow="fold")
+        con.print(styled((f"✗ {p['spec']['id']}", "red"), f": {p.get('error')}"), overflow="fold")
     bad = [p["spec"]["id"] for p in doc.get("points", ()) if p.get("status") == "ok"
            and not (p.get("semantics") or {}).get("passed")]
     if bad:
-        con.print(f"[red]semantics check failed at: {', '.join(bad)}[/]", overflow="fold")
+        con.print(f"semantics check failed at: {', '.join(bad)}", style="red", overflow="fold")
     wide = [p["spec"]["id"] for p in doc.get("points", ()) if p.get("wide_spread")]
     if wide:
         con.print(f"! spread across repeats too wide (> 25 %) at: {', '.join(wide)}", overflow="fold")
     for line in models(doc):
         con.print(f"  {line}", overflow="fold")
     if doc.get("leftovers"):
-        con.print(f"[yellow]not removed (run `cnitrace cleanup`): {'; '.join(doc['leftovers'])}[/]")
+        con.print(f"not removed (run `cnitrace cleanup`): {'; '.join(doc['leftovers'])}", style="yellow")

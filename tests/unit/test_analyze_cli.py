@@ -77,6 +77,21 @@ def test_unknown_content_is_one_line_and_exit_2(capsys, tmp_path, content, msg):
     assert err.count("\n") == 1 and err.startswith("cnitrace: ") and msg in err
 
 
+def test_bracketed_text_from_a_dump_prints_as_it_is(capsys, tmp_path):
+    """Real names carry brackets: cilium's tc programs are `bpf_network.o:[from-network]` in
+    `bpftool net show` (cilium#14895); with rich markup on they printed as `bpf_network.o:`, and a
+    warning quoting `[/var/log/x]` ended in a MarkupError traceback."""
+    rc, out, err = run(capsys, "analyze", str(FIX / "bpf" / "cilium-14895-net-show.txt"))
+    assert rc == 0, err
+    assert "bpf_network.o:[from-network]" in out and "bpf_lxc.o:[from-container]" in out
+    flows = (FIX / "ovs" / "host-dump-flows.txt").read_text().splitlines()[:5]
+    f = tmp_path / "flows.txt"
+    f.write_text("\n".join(flows + [" cookie=0x0, duration=1.0s, table=0, see [/var/log/x] [bold]"]) + "\n")
+    rc, out, err = run(capsys, "analyze", str(f))
+    assert rc == 0, err
+    assert "unparsed" in out and "see [/var/log/x] [bold]" in out
+
+
 def test_missing_file_is_one_line(capsys, tmp_path):
     rc, _, err = run(capsys, "analyze", str(tmp_path / "nope"))
     assert rc == 2 and "no such file" in err and err.count("\n") == 1

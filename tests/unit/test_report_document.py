@@ -65,6 +65,17 @@ def test_terminal_leads_with_answer_and_fits_100_columns():
     assert "rest of stack" in out and "NETFILTER_DROP" in out and "tracepoint" in out
 
 
+def test_node_text_with_brackets_prints_as_it_is(capsys):
+    """A rule comment or warning from the node can hold `[...]`: the default console prints it
+    literally (rich markup ate `[from-network]` and raised MarkupError on `[/var/log/x]`)."""
+    doc = make_doc()
+    doc["headline"] = "98 % of per-packet time: chain cali-pi-[bold]x"
+    doc["warnings"] = ["rule comment 'see [/var/log/x]' kept as it is"]
+    render_profile(doc)
+    out = capsys.readouterr().out
+    assert "cali-pi-[bold]x" in out and "'see [/var/log/x]' kept" in out
+
+
 def test_html_is_self_contained_with_charts():
     page = render_html(make_doc())
     assert 'id="stage-share-chart"' in page and 'id="chain-chart"' in page
