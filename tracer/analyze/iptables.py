@@ -88,7 +88,7 @@ def srules(chains: Mapping[str, Any], rules: Mapping[str, list[Rule]], pricer: S
         user = {n for n, c in chains.items() if not c.builtin}
     # per shape: (worst, typical, unconditional, the shared SRule of each target-less kind): a 100,000-rule
     # dump has a few dozen shapes, and rules without a target chain of one shape and kind are alike
-    priced: dict[Any, tuple[float, float, bool, dict[str, SRule]]] = {}
+    priced: dict[Any, tuple[float, float, bool, dict[tuple[str, bool], SRule]]] = {}
     out: dict[str, list[SRule]] = {}
     for name in chains:
         lst: list[SRule] = []
@@ -99,15 +99,18 @@ def srules(chains: Mapping[str, Any], rules: Mapping[str, list[Rule]], pricer: S
             if p is None:
                 w, t = pricer(shape)
                 p = priced[shape] = (w, t, unconditional(shape), {})
+            # an `iptables -L` rule keeps its tests as summaries (`ctstate NEW`) the shape cannot
+            # see: only a spec with nothing but comments before its target is without a test
+            uncond = p[2] and ipt_graph.unconditional(r.spec)
             target = r.target
             if target in user:
-                append(SRule(GOTO if r.goto else JUMP, (target,), p[2], p[0], p[1]))
+                append(SRule(GOTO if r.goto else JUMP, (target,), uncond, p[0], p[1]))
                 continue
             kind = CONTINUE if target is None else RETURNS if target == RETURN else TERMINAL \
                 if target in TERMINAL_TARGETS else CONTINUE
-            sr = p[3].get(kind)
+            sr = p[3].get((kind, uncond))
             if sr is None:
-                sr = p[3][kind] = SRule(kind, (), p[2], p[0], p[1])
+                sr = p[3][(kind, uncond)] = SRule(kind, (), uncond, p[0], p[1])
             append(sr)
         out[name] = lst
     return out
