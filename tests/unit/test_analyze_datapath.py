@@ -106,3 +106,37 @@ def test_ipsets():
     doc = doc_of("ipset/local_ipset_save.txt")
     assert doc["structure"]["ipsets"]["sets"] == 8
     assert {s["name"]: s["entries"] for s in doc["ipsets"]}["KUBE-CLUSTER-IP"] == 4
+
+
+@pytest.mark.parametrize("name,cni,evidence", [
+    # Antrea without a bridge name: its named tables and zone 65520, or its own `antctl get of`
+    ("ovs/antrea-4475_named_tables_no_prompt.txt", "antrea", "named tables"),
+    ("ovs/antrea-645_antctl_get_of_np.txt", "antrea", "antctl output"),
+    # a partial `iptables -L` that names cilium's chains only as jump targets
+    ("iptables/cilium-4825_L_jump_targets.txt", "cilium", "chain CILIUM_INPUT"),
+    # weave-npc's ipsets alone
+    ("ipset/weave-3289_list.txt", "weave", "ipset weave-"),
+])
+def test_the_cni_from_partial_real_pastes(name, cni, evidence):
+    found = {c["cni"]: c for c in doc_of(name)["cni"]}
+    assert cni in found and any(evidence in e for e in found[cni]["evidence"]), found
+
+
+@pytest.mark.parametrize("name,mode,why", [
+    ("ipset/sealos-2108_list_prompt.txt", "ipvs", "ipset KUBE-CLUSTER-IP"),                 # IPVS's ipset alone
+    ("iptables/submariner-subctl-1205_c_partial_sep.save", "iptables", "KUBE-SEP-"),      # no KUBE-SERVICES in it
+    ("iptables/kubeproxy_kubernetes-75893.save", "iptables", "chain KUBE-SERVICES"),
+])
+def test_kube_proxy_mode_from_real_pastes(name, mode, why):
+    kp = doc_of(name)["kube_proxy"]
+    assert kp["mode"] == mode and why in kp["reason"], kp
+
+
+def test_ipvs_mode_from_its_set_matches_in_the_rules():
+    """kube-proxy's IPVS mode has KUBE-SERVICES too; its rules match KUBE-CLUSTER-IP (real rule form)."""
+    text = ("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n"
+            "-A KUBE-SERVICES ! -s 10.244.0.0/16 -m comment --comment \"Kubernetes service cluster ip + port "
+            "for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\n"
+            "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\nCOMMIT\n")
+    d = analyze(read_text(text, "ipvs.save"), MODEL).doc
+    assert d["kube_proxy"]["mode"] == "ipvs", d["kube_proxy"]

@@ -133,7 +133,9 @@ def analyze(items: Sequence[Dump | Skipped], model: CostModel) -> Analysis:
                                   "reason": f"cilium status: KubeProxyReplacement {kpr}; "
                                             f"{detected['kube_proxy']['reason']}",
                                   "evidence": [*detected["kube_proxy"]["evidence"], "cilium status"]}
-    elif not any(d.format in IPTABLES_FORMATS + NFT_FORMATS + ("ip-link",) for d in dumps):
+    elif detected["kube_proxy"]["mode"] == "none" and \
+            not any(d.format in IPTABLES_FORMATS + NFT_FORMATS + ("ip-link",) for d in dumps):
+        # "none" needs a ruleset or the links to look in; a positive trace (IPVS's ipsets) stands alone
         detected["kube_proxy"] = {"mode": "unknown", "reason": "no iptables/nftables ruleset or interface list "
                                   "among the dumps", "evidence": []}
     ipt = [t for t in tables if t["kind"] == "iptables"]

@@ -11,7 +11,9 @@ import re
 from typing import Any, Iterable
 
 from cnitrace.analyze.dumps import Dump
-from cnitrace.collectors.nftables.parse import NftChain
+from cnitrace.collectors.ipset.parse import IpSet
+from cnitrace.collectors.iptables.parse import RETURN, TERMINAL_TARGETS
+from cnitrace.collectors.nftables.parse import NftChain, NftRule
 from cnitrace.node.detect import Detection, Evidence, detect_cnis, detect_kube_proxy
 
 AGENT_FORMATS = {"cilium-status": "cilium", "cilium-policy-text": "cilium", "cilium-policy-json": "cilium",
@@ -24,10 +26,16 @@ def evidence_of(dumps: Iterable[Dump]) -> Evidence:
     tables: list[str] = []
     bridges: list[str] = []
     programs: list[tuple[str, str]] = []
+    ipsets: list[str] = []
     for d in dumps:
         data = d.data
         if hasattr(data, "chains") and hasattr(data, "rules"):
             chains += [(c.backend or "legacy", c.name) for c in data.chains]
+            # a partial paste names chains only as jump targets (`-j CILIUM_INPUT`, `-j KUBE-SEP-…`):
+            # the kernel refuses a jump to a chain that does not exist, so they are on the node too
+            chains += [(r.backend or "legacy", r.target) for r in data.rules
+                       if r.target and r.target != RETURN and r.target not in TERMINAL_TARGETS]
+            ipsets += [m for r in data.rules if "match-set" in r.spec for m in _MATCH_SET.findall(r.spec)]
             continue
         for r in d.records:
             if isinstance(r, NftChain):
@@ -35,6 +43,10 @@ def evidence_of(dumps: Iterable[Dump]) -> Evidence:
                 t = f"{r.family} {r.table}"
                 if t not in tables:
                     tables.append(t)
+            elif isinstance(r, NftRule):
+                chains += [("nftables", t) for t in r.targets]
+            elif isinstance(r, IpSet):
+                ipsets.append(r.name)
             elif d.format == "ip-link" and isinstance(r, str):
                 links.append(r)
             elif d.format == "ovs-vsctl-show" and isinstance(r, str):
@@ -58,9 +70,11 @@ def evidence_of(dumps: Iterable[Dump]) -> Evidence:
     if any(_OVN_PORT.match(x) for x in links):   # an OVN br-int (OVN-Kubernetes, Kube-OVN, OpenStack)
         bridges = [b for b in bridges if b != "br-int"]
     return Evidence(tuple(dict.fromkeys(links)), tuple(dict.fromkeys(chains)), tuple(tables),
-                    tuple(dict.fromkeys(bridges)), (), tuple(dict.fromkeys(programs)))
+                    tuple(dict.fromkeys(bridges)), (), tuple(dict.fromkeys(programs)),
+                    ipsets=tuple(dict.fromkeys(ipsets)))
 
 
+_MATCH_SET = re.compile(r"(?:--)?match-set\s+(\S+)")   # save (`--match-set X src`) and -L (`match-set X src`)
 _OVN_PORT = re.compile(r"^(ovn-k8s-mp\d+|ovn0|ovn-[0-9a-f]{6}-\d+|patch-br-int-to-\S+|patch-\S+-to-br-int|"
                        r"patch-provnet-\S+|q[rg]-[0-9a-f]{8}-[0-9a-f]{2})$")
 _ANTREA_ZONES = ("zone=65520", "zone=65510", "zone=65500")   # Antrea's conntrack zones (0xfff0, v6, SNAT)
@@ -74,15 +88,25 @@ def _antrea_flows(flows: Iterable[Any]) -> bool:
                for f in flows)
 
 
+def _tool(command: str | None) -> str:
+    words = (command or "").split()
+    return words[0].rsplit("/", 1)[-1] if words else ""
+
+
 def detect(dumps: list[Dump]) -> dict[str, Any]:
     """CNIs and kube-proxy mode with their evidence (JSON-ready)."""
     ev = evidence_of(dumps)
     found = {d.cni: d for d in detect_cnis(ev)}
     for d in dumps:
         cni = AGENT_FORMATS.get(d.format)
+        why = f"{d.format} output ({d.label})"
+        if d.format == "ovs-flows" and (_antrea_flows(d.records) or _tool(d.command) == "antctl"):
+            # Antrea's named tables or conntrack zones (or its own `antctl get of`) whatever the
+            # bridge is called, and with no bridge named at all (a paste without its prompt)
+            cni, why = "antrea", (f"antctl output ({d.label})" if _tool(d.command) == "antctl"
+                                  else f"OVS flows with Antrea's named tables or conntrack zones ({d.label})")
         if cni is None:
             continue
-        why = f"{d.format} output ({d.label})"
         cur = found.get(cni)
         found[cni] = Detection(cni, ((*cur.evidence, why) if cur else (why,)), "strong")
     kp = detect_kube_proxy(ev)

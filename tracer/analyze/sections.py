@@ -130,14 +130,33 @@ _MAYBE_BOUNDARY = re.compile(
     re.M)
 
 
+def _bare_command(line: str) -> bool:
+    """A command shown without a prompt (`antctl get of -n ns1`, `ovs-dpctl show`): a known tool,
+    run directly or through a wrapper. No output of these tools starts with a tool's name."""
+    one = line.strip()
+    return (len(one) < 200 and bool(tool_words(one))
+            and one.split()[0].rsplit("/", 1)[-1] in TOOLS | WRAPPERS)
+
+
+def _split_command(body: str, line: int) -> tuple[str | None, str, int]:
+    """(command, output, its first line) of a section whose first line is a bare command with output
+    after it; (None, body, line) otherwise."""
+    head, sep, rest = body.lstrip("\n").partition("\n")
+    if sep and rest.strip() and _bare_command(head):
+        skipped = len(body) - len(body.lstrip("\n"))
+        return head.strip(), rest, line + skipped + 1
+    return None, body, line
+
+
 def _one_section(body: str, line: int, provenance: str | None) -> list[Section]:
     if not body.strip():
         return []
+    command, body, line = _split_command(body, line)
     head = body.split("\n", 50)[:50]
     first = next((l for l in head if l.strip()), "")
     if first[:1] in (" ", "\t", ">") or _LOG_PREFIX.match(first):
         body = _clean(body.split("\n"))
-    return [Section(body, None, line, provenance)]
+    return [Section(body, command, line, provenance)]
 
 
 def split_sections(text: str) -> list[Section]:
@@ -171,11 +190,11 @@ def split_sections(text: str) -> list[Section]:
         if not body.strip() or _ELISION.match(body):
             return
         one = body.strip()
-        if "\n" not in one and len(one) < 200 and command is None and tool_words(one) \
-                and one.split()[0].rsplit("/", 1)[-1] in TOOLS | WRAPPERS:
+        if "\n" not in one and command is None and _bare_command(one):
             pending = one            # a command shown without a prompt (`ovs-dpctl show` in a fence)
             return
-        out.append(Section(body, command or pending, buf_start, provenance))
+        bare, body, first = (None, body, buf_start) if command or pending else _split_command(body, buf_start)
+        out.append(Section(body, command or pending or bare, first, provenance))
         pending = None
 
     for i in range(start, len(lines)):

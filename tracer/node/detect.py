@@ -223,17 +223,34 @@ def detect_cnis(ev: Evidence) -> list[Detection]:
     return found
 
 
+# kube-proxy's IPVS mode matches service addresses against these ipsets, from chains the iptables
+# mode never creates (its NodePort chain is KUBE-NODEPORTS, plural)
+IPVS_SETS = frozenset({"KUBE-CLUSTER-IP", "KUBE-LOOP-BACK", "KUBE-EXTERNAL-IP", "KUBE-LOAD-BALANCER",
+                       "KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-UDP"})
+IPVS_CHAINS = frozenset({"KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-LOOP-BACK"})
+
+
 def detect_kube_proxy(ev: Evidence) -> KubeProxy:
-    """kube-proxy's mode: IPVS (kube-ipvs0), nftables (table kube-proxy), iptables (KUBE-SERVICES)."""
+    """kube-proxy's mode: IPVS (kube-ipvs0, or its KUBE-CLUSTER-IP ipset and IPVS-only chains),
+    nftables (table kube-proxy), iptables (KUBE-SERVICES, or the per-service KUBE-SVC-/KUBE-SEP-
+    chains a partial paste may hold without it)."""
     chains = {c for _, c in ev.iptables_chains}
     if "kube-ipvs0" in ev.links:
         return KubeProxy("ipvs", "interface kube-ipvs0", ("interface kube-ipvs0",))
+    ipvs = [f"ipset {s}" for s in ev.ipsets if s in IPVS_SETS] + \
+           [f"chain {c}" for c in sorted(chains & IPVS_CHAINS)]
+    if ipvs:
+        return KubeProxy("ipvs", ", ".join(ipvs[:3]), tuple(ipvs))
     nft = [t for t in ev.nft_tables if t.split()[-1] == "kube-proxy"]
     if nft:
         return KubeProxy("nftables", f"nft table {nft[0]}", tuple(f"nft table {t}" for t in nft))
+    svcs = sum(1 for c in chains if c.startswith("KUBE-SVC-"))
     if "KUBE-SERVICES" in chains:
-        svcs = sum(1 for c in chains if c.startswith("KUBE-SVC-"))
         return KubeProxy("iptables", f"chain KUBE-SERVICES, {svcs} KUBE-SVC-* chain(s)", ("chain KUBE-SERVICES",))
+    seps = sum(1 for c in chains if c.startswith("KUBE-SEP-"))
+    if svcs or seps:
+        return KubeProxy("iptables", f"{svcs} KUBE-SVC-* and {seps} KUBE-SEP-* chain(s), no KUBE-SERVICES in the "
+                         "dump (a partial one?)", (f"{svcs + seps} per-service chain(s)",))
     if any(d.cni == "cilium" for d in detect_cnis(ev)):
         return KubeProxy("none", "no kube-proxy traces; Cilium present (kube-proxy replacement?)")
     return KubeProxy("none", "no kube-proxy traces (no KUBE-SERVICES chain, kube-ipvs0 or nft table kube-proxy)")
