@@ -13,7 +13,8 @@ from cnitrace.collectors.base import strip_provenance
 
 _PROMPTS = (
     re.compile(r"^[$#%]\s+(.*)$"),                                          # '$ cmd', '# cmd'
-    re.compile(r"^~[\w/.-]*\s?[$#%]\s+(.*)$"),                               # '~$ cmd', '~/src# cmd'
+    re.compile(r"^[~/][\w/.-]*\s?[$#%](?:\s+(.*))?$"),                      # '~$ cmd', '~/src# cmd', busybox '/ # cmd'
+    re.compile(r"^(?:[❯➜λ]|[\w.-]*\s*[❯➜])(?:\s+(.*))?$"),                  # zsh/starship '❯ cmd', '➜  ~ cmd'
     re.compile(r"^[\w.-]+@[\w.-]+(?::[^\s$#]*)?\s*[$#:%]\s*(.*)$"),         # 'user@host:~$ cmd', 'me@pi: cmd'
     re.compile(r"^(?:\[[^\]\n]{1,80}\]\s?[$#%]|\[\])\s*(.*)$"),                # '[root@host ~]# cmd', '[] cmd'
     re.compile(r"^[\w.-]+[$#]\s+(.*)$"),                                    # 'bash-5.1# cmd'
@@ -29,7 +30,7 @@ def prompt_command(line: str) -> str | None:
     for rx in _PROMPTS:
         m = rx.match(s)
         if m:
-            return m.group(1).strip()
+            return (m.group(1) or "").strip()
     return None
 
 

@@ -120,8 +120,10 @@ def _decode(fields: dict[str, str]) -> dict:
         if len(c) > 1 and re.match(r"\d+\.\d+", c[1]):
             out["version"] = c[1]
     if "KVStore" in fields:
+        # `Ok   Disabled` (no kvstore), `Ok   etcd: 1/1 connected: http://…:2379 - 3.2.5 (Leader)`,
+        # `Failure   Err: …`: "Disabled", else the health word before the backend's own detail
         kv = fields["KVStore"].split()
-        out["kvstore"] = kv[-1] if kv else None
+        out["kvstore"] = "Disabled" if "Disabled" in kv[:2] else (kv[0] if kv else None)
     out["kubernetes"] = _first_word(fields.get("Kubernetes"))
     if "KubeProxyReplacement" in fields:
         out.update(_kpr(fields["KubeProxyReplacement"]))

@@ -240,3 +240,16 @@ def test_a_listing_and_a_save_of_the_same_counters_agree():
         figures.append((c["counters"]["entering_packets"], c["counters"]["evaluations_per_packet"]))
         assert any("counters disagree" in w for w in a.doc["warnings"]), a.doc["warnings"]
     assert figures[0] == figures[1] == (93_000_000, 2.0), figures
+
+
+def test_a_busybox_prompt_names_the_table_and_is_not_a_rule():
+    """`/ # iptables -t nat -nvL` (a busybox shell on a linuxkit node) and a trailing `/ # ?`: the
+    prompt's `-t nat` names the table, and neither line is read as a rule."""
+    from cnitrace.analyze.analysis import analyze
+    from cnitrace.analyze.dumps import read_text
+
+    name = "iptables/xiazemin-k8s_learn-linuxkit_nat_busybox_prompt.txt"
+    a = analyze(read_text((FIX / name).read_text(encoding="utf-8"), name), costs.reference_model())
+    [t] = a.doc["netfilter"]["tables"]
+    assert t["table"] == "nat" and t["chains"] == 56 and t["rules"] == 167, (t["table"], t["chains"], t["rules"])
+    assert not [w for w in a.doc["warnings"] if "/ #" in w or "does not name its table" in w], a.doc["warnings"]

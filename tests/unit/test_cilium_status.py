@@ -83,3 +83,19 @@ def test_an_excerpt_cut_with_dots_reads_its_one_field():
     s = parse_status(fx("cilium-32036-status-routing-excerpt.txt"))
     assert s.warnings == ()
     assert (s.routing_network, s.host_routing) == ("Tunnel [vxlan]", "Legacy")
+
+
+def test_an_etcd_kvstore_line_gives_its_health_not_its_last_word():
+    """`KVStore: Ok   etcd: 1/1 connected: http://…:2379 - 3.2.5 (Leader)` (cilium#5111) read as
+    "(Leader)" before; the state is the health word."""
+    s = parse_status(fx("cilium-5111-status-etcd-kvstore.txt"))
+    assert s.kvstore == "Ok" and s.cilium_state == "Ok" and s.controllers == (56, 56)
+    assert parse_status("KVStore:   Failure   Err: not able to connect to any etcd endpoints\n").kvstore == "Failure"
+
+
+def test_a_starship_prompt_is_a_prompt():
+    """`❯ kubectl -n kube-system exec -ti cilium-qqkqn -- "cilium-dbg" status` (cilium#30910) was
+    warned about as an unrecognised status line."""
+    s = parse_status(fx("cilium-30910-dbg-status-starship-prompt.txt"))
+    assert not any("❯" in w for w in s.warnings), s.warnings
+    assert s.cilium_state == "Ok"

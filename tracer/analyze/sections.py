@@ -35,10 +35,12 @@ _ANY_PROMPT = (
     re.compile(r"^[\w.-]+@[\w.-]+(?::[^\s$#%]*)?\s*[$#%]\s?(?P<cmd>.*)$"),     # user@host:~$ cmd
     re.compile(r"^\[[^\]\n]{1,80}\]\s?[$#%]\s?(?P<cmd>.*)$"),                  # [root@host ~]# cmd
     re.compile(r"^(?:\([\w.-]+\)\s*)?[$%](?:\s+(?P<cmd>.*))?$"),              # $ cmd, (venv) $ cmd
+    re.compile(r"^(?:[❯➜λ]|[\w.-]*\s*[❯➜])(?:\s+(?P<cmd>.*))?$"),              # zsh/starship ❯ cmd, ➜  ~ cmd
 )
 _TOOL_PROMPT = (
     re.compile(r"^#(?:\s+(?P<cmd>.*))?$"),                                    # # cmd (root)
     re.compile(r"^[\w.-]+(?::\S*)?\s?[#>]\s+(?P<cmd>.*)$"),                   # node# cmd, bash-5.1# cmd
+    re.compile(r"^[~/][\w/.-]*\s?[#$](?:\s+(?P<cmd>.*))?$"),                   # busybox / # cmd, ~ # cmd
 )
 
 
@@ -81,16 +83,18 @@ def prompt_command(line: str) -> str | None:
         close = s.find("]", 1, 82)
         if close < 0 or s[close + 1:close + 3].strip()[:1] not in ("$", "#", "%"):
             return None
-    if first in "$%[(" or "@" in s[:64]:
+    if first in "$%[(❯➜λ" or "@" in s[:64]:
         for rx in _ANY_PROMPT:
             m = rx.match(s)
             if m:
                 return (m.group("cmd") or "").strip()
-    if first == "#" or "#" in s[:40] or ">" in s[:40]:
+    if first == "#" or "#" in s[:40] or ">" in s[:40] or first in "/~":
         for rx in _TOOL_PROMPT:
             m = rx.match(s)
             if m:
                 cmd = (m.group("cmd") or "").strip()
+                if first in "/~":          # a path before the '#' (busybox `/ # `): a prompt, not a comment
+                    return cmd
                 if not cmd and s == "#":
                     return ""
                 if cmd and tool_words(cmd) and cmd.split()[0].rsplit("/", 1)[-1] in TOOLS | WRAPPERS:
@@ -125,7 +129,8 @@ def _clean(lines: list[str]) -> str:
 # A line that may be a prompt or a fence; a text with none (most files) is one section, found by one
 # regex scan instead of a loop over its lines (anchored on the newline, which the regex engine finds fast).
 _MAYBE_BOUNDARY = re.compile(
-    r"\n[ \t>]*(?:```|~~~|[$%](?:\s|$)|\([\w.-]+\)\s*[$%]|\[[^\]\n]{1,80}\]\s?[$#%]|#\s*$|[\w.-]+@"
+    r"\n[ \t>]*(?:```|~~~|[$%❯➜λ](?:\s|$)|\([\w.-]+\)\s*[$%]|\[[^\]\n]{1,80}\]\s?[$#%]|#\s*$|[\w.-]+@"
+    r"|[~/][\w/.-]*\s?[#$](?:\s|$)"
     r"|[\w.-]+(?::\S*)?\s?[#>]\s|#\s*(?:\S+/)?(?:" + "|".join(sorted(map(re.escape, TOOLS | WRAPPERS))) + r")(?:\s|$))",
     re.M)
 
@@ -208,7 +213,7 @@ def split_sections(text: str) -> list[Section]:
             buf = []
             buf_start = i + 2
             continue
-        if head and head in "$%#[(>" or "@" in raw[:64]:
+        if head and head in "$%#[(>❯➜λ/~" or "@" in raw[:64]:
             cmd = prompt_command(raw)
             if cmd is not None:
                 boundaries = True
