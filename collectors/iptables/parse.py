@@ -36,6 +36,10 @@ TERMINAL_TARGETS = frozenset({
     "NETMAP", "TPROXY", "SYNPROXY", "ERROR", "MIRROR", "TARPIT", "CLUSTERIP",
 })
 RETURN = "RETURN"
+# iptables-nft-save's last line when the legacy backend also holds rules, which this dump lacks
+OTHER_BACKEND_PRESENT = ("iptables-nft says iptables-legacy tables are present too and not in this dump "
+                         "(`# Warning: iptables-legacy tables present`): a CNI's or kube-proxy's rules may be "
+                         "there; add `iptables-legacy-save -c` (and `ip6tables-legacy-save -c`)")
 NO_RULE_COUNTERS = "rules carry no counters (saved without -c): per-rule packet counts are unknown"
 
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
@@ -372,10 +376,15 @@ def _parse(text: str, family: str | None, backend: str | None
             committed = True
             continue
         elif first == "#":
-            if auto and not line.startswith("# provenance:") and (pf := prompt_family(line)) is not None:
+            if "legacy tables present" in line:
+                w.add(OTHER_BACKEND_PRESENT, no)
+            elif auto and not line.startswith("# provenance:") and (pf := prompt_family(line)) is not None:
                 fam = pf
             continue
         if not line.startswith("-A "):
+            if "legacy tables present" in line:      # the same warning printed without its '#'
+                w.add(OTHER_BACKEND_PRESENT, no)
+                continue
             why = f"unexpected line {line[:60]!r}" if table is not None else \
                 f"line outside any table ignored: {line[:60]!r}"
             fam = _other_line(line, no, why, w, fam if auto else None) or fam

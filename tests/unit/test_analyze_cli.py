@@ -253,3 +253,19 @@ def test_a_busybox_prompt_names_the_table_and_is_not_a_rule():
     [t] = a.doc["netfilter"]["tables"]
     assert t["table"] == "nat" and t["chains"] == 56 and t["rules"] == 167, (t["table"], t["chains"], t["rules"])
     assert not [w for w in a.doc["warnings"] if "/ #" in w or "does not name its table" in w], a.doc["warnings"]
+
+
+def test_the_legacy_tables_warning_is_passed_on_unless_their_dump_is_there():
+    """iptables-nft's `# Warning: iptables-legacy tables present` means the CNI's rules may be in
+    tables this dump lacks: said, unless `iptables-legacy-save` of the same node is among the inputs
+    (dev-sec/ansible-collection-hardening#274 pasted both)."""
+    from cnitrace.analyze.analysis import analyze
+    from cnitrace.analyze.dumps import read_text
+
+    name = "iptables/ansible-hardening-274_xtables_save_then_legacy.save"
+    both = (FIX / name).read_text(encoding="utf-8")
+    nft_only = both[:both.index("$ iptables-legacy-save")]
+    warned = analyze(read_text(nft_only, "nft.txt"), costs.reference_model()).doc["warnings"]
+    assert any("legacy tables are present too" in w for w in warned), warned
+    warned = analyze(read_text(both, name), costs.reference_model()).doc["warnings"]
+    assert not any("legacy tables are present too" in w for w in warned), warned

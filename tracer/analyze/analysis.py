@@ -19,6 +19,7 @@ from cnitrace.analyze.dumps import Dump, Skipped
 from cnitrace.analyze.iptables import HookStep, analyze_ruleset, iptables_nft_tables
 from cnitrace.analyze.nftables import analyze_records
 from cnitrace.collectors.bpfprog.parse import BpfMap, BpfProg
+from cnitrace.collectors.iptables.parse import OTHER_BACKEND_PRESENT
 from cnitrace.collectors.ovs.parse import Datapath, Megaflow, OfFlow
 
 SCHEMA_VERSION = 1
@@ -140,6 +141,8 @@ def analyze(items: Sequence[Dump | Skipped], model: CostModel) -> Analysis:
                                   "among the dumps", "evidence": []}
     ipt = [t for t in tables if t["kind"] == "iptables"]
     nft = [t for t in tables if t["kind"] == "nftables"]
+    # iptables-nft's "legacy tables present" is moot when the legacy dump is among the inputs
+    has_legacy = any(t["backend"] == "legacy" for t in ipt)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "kind": "analyze", "tool": {"name": "cnitrace", "version": __version__},
         "inputs": [_input_row(d) for d in dumps],
@@ -173,6 +176,7 @@ def analyze(items: Sequence[Dump | Skipped], model: CostModel) -> Analysis:
                    "status": state.fields(cil_status) if cil_status else None} if cil_pol or cil_status else None,
         "calico": {"counters": state.calico_counters(cal_c) if cal_c else None,
                    "policy": state.calico_policy(cal_p) if cal_p else None} if cal_c or cal_p else None,
-        "warnings": warnings + [f"{d.label}: {w}" for d in dumps for w in d.warnings][:200],
+        "warnings": warnings + [f"{d.label}: {w}" for d in dumps for w in d.warnings
+                                if not (OTHER_BACKEND_PRESENT in w and has_legacy)][:200],
     }
     return Analysis(doc, dumps, skipped)
