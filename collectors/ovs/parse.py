@@ -109,6 +109,10 @@ def _split_flow(line: str) -> tuple[dict[str, str], str, str]:
         tok = tok.rstrip(",")
         k, eq, v = tok.partition("=")
         if k in _INFO_KEYS and "," not in v:
+            if match_parts:
+                # OVS prints the match after every info field: text before one is a line cut at its
+                # start ('e=17, n_packets=0, …' of 'table=17, …'), not a table-0 flow
+                raise ValueError(f"{match_parts[0][:20]!r} before the flow's counters (a line cut at its start?)")
             if eq:
                 info[k] = v
         elif tok:

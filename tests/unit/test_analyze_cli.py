@@ -68,6 +68,10 @@ def test_directories_and_comma_lists(capsys, tmp_path):
     ("just some words\n", "not a dump analyze knows"),
     ("", "not a dump analyze knows"),
     ("\0\1\2binary", "binary data"),
+    ("", "empty"),
+    # `conntrack -S` pasted with its line breaks lost (a real paste): all of it reads as the prompt's command
+    ("$ conntrack -S cpu=0 found=770 invalid=3856 ignore=42570125 insert=0 insert_failed=0 drop=0\n",
+     "only prompt lines, no output after them"),
 ])
 def test_unknown_content_is_one_line_and_exit_2(capsys, tmp_path, content, msg):
     p = tmp_path / "x.bin"

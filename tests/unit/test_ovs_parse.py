@@ -344,3 +344,15 @@ def test_flows_quoted_in_a_log_line_split_on_the_escaped_newline():
     assert [f.table for f in r.records] == [41] * 6 + [42]
     assert r.records[0].actions == "resubmit(,42)"
     assert r.records[-1].actions == "ct(table=43,zone=NXM_NX_REG13[0..15])"
+
+
+def test_a_flow_cut_at_its_start_is_not_a_table_0_flow():
+    """ovn-kubernetes#863 quotes dump-flows in a log line, starting inside `table=17`: the fragment
+    `e=17, n_packets=0, …, priority=0,metadata=0x3 actions=resubmit(,18)` was counted as a flow of an
+    invented table 0. It is warned about; the whole flows after it parse."""
+    got = p.parse_dump_flows(fx("ovn-kubernetes-863_escaped_log_cut.txt"))
+    assert got.records and 0 not in {f.table for f in got.records}, [(f.table, f.match) for f in got.records]
+    assert any("before the flow's counters" in w for w in got.warnings), got.warnings
+    # `ovs-appctl bridge/dump-flows` leaves out table_id for table 0 and prints its counters: still table 0
+    [f] = p.parse_dump_flows("duration=4s, n_packets=3, n_bytes=180, priority=0,actions=NORMAL\n").records
+    assert (f.table, f.n_packets) == (0, 3)

@@ -194,5 +194,6 @@ def read_text(text: str, source: str) -> list[Dump | Skipped]:
         return [Skipped(source, 1, None, 1, f"not text ({type(text).__name__})")]
     sections = split_sections(text)
     if not sections:
-        return [Skipped(source, 1, None, 1, "empty")]
+        return [Skipped(source, 1, None, 1, "only prompt lines, no output after them (were the output's line "
+                        "breaks lost?)" if text.strip() else "empty")]
     return [read_section(s, source, i, len(sections)) for i, s in enumerate(sections, 1)]
