@@ -249,7 +249,7 @@ def _conntrack(con: Console, ct: Mapping[str, Any]) -> None:
     s = ct.get("stats")
     if s:
         tot = s["totals"]
-        shown = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop", "search_restart")
+        shown = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop", "error", "search_restart")
         con.print(f"conntrack -S over {s['cpus']} CPUs (counters, since start): "
                   + ", ".join(f"{k} {v:,}" for k, v in tot.items() if k in shown))
         if s.get("unnamed"):

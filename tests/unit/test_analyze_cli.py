@@ -273,3 +273,11 @@ def test_the_legacy_tables_warning_is_passed_on_unless_their_dump_is_there():
     assert any("legacy tables are present too" in w for w in warned), warned
     warned = analyze(read_text(both, name), costs.reference_model()).doc["warnings"]
     assert not any("legacy tables are present too" in w for w in warned), warned
+
+
+def test_conntrack_stats_line_shows_errors(capsys):
+    """`error=` (packets conntrack could not track) is one of the figures that explain drops."""
+    rc, out, err = run(capsys, "analyze", str(FIX / "conntrack" / "host-conntrack-S-named.txt"))
+    assert rc == 0, err
+    text = " ".join(out.split())            # the line wraps at 100 columns
+    assert "error 2," in text and "insert_failed 0" in text, text
