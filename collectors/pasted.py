@@ -15,7 +15,7 @@ _PROMPTS = (
     re.compile(r"^[$#%]\s+(.*)$"),                                          # '$ cmd', '# cmd'
     re.compile(r"^[~/][\w/.-]*\s?[$#%](?:\s+(.*))?$"),                      # '~$ cmd', '~/src# cmd', busybox '/ # cmd'
     re.compile(r"^(?:[❯➜λ]|[\w.-]*\s*[❯➜])(?:\s+(.*))?$"),                  # zsh/starship '❯ cmd', '➜  ~ cmd'
-    re.compile(r"^[\w.-]+@[\w.-]+(?::[^\s$#]*)?\s*[$#:%]\s*(.*)$"),         # 'user@host:~$ cmd', 'me@pi: cmd'
+    re.compile(r"^[\w.-]+@(?:[\w.-]+|<[^>\s]*>)(?::[^\s$#]*)?\s*[$#:%]\s*(.*)$"),   # 'user@host:~$ cmd', 'me@pi: cmd', 'root@<>:/x# cmd'
     re.compile(r"^(?:\[[^\]\n]{1,80}\]\s?[$#%]|\[\])\s*(.*)$"),                # '[root@host ~]# cmd', '[] cmd'
     re.compile(r"^[\w.-]+[$#]\s+(.*)$"),                                    # 'bash-5.1# cmd'
 )

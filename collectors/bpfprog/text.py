@@ -79,42 +79,58 @@ _PROG_HEAD = {"name", "tag", "run_time_ns", "run_cnt", "recursion_misses"}
 _PROG_DETAIL = {"loaded_at", "uid", "xlated", "jited", "memlock", "map_ids", "btf_id"}
 
 
-def parse_prog_show_text(text: str) -> Parsed[BpfProg]:
+_MAP_HEAD = {"name", "flags"}
+_MAP_DETAIL = {"key", "value", "max_entries", "memlock", "btf_id", "owner_prog_type"}
+# the kernel's map types as bpftool names them (`35: percpu_hash  name cilium_metrics  flags 0x1`):
+# a `bpftool map show` pasted under a `prog show` (or the reverse) without a prompt between them
+# has the same header shape, and is told apart by its type
+MAP_TYPES = frozenset({
+    "hash", "array", "prog_array", "perf_event_array", "percpu_hash", "percpu_array", "stack_trace",
+    "cgroup_array", "lru_hash", "lru_percpu_hash", "lpm_trie", "array_of_maps", "hash_of_maps", "devmap",
+    "sockmap", "cpumap", "xskmap", "sockhash", "cgroup_storage", "reuseport_sockarray", "percpu_cgroup_storage",
+    "queue", "stack", "sk_storage", "devmap_hash", "struct_ops", "ringbuf", "inode_storage", "task_storage",
+    "bloom_filter", "user_ringbuf", "cgrp_storage", "arena"})
+_IGNORED = ("pids", "metadata:", "offloaded", "pinned", "frozen", "owner")
+
+
+def _is_map(cur: dict[str, str]) -> bool:
+    return cur["type"] in MAP_TYPES or "max_entries" in cur
+
+
+def _records(text: str, what: str) -> Parsed[BpfProg | BpfMap]:
+    """Programs and maps of a `bpftool prog show` or `map show` paste, each read by its own type."""
+    w = Warnings()
+    out: list[BpfProg | BpfMap] = []
+    for cur in _objects(text, _PROG_HEAD | _MAP_HEAD, _PROG_DETAIL | _MAP_DETAIL, _IGNORED, what, w):
+        try:
+            if _is_map(cur):
+                if "max_entries" not in cur:
+                    w.add(f"map {cur['id']}: no max_entries line")
+                out.append(BpfMap(int(cur["id"]), cur["type"], cur.get("name", ""),
+                                  _uint(cur.get("max_entries"), "max_entries")))
+            else:
+                out.append(BpfProg(int(cur["id"]), cur["type"], cur.get("name", ""), cur.get("tag", ""),
+                                   _uint(cur.get("run_cnt"), "run_cnt"), _uint(cur.get("run_time_ns"), "run_time_ns"),
+                                   _ids(cur.get("map_ids"))))
+        except ValueError as exc:
+            w.add(f"{'map' if _is_map(cur) else 'program'} {cur['id']}: {exc}")
+    return Parsed(tuple(out), w.freeze())
+
+
+def parse_prog_show_text(text: str) -> Parsed[BpfProg | BpfMap]:
     """Parse `bpftool prog show` ('42: sched_cls  name cil_from_container  tag ..  gpl
-    run_time_ns 1234 run_cnt 56' and its loaded_at / xlated .. map_ids / btf_id / pids lines).
+    run_time_ns 1234 run_cnt 56' and its loaded_at / xlated .. map_ids / btf_id / pids lines);
+    maps listed after it are maps.
 
     run_time_ns/run_cnt are absent while BPF stats are off: read as 0, like the JSON parser.
     """
-    w = Warnings()
-    out: list[BpfProg] = []
-    for cur in _objects(text, _PROG_HEAD, _PROG_DETAIL, ("pids", "metadata:", "offloaded", "pinned"), "prog", w):
-        try:
-            out.append(BpfProg(int(cur["id"]), cur["type"], cur.get("name", ""), cur.get("tag", ""),
-                               _uint(cur.get("run_cnt"), "run_cnt"), _uint(cur.get("run_time_ns"), "run_time_ns"),
-                               _ids(cur.get("map_ids"))))
-        except ValueError as exc:
-            w.add(f"program {cur['id']}: {exc}")
-    return Parsed(tuple(out), w.freeze())
+    return _records(text, "prog")
 
 
-_MAP_HEAD = {"name", "flags"}
-_MAP_DETAIL = {"key", "value", "max_entries", "memlock", "btf_id", "owner_prog_type"}
-
-
-def parse_map_show_text(text: str) -> Parsed[BpfMap]:
+def parse_map_show_text(text: str) -> Parsed[BpfMap | BpfProg]:
     """Parse `bpftool map show` ('12: hash  name cilium_policy_0  flags 0x1' then
-    'key 8B  value 24B  max_entries 16384  memlock 1310720B')."""
-    w = Warnings()
-    out: list[BpfMap] = []
-    for cur in _objects(text, _MAP_HEAD, _MAP_DETAIL, ("frozen", "pids", "offloaded", "pinned", "owner"), "map", w):
-        if "max_entries" not in cur:
-            w.add(f"map {cur['id']}: no max_entries line")
-        try:
-            out.append(BpfMap(int(cur["id"]), cur["type"], cur.get("name", ""),
-                              _uint(cur.get("max_entries"), "max_entries")))
-        except ValueError as exc:
-            w.add(f"map {cur['id']}: {exc}")
-    return Parsed(tuple(out), w.freeze())
+    'key 8B  value 24B  max_entries 16384  memlock 1310720B'); programs listed after it are programs."""
+    return _records(text, "map")
 
 
 # 'eth0(2) driver id 10', 'eth0(2) generic id 5 driver id 10' (several XDP modes at once)

@@ -96,6 +96,18 @@ def test_bracketed_text_from_a_dump_prints_as_it_is(capsys, tmp_path):
     assert "unparsed" in out and "see [/var/log/x] [bold]" in out
 
 
+def test_a_name_the_system_refuses_is_one_line(capsys):
+    """A comma list longer than NAME_MAX was first tried as one file name (OSError traceback)."""
+    names = ",".join(str(FIX / "iptables" / "kubeproxy_kubernetes-75893.save") for _ in range(6))
+    assert len(names) > 255
+    rc, out, err = run(capsys, "analyze", names)
+    assert rc == 0 and "kube-proxy: iptables" in out, err
+    rc, out, err = run(capsys, "analyze", "x" * 300)
+    assert rc == 2 and err.count("\n") == 1 and "File name too long" in err, err
+    rc, out, err = run(capsys, "diff", "x" * 300, str(FIX / "iptables" / "kubeproxy_kubernetes-75893.save"))
+    assert rc == 2 and err.count("\n") == 1 and "File name too long" in err, err
+
+
 def test_missing_file_is_one_line(capsys, tmp_path):
     rc, _, err = run(capsys, "analyze", str(tmp_path / "nope"))
     assert rc == 2 and "no such file" in err and err.count("\n") == 1

@@ -140,3 +140,60 @@ def test_ipvs_mode_from_its_set_matches_in_the_rules():
             "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\nCOMMIT\n")
     d = analyze(read_text(text, "ipvs.save"), MODEL).doc
     assert d["kube_proxy"]["mode"] == "ipvs", d["kube_proxy"]
+
+
+def doc_of_text(text: str, name: str = "paste.txt") -> dict:
+    return analyze(read_text(text, name), MODEL).doc
+
+
+# lines as real nodes print them (Calico eBPF on vxlan.calico, Cilium on a netdev, a redacted prompt)
+CALICO_TC = ("$ tc filter show dev vxlan.calico ingress\nfilter protocol all pref 49152 bpf chain 0\n"
+             "filter protocol all pref 49152 bpf chain 0 handle 0x1 calico_from_hos:[417] direct-action not_in_hw "
+             "id 417 tag c53675a0f3db3f12 jited\n")
+CILIUM_TC = ("tc filter show dev eth1 ingress\nfilter protocol all pref 1 bpf chain 0\nfilter protocol all pref 1 "
+             "bpf chain 0 handle 0x1 cil_from_netdev-eth1 direct-action not_in_hw id 3640 tag e1f4a3d35ae9c0f0 jited\n")
+REDACTED = ("root@<>:/home/cilium# tc filter show dev lxcb187183beddd ingress\nfilter protocol all pref 1 bpf chain 0\n"
+            "filter protocol all pref 1 bpf chain 0 handle 0x1 bpf_lxc.o:[from-container] direct-action not_in_hw "
+            "id 4481 tag 18a10b547e2fa35f jited\n")
+
+
+@pytest.mark.parametrize("text,cni", [(CALICO_TC, "calico"), (CILIUM_TC, "cilium"), (REDACTED, "cilium")])
+def test_the_cni_from_tc_program_names_as_tc_prints_them(text, cni):
+    """`calico_from_hos:[417]` (newer tc appends the id) and `cil_from_netdev-eth1` were not matched."""
+    d = doc_of_text(text)
+    assert cni in {c["cni"] for c in d["cni"]}, d["cni"]
+
+
+def test_a_redacted_host_prompt_still_names_the_device_and_hook():
+    [a] = doc_of_text(REDACTED)["bpf"]["attachments"]
+    assert (a["target"], a["hook"]) == ("lxcb187183beddd", "ingress"), a
+
+
+def test_maps_listed_after_programs_are_maps():
+    """`bpftool prog show` then `bpftool map show` pasted without a prompt between them: the map's
+    header has the program's shape and was counted as a program of type percpu_hash."""
+    text = ("1998: sched_cls  name cil_from_container  tag 41989045bb171bee  gpl\n"
+            "\tloaded_at 2025-07-19T16:42:31+0000  uid 0\n\txlated 752B  jited 784B  memlock 4096B  map_ids 312,313,35\n"
+            "\tbtf_id 667\n\n35: percpu_hash  name cilium_metrics  flags 0x1\n"
+            "\tkey 8B  value 16B  max_entries 1024  memlock 19024B\n")
+    b = doc_of_text(text)["bpf"]
+    assert len(b["programs"]) == 1 and [m["type"] for m in b["maps"]] == ["percpu_hash"], b
+
+
+def test_kube_proxy_from_an_interface_list_is_ipvs_or_unknown():
+    """An interface list shows IPVS (kube-ipvs0, also in `ip addr`'s address lines when the paste
+    starts below its header, weave#3327) but cannot show iptables or nftables mode."""
+    addr = ("    inet 10.0.232.115/32 brd 10.0.232.115 scope global kube-ipvs0\n"
+            "       valid_lft forever preferred_lft forever\n"
+            "4: datapath: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1376 qdisc noqueue state UNKNOWN group default\n")
+    assert doc_of_text(addr)["kube_proxy"]["mode"] == "ipvs"
+    links = "3: flannel.1: <BROADCAST,MULTICAST> mtu 1450 qdisc noqueue state DOWN\n    link/ether 92:7f:1d:28:02:42\n"
+    kp = doc_of_text(links)["kube_proxy"]
+    assert kp["mode"] == "unknown", kp
+
+
+def test_flannel_nftables_mode_table():
+    text = ("table ip flannel-ipv4 {\n\tcomment \"rules for flannel-ipv4\"\n\tchain forward {\n"
+            "\t\tcomment \"chain to accept flannel traffic\"\n"
+            "\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr 10.244.0.0/16 accept\n\t}\n}\n")
+    assert "flannel" in {c["cni"] for c in doc_of_text(text)["cni"]}

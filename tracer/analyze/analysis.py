@@ -135,10 +135,11 @@ def analyze(items: Sequence[Dump | Skipped], model: CostModel) -> Analysis:
                                             f"{detected['kube_proxy']['reason']}",
                                   "evidence": [*detected["kube_proxy"]["evidence"], "cilium status"]}
     elif detected["kube_proxy"]["mode"] == "none" and \
-            not any(d.format in IPTABLES_FORMATS + NFT_FORMATS + ("ip-link",) for d in dumps):
-        # "none" needs a ruleset or the links to look in; a positive trace (IPVS's ipsets) stands alone
-        detected["kube_proxy"] = {"mode": "unknown", "reason": "no iptables/nftables ruleset or interface list "
-                                  "among the dumps", "evidence": []}
+            not any(d.format in IPTABLES_FORMATS + NFT_FORMATS for d in dumps):
+        # "none" needs a ruleset to look in (an interface list shows IPVS's kube-ipvs0, but iptables and
+        # nftables modes leave no interface); a positive trace (IPVS's ipsets or link) stands alone
+        detected["kube_proxy"] = {"mode": "unknown", "reason": "no iptables/nftables ruleset among the dumps",
+                                  "evidence": []}
     ipt = [t for t in tables if t["kind"] == "iptables"]
     nft = [t for t in tables if t["kind"] == "nftables"]
     # iptables-nft's "legacy tables present" is moot when the legacy dump is among the inputs

@@ -11,6 +11,7 @@ import re
 from typing import Any, Iterable
 
 from cnitrace.analyze.dumps import Dump
+from cnitrace.collectors.bpfprog.parse import BpfProg
 from cnitrace.collectors.ipset.parse import IpSet
 from cnitrace.collectors.iptables.parse import RETURN, TERMINAL_TARGETS
 from cnitrace.collectors.nftables.parse import NftChain, NftRule
@@ -47,6 +48,8 @@ def evidence_of(dumps: Iterable[Dump]) -> Evidence:
                 chains += [("nftables", t) for t in r.targets]
             elif isinstance(r, IpSet):
                 ipsets.append(r.name)
+            elif isinstance(r, BpfProg) and r.name:
+                programs.append(("", r.name))         # loaded (`bpftool prog show`), where unknown
             elif d.format == "ip-link" and isinstance(r, str):
                 links.append(r)
             elif d.format == "ovs-vsctl-show" and isinstance(r, str):

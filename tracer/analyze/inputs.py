@@ -23,19 +23,33 @@ def expand(arg: str) -> list[tuple[Path, bool]]:
     """The files one argument names, each with whether it was named itself (not found in a directory):
     a file, a directory's regular files (sorted, hidden ones skipped), or a comma-separated list of either."""
     out: list[tuple[Path, bool]] = []
-    parts = [p for p in arg.split(",") if p] if "," in arg and not Path(arg).exists() else [arg]
+    parts = [p for p in arg.split(",") if p] if "," in arg and _kind(Path(arg), quiet=True) == "missing" else [arg]
     for part in parts:
         p = Path(part)
-        if p.is_dir():
+        kind = _kind(p)
+        if kind == "dir":
             files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
             if not files:
                 raise UsageError(f"{p}: an empty directory")
             out += [(f, False) for f in files]
-        elif p.exists():
+        elif kind == "file":
             out.append((p, True))
         else:
             raise UsageError(f"{p}: no such file")
     return out
+
+
+def _kind(p: Path, quiet: bool = False) -> str:
+    """"dir", "file" or "missing"; a name the system refuses (longer than NAME_MAX) is one clear line,
+    or "missing" when `quiet` (a comma-separated list is then split)."""
+    try:
+        return "dir" if p.is_dir() else "file" if p.exists() else "missing"
+    except OSError as exc:
+        if quiet:
+            return "missing"
+        name = str(p)
+        raise UsageError(f"{name[:80]}{'…' if len(name) > 80 else ''}: {exc.strerror or exc.__class__.__name__}") \
+            from None
 
 
 def read(path: Path) -> str:
@@ -79,7 +93,10 @@ def load(args: list[str] | tuple[str, ...]) -> list[Dump | Skipped]:
 def is_profile_document(arg: str) -> bool:
     """True when `arg` is one file holding a saved cnitrace profile (JSON with its schema version and tree)."""
     p = Path(arg)
-    if not p.is_file():
+    try:
+        if not p.is_file():
+            return False
+    except OSError:              # a name the system refuses: expand() says so in one line
         return False
     try:
         with p.open("rb") as f:

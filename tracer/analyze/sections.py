@@ -32,7 +32,7 @@ WRAPPERS = frozenset({"sudo", "doas", "kubectl", "oc", "crictl", "docker", "nsen
 
 _FENCE = ("```", "~~~")
 _ANY_PROMPT = (
-    re.compile(r"^[\w.-]+@[\w.-]+(?::[^\s$#%]*)?\s*[$#%]\s?(?P<cmd>.*)$"),     # user@host:~$ cmd
+    re.compile(r"^[\w.-]+@(?:[\w.-]+|<[^>\s]*>)(?::[^\s$#%]*)?\s*[$#%]\s?(?P<cmd>.*)$"),  # user@host:~$ cmd, root@<>:/x# cmd
     re.compile(r"^\[[^\]\n]{1,80}\]\s?[$#%]\s?(?P<cmd>.*)$"),                  # [root@host ~]# cmd
     re.compile(r"^(?:\([\w.-]+\)\s*)?[$%](?:\s+(?P<cmd>.*))?$"),              # $ cmd, (venv) $ cmd
     re.compile(r"^(?:[❯➜λ]|[\w.-]*\s*[❯➜])(?:\s+(?P<cmd>.*))?$"),              # zsh/starship ❯ cmd, ➜  ~ cmd

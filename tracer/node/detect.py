@@ -71,7 +71,7 @@ RULES: dict[str, Rule] = {
                    pins=(r"cali_\w+",), programs=(r"cali(co)?_\w+",)),
     "cilium": Rule(links=(r"lxc[0-9a-f]{4,}", r"lxc_health", r"cilium_(host|net|vxlan|geneve)"),
                    chains=("CILIUM_",), pins=(r"cilium_\w+",),
-                   programs=(r"cil_\w+", r"bpf_(lxc|host|network|overlay|xdp|host_cilium_net)\.o:\[[\w-]+\]")),
+                   programs=(r"cil_[\w-]+", r"bpf_(lxc|host|network|overlay|xdp|host_cilium_net)\.o:\[[\w-]+\]")),
     "antrea": Rule(links=(r"antrea-(gw|tun|egress)\d*",), chains=("ANTREA-",), bridges=(r"br-int",),
                    nft_tables=(r"\S+ antrea",)),
     "kube-router": Rule(links=(r"kube-bridge", r"kube-dummy-if"),
@@ -80,7 +80,10 @@ RULES: dict[str, Rule] = {
     # router's vethwe-bridge/-pcap/-datapath ports; "datapath" is fastdp's OVS datapath (weak alone).
     "weave": Rule(links=(r"weave", r"vethwe(-|pl)\S+", r"vxlan-6784"), weak_links=(r"datapath",),
                   chains=("WEAVE-NPC", "WEAVE"), ipsets=(r"weave-\S+", r"weaver-no-masq-local")),
-    "flannel": Rule(links=(r"flannel[.-]\S+",), weak_links=(r"cni0",), chains=("FLANNEL-",)),
+    # flannel's nftables mode (EnableNFTables) keeps its masquerade and forward rules in
+    # `ip flannel-ipv4` / `ip6 flannel-ipv6`
+    "flannel": Rule(links=(r"flannel[.-]\S+",), weak_links=(r"cni0",), chains=("FLANNEL-",),
+                    nft_tables=(r"\S+ flannel-ipv[46]",)),
 }
 
 
@@ -89,9 +92,21 @@ RULES: dict[str, Rule] = {
 _LINK = re.compile(r"^(?:\d+:\s+)?([^\s:@]+)(?:@[^\s:]+)?:\s+<")
 
 
+# `inet 10.96.0.10/32 scope global kube-ipvs0`: `ip addr` ends an address line with the interface
+# (or its label, `eth0:1`), so a paste that starts below an interface's header still names it
+_ADDR_LABEL = re.compile(r"^\s*inet\s+\S+.*\sscope\s+\S+\s+(?:(?:secondary|dynamic|noprefixroute|deprecated|"
+                         r"tentative|temporary)\s+)*([^\s:]+)(?::\S*)?\s*$")
+
+
 def parse_links(text: str) -> tuple[str, ...]:
-    """Interface names from `ip link` / `ip -o link` / `ip addr` output (the index may be cut off)."""
-    return tuple(dict.fromkeys(m.group(1) for line in text.splitlines() if (m := _LINK.match(line))))
+    """Interface names from `ip link` / `ip -o link` / `ip addr` output (the index may be cut off),
+    and from `ip addr`'s address lines."""
+    names = []
+    for line in text.splitlines():
+        m = _LINK.match(line) or _ADDR_LABEL.match(line)
+        if m:
+            names.append(m.group(1))
+    return tuple(dict.fromkeys(names))
 
 
 def parse_iptables_chains(text: str) -> tuple[str, ...]:
@@ -200,6 +215,9 @@ def _cap(items: list[str], limit: int = 3) -> list[str]:
     return items if len(items) <= limit else [*items[:limit], f"+{len(items) - limit} more"]
 
 
+_TC_ID = re.compile(r":\[\d+\]$")   # newer tc prints a program as `name:[id]` (`calico_from_hos:[417]`)
+
+
 def detect_cnis(ev: Evidence) -> list[Detection]:
     """Every CNI whose traces are present, each with its evidence; several may be (e.g. Canal)."""
     found = []
@@ -213,7 +231,8 @@ def detect_cnis(ev: Evidence) -> list[Detection]:
         strong += _cap([f"nft table {t}" for t in ev.nft_tables if _full(rule.nft_tables, t)])
         strong += [f"OVS bridge {b}" for b in ev.ovs_bridges if _full(rule.bridges, b)]
         strong += _cap([f"pinned map {p}" for p in ev.bpf_pins if _full(rule.pins, p)])
-        strong += _cap([f"tc program {p} on {d}" for d, p in ev.tc_programs if _full(rule.programs, p)])
+        strong += _cap([f"tc program {p} on {d}" if d else f"BPF program {p}" for d, p in ev.tc_programs
+                        if _full(rule.programs, _TC_ID.sub("", p))])
         strong += _cap([f"ipset {s}" for s in ev.ipsets if _full(rule.ipsets, s)])
         weak = [f"interface {l}" for l in ev.links if _full(rule.weak_links, l)]
         if strong:
