@@ -235,8 +235,10 @@ def _bpf(con: Console, b: Mapping[str, Any]) -> None:
         t.add_column(col, justify="right" if col == "ns per run" else "left", overflow="fold")
     for a in b["attachments"][:30]:
         ns = (f"{fmt_ns(a['ns_per_run'])} over {a['run_cnt']:,} runs (measured)" if a.get("ns_per_run") is not None
-              else a.get("stats", "—") if a.get("prog_id") is not None else f"{a.get('filter', '')} filter")
-        t.add_row(f"{a['kind']} {a['hook']}", a["target"], a["prog_name"] or str(a["prog_id"]), ns)
+              else a.get("stats", "—") if a.get("prog_id") is not None else "not a BPF program: not timed")
+        prog = a["prog_name"] or (str(a["prog_id"]) if a["prog_id"] is not None else
+                                  f"({a.get('filter')} filter pref {a.get('pref')})")
+        t.add_row(f"{a['kind']} {a['hook']}", a["target"], prog, ns)
     if b["attachments"]:
         con.print(t)
     else:
@@ -282,7 +284,7 @@ def render_diff(doc: Mapping[str, Any], console: Console | None = None, top: int
                       f"{_n(we['before'])} → {_n(we['after'])} ({we['delta']:+,})")
         con.print(t)
     else:
-        con.print("static cost per packet: unchanged on every hook path")
+        con.print("netfilter static cost per packet: unchanged on every hook path")
     ch = doc["chains"]
     rows = [("changed", r) for r in ch["changed"]] + [("new", r) for r in ch["new"]] + \
            [("removed", r) for r in ch["removed"]]
@@ -320,5 +322,7 @@ def render_diff(doc: Mapping[str, Any], console: Console | None = None, top: int
     for o in doc["ovs_tables"][:top]:
         con.print(f"OVS {o['bridge']} table {o['table']}: {_n(o['flows_before'])} → {_n(o['flows_after'])} flows "
                   f"({o['delta']:+,})")
+    for x in doc.get("bpf", ())[:top]:
+        con.print(f"{x['kind']} {x['hook']} on {x['target']}: {x['change']} {x['what']}")
     for w in c["warnings"][:5]:
         con.print(styled(("warning:", "yellow"), f" {w}"))

@@ -197,3 +197,22 @@ def test_flannel_nftables_mode_table():
             "\t\tcomment \"chain to accept flannel traffic\"\n"
             "\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr 10.244.0.0/16 accept\n\t}\n}\n")
     assert "flannel" in {c["cni"] for c in doc_of_text(text)["cni"]}
+
+
+FLOWER = ("filter protocol ip pref 1 flower chain 0\nfilter protocol ip pref 1 flower chain 0 handle 0x2 hw_tc 1\n"
+          "  eth_type ipv4\n  ip_proto tcp\n  dst_ip 10.244.88.138\n  dst_port 6379\n  in_hw in_hw_count 1\n")
+
+
+def test_a_flower_filter_beside_the_bpf_program_is_kept_and_diffed():
+    """Intel's ADQ guide pastes `tc filter show dev vxlan.calico ingress` with a flower filter before
+    Calico's program, then without it: the filter vanished from analyze, and diff said nothing."""
+    from cnitrace.analyze.diff import diff
+    head, rest = CALICO_TC.split("\n", 1)
+    before = analyze(read_text(head + "\n" + FLOWER + rest, "before.txt"), MODEL)
+    after = analyze(read_text(CALICO_TC, "after.txt"), MODEL)
+    rows = before.doc["bpf"]["attachments"]
+    assert {(r.get("filter"), r["prog_id"]) for r in rows} == {("flower", None), (None, 417)}, rows
+    d = diff(before, after)
+    assert d["bpf"] == [{"kind": "tc", "hook": "ingress", "target": "vxlan.calico", "change": "removed",
+                         "what": "flower filter pref 1 handle 0x2"}], d["bpf"]
+    assert diff(after, after)["bpf"] == []

@@ -20,8 +20,9 @@ def _attachment(a: Any) -> dict[str, Any] | None:
         target = getattr(a, "target", None) or getattr(a, "iface", "") or "?"
         kind = getattr(a, "kind", "tc")
         if kind not in ("tc", "xdp", "cgroup") and getattr(a, "prog_id", None) is None:
+            # a flower/u32/matchall filter runs at the hook like the programs beside it
             return {"kind": "tc", "filter": kind, "target": target, "hook": a.hook or "?", "prog_id": None,
-                    "prog_name": ""}
+                    "prog_name": "", "pref": getattr(a, "pref", None), "handle": getattr(a, "handle", "")}
         return {"kind": kind if kind in ("tc", "xdp", "cgroup") else "tc", "target": target, "hook": a.hook or "?",
                 "prog_id": a.prog_id, "prog_name": getattr(a, "prog_name", "") or ""}
     return None
@@ -35,7 +36,7 @@ def summarize(programs: Iterable[BpfProg], attachments: Iterable[Any], maps: Ite
         d = _attachment(a)
         if d is None:
             continue
-        k = (d["kind"], d["target"], d["hook"], d["prog_id"], d.get("filter"))
+        k = (d["kind"], d["target"], d["hook"], d["prog_id"], d.get("filter"), d.get("pref"), d.get("handle"))
         if k in seen:
             continue
         seen.add(k)
@@ -62,3 +63,11 @@ def _run_figures(p: BpfProg) -> dict[str, Any]:
         return {"run_cnt": p.run_cnt, "run_time_ns": p.run_time_ns, "ns_per_run": round(p.run_time_ns / p.run_cnt, 1),
                 "provenance": MEASURED}
     return {"run_cnt": None, "ns_per_run": None, "stats": "no stats (BPF stats were off, or it never ran)"}
+
+
+def attachment_label(d: dict[str, Any]) -> str:
+    """What runs at a hook, by name (program ids change when an agent reloads its programs)."""
+    if d.get("filter"):
+        return f"{d['filter']} filter pref {d.get('pref')}" + (f" handle {d['handle']}" if d.get("handle") else "")
+    return d.get("prog_name") or f"program id {d.get('prog_id')}"
+

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from cnitrace.analyze import state
 from cnitrace.analyze.analysis import Analysis
+from cnitrace.analyze.bpf import attachment_label
 from cnitrace.analyze.dumps import Dump
 from cnitrace.collectors.iptables import graph as ipt_graph
 from cnitrace.collectors.iptables.parse import Ruleset
@@ -167,6 +168,25 @@ def ovs_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, An
     return sorted(out, key=lambda r: -abs(r["delta"]))
 
 
+def bpf_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What runs at each tc/XDP hook, before and after: programs and filters added or removed there
+    (each one runs for every packet through the hook)."""
+    def at(doc: Mapping[str, Any]) -> dict[tuple[str, str, str], list[str]]:
+        out: dict[tuple[str, str, str], list[str]] = {}
+        for d in (doc.get("bpf") or {}).get("attachments", ()):
+            out.setdefault((d["kind"], d["hook"], d["target"]), []).append(attachment_label(d))
+        return out
+
+    xa, xb = at(a), at(b)
+    out = []
+    for k in sorted(xa.keys() | xb.keys()):
+        before, after = xa.get(k, []), xb.get(k, [])
+        for change, names in (("removed", [n for n in before if n not in after]),
+                              ("added", [n for n in after if n not in before])):
+            out += [{"kind": k[0], "hook": k[1], "target": k[2], "change": change, "what": n} for n in names]
+    return out
+
+
 def diff(a: Analysis, b: Analysis, top: int = 20) -> dict[str, Any]:
     """The diff document (JSON-ready)."""
     return {
@@ -177,5 +197,6 @@ def diff(a: Analysis, b: Analysis, top: int = 20) -> dict[str, Any]:
         "counters": counter_changes(a.dumps, b.dumps, top),
         "sets": set_changes(a, b),
         "ovs_tables": ovs_changes(a.doc, b.doc),
+        "bpf": bpf_changes(a.doc, b.doc),
         "cost": b.doc["cost"],
     }

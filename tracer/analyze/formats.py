@@ -75,7 +75,7 @@ PARSERS: dict[str, Parser] = {
     "bpftool-prog-text": Parser(_C + "bpfprog.text", "parse_prog_show_text", "bpftool prog show"),
     "bpftool-net-text": Parser(_C + "bpfprog.text", "parse_net_show_text", "bpftool net show"),
     "bpftool-map-text": Parser(_C + "bpfprog.text", "parse_map_show_text", "bpftool map show"),
-    "tc-filter-text": Parser(_C + "bpfprog.tc", "parse_tc_filter_show", "tc filter show"),
+    "tc-filter-text": Parser(_C + "bpfprog.tc", "parse_tc_filters_text", "tc filter show"),
     "tc-filter-json": Parser(_C + "bpfprog.parse", "parse_tc_filters", "tc -j filter show"),
     "cilium-status": Parser(_C + "cilium.status", "parse_status", "cilium status [--verbose]"),
     "cilium-policy-text": Parser(_C + "cilium.parse", "parse_policy_get_text", "cilium-dbg bpf policy get"),
