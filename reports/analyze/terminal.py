@@ -113,9 +113,13 @@ def render_analysis(doc: Mapping[str, Any], console: Console | None = None) -> N
         _bpf(con, doc["bpf"])
     if doc.get("conntrack"):
         _conntrack(con, doc["conntrack"])
+    cal = doc.get("calico") or {}
+    for iface, rows in ((cal.get("counters") or {}).get("counters") or {}).items():
+        con.print(f"calico eBPF counters {iface} (counters: totals, not a window): " + calico_counters(rows))
     for key in ("ipsets", "cilium", "calico"):
-        if doc.get(key):
-            con.print(f"{key}: {_short(doc[key])}")
+        rest = {k: v for k, v in (doc.get(key) or {}).items() if not (key == "calico" and k == "counters")}
+        if rest and any(v for v in rest.values()):
+            con.print(f"{key}: {_short(rest)}")
     for s in doc["skipped"]:
         con.print(styled(("skipped", "yellow"), f" {s['file']} section {s['section']} (line {s['line']}"
                          f"{', `' + s['command'] + '`' if s['command'] else ''}): {s['reason']}"))
@@ -125,6 +129,17 @@ def render_analysis(doc: Mapping[str, Any], console: Console | None = None) -> N
         con.print(styled(("warning:", "yellow"), f" {w}"))
     if len(warnings) > 10:
         con.print(f"... and {len(warnings) - 10} more warnings (see --json)")
+
+
+def calico_counters(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """`calico-node -bpf counters dump` of one interface, the reasons that counted anything, totals
+    last: `Accepted by policy egress 4; Dropped by policy egress 11; …; Total packets ingress 34 egress 22`."""
+    def cells(v: Mapping[str, Any]) -> str:
+        return " ".join(f"{hook} {n:,}" for hook, n in v.items() if n)
+
+    counted = [(k, v) for k, v in rows.items() if any(v.values())]
+    counted.sort(key=lambda kv: kv[0].startswith("Total"))
+    return "; ".join(f"{k} {cells(v)}" for k, v in counted) or "nothing counted"
 
 
 def _short(x: Any, limit: int = 300) -> str:

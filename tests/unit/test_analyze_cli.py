@@ -293,3 +293,13 @@ def test_conntrack_stats_line_shows_errors(capsys):
     assert rc == 0, err
     text = " ".join(out.split())            # the line wraps at 100 columns
     assert "error 2," in text and "insert_failed 0" in text, text
+
+
+def test_calico_counters_print_what_counted_and_the_totals(capsys):
+    """Tigera's documented `calico-node -bpf counters dump`: the flattened summary was cut before
+    "Dropped by policy egress 11" and the totals."""
+    rc, out, err = run(capsys, "analyze", str(FIX / "calico" / "tigera-docs-counters-dump.txt"))
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert "Dropped by policy egress 11" in text and "Total packets ingress 34 egress 22" in text, text
+    assert "Accepted by failsafe" not in text            # reasons that counted nothing are left out
