@@ -117,9 +117,11 @@ def render_analysis(doc: Mapping[str, Any], console: Console | None = None) -> N
     for iface, rows in ((cal.get("counters") or {}).get("counters") or {}).items():
         con.print(f"calico eBPF counters {iface} (counters: totals, not a window): " + calico_counters(rows))
     for key in ("ipsets", "cilium", "calico"):
-        rest = {k: v for k, v in (doc.get(key) or {}).items() if not (key == "calico" and k == "counters")}
-        if rest and any(v for v in rest.values()):
-            con.print(f"{key}: {_short(rest)}")
+        x = doc.get(key)
+        if key == "calico" and x:
+            x = {k: v for k, v in x.items() if k != "counters" and v}     # the counters are printed above
+        if x:
+            con.print(f"{key}: {_short(x)}")
     for s in doc["skipped"]:
         con.print(styled(("skipped", "yellow"), f" {s['file']} section {s['section']} (line {s['line']}"
                          f"{', `' + s['command'] + '`' if s['command'] else ''}): {s['reason']}"))

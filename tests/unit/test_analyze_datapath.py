@@ -115,7 +115,7 @@ def test_ipsets():
     # a partial `iptables -L` that names cilium's chains only as jump targets
     ("iptables/cilium-4825_L_jump_targets.txt", "cilium", "chain CILIUM_INPUT"),
     # weave-npc's ipsets alone
-    ("ipset/weave-3289_list.txt", "weave", "ipset weave-"),
+    ("ipset/weave-3289_list_set_comments.txt", "weave", "ipset weave-"),
 ])
 def test_the_cni_from_partial_real_pastes(name, cni, evidence):
     found = {c["cni"]: c for c in doc_of(name)["cni"]}
