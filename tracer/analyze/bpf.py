@@ -70,4 +70,3 @@ def attachment_label(d: dict[str, Any]) -> str:
     if d.get("filter"):
         return f"{d['filter']} filter pref {d.get('pref')}" + (f" handle {d['handle']}" if d.get("handle") else "")
     return d.get("prog_name") or f"program id {d.get('prog_id')}"
-

@@ -11,6 +11,7 @@ import re
 from typing import Any, Iterable
 
 from cnitrace.analyze.dumps import Dump
+from cnitrace.analyze.sections import tool_words
 from cnitrace.collectors.bpfprog.parse import BpfProg
 from cnitrace.collectors.ipset.parse import IpSet
 from cnitrace.collectors.iptables.parse import RETURN, TERMINAL_TARGETS
@@ -91,11 +92,6 @@ def _antrea_flows(flows: Iterable[Any]) -> bool:
                for f in flows)
 
 
-def _tool(command: str | None) -> str:
-    words = (command or "").split()
-    return words[0].rsplit("/", 1)[-1] if words else ""
-
-
 def detect(dumps: list[Dump]) -> dict[str, Any]:
     """CNIs and kube-proxy mode with their evidence (JSON-ready)."""
     ev = evidence_of(dumps)
@@ -103,10 +99,11 @@ def detect(dumps: list[Dump]) -> dict[str, Any]:
     for d in dumps:
         cni = AGENT_FORMATS.get(d.format)
         why = f"{d.format} output ({d.label})"
-        if d.format == "ovs-flows" and (_antrea_flows(d.records) or _tool(d.command) == "antctl"):
+        antctl = tool_words(d.command)[:1] == ["antctl"]
+        if d.format == "ovs-flows" and (antctl or _antrea_flows(d.records)):
             # Antrea's named tables or conntrack zones (or its own `antctl get of`) whatever the
             # bridge is called, and with no bridge named at all (a paste without its prompt)
-            cni, why = "antrea", (f"antctl output ({d.label})" if _tool(d.command) == "antctl"
+            cni, why = "antrea", (f"antctl output ({d.label})" if antctl
                                   else f"OVS flows with Antrea's named tables or conntrack zones ({d.label})")
         if cni is None:
             continue
