@@ -303,3 +303,18 @@ def test_calico_counters_print_what_counted_and_the_totals(capsys):
     text = " ".join(out.split())
     assert "Dropped by policy egress 11" in text and "Total packets ingress 34 egress 22" in text, text
     assert "Accepted by failsafe" not in text            # reasons that counted nothing are left out
+
+
+def test_what_a_web_page_or_editor_adds_changes_nothing():
+    """A byte-order mark, zero-width spaces and no-break spaces (copied from a web page or an
+    editor) are not in any tool's output: with them, `*nat\\u200b` was a table named `nat\\u200b`
+    and every `[0:0]\\u200b` a bad counter."""
+    from cnitrace.analyze.analysis import analyze
+    from cnitrace.analyze.dumps import read_text
+
+    name = "iptables/kubeproxy_kubernetes-75893.save"
+    text = (FIX / name).read_text(encoding="utf-8")
+    messy = "\ufeff" + text.replace("\n", "\u200b\n", 8).replace(" ", "\u00a0", 30)
+    a, b = (analyze(read_text(t, "x.save"), costs.reference_model()).doc for t in (text, messy))
+    assert a["structure"] == b["structure"] and a["netfilter"]["hooks"] == b["netfilter"]["hooks"]
+    assert a["warnings"] == b["warnings"], b["warnings"]

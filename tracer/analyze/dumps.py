@@ -188,11 +188,16 @@ def read_section(section: Section, source: str, index: int, sections: int = 1) -
     return Dump(source, index, section.command, det, data, warnings, meta)
 
 
+# what a copy from a web page or an editor adds that no tool prints: a byte-order mark, zero-width
+# spaces and joiners (gone), no-break spaces (plain spaces). `nat\u200b` is not the nat table.
+_INVISIBLE = {0xFEFF: None, 0x200B: None, 0x200C: None, 0x200D: None, 0x2060: None, 0xA0: 0x20}
+
+
 def read_text(text: str, source: str) -> list[Dump | Skipped]:
     """Every section of one file's text, detected and parsed (pure; never raises)."""
     if not isinstance(text, str):
         return [Skipped(source, 1, None, 1, f"not text ({type(text).__name__})")]
-    sections = split_sections(text)
+    sections = split_sections(text.translate(_INVISIBLE))
     if not sections:
         return [Skipped(source, 1, None, 1, "only prompt lines, no output after them (were the output's line "
                         "breaks lost?)" if text.strip() else "empty")]
