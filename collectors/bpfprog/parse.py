@@ -165,10 +165,14 @@ def parse_net_show(text: str, netns: str = "") -> Parsed[Attachment]:
         if not isinstance(block, dict):
             w.add("net show: unexpected entry")
             continue
-        for section in ("xdp", "tc"):
-            entries = block.get(section) or []
+        # bpftool before 5.x (kernel 4.19 era) printed `tc_filters` and `prog_id` where it now prints
+        # `tc` and `id`, and named tc devices by ifindex only
+        names = {e.get("ifindex"): e["devname"] for v in block.values() if isinstance(v, list)
+                 for e in v if isinstance(e, dict) and "devname" in e}
+        for section, key in (("xdp", "xdp"), ("tc", "tc"), ("tc", "tc_filters")):
+            entries = block.get(key) or []
             if not isinstance(entries, list):
-                w.add(f"net show: '{section}' is not a list")
+                w.add(f"net show: '{key}' is not a list")
                 continue
             for e in entries:
                 try:
@@ -176,10 +180,13 @@ def parse_net_show(text: str, netns: str = "") -> Parsed[Attachment]:
                         hook = str(e.get("mode", "xdp"))
                     else:
                         hook = "egress" if "egress" in str(e.get("kind", "")) else "ingress"
-                    out.append(Attachment(section, str(e["devname"]), hook, _nonneg(e["id"]),
+                    dev = e["devname"] if "devname" in e else names.get(e["ifindex"], f"ifindex {e['ifindex']}")
+                    out.append(Attachment(section, str(dev), hook, _nonneg(e["id"] if "id" in e else e["prog_id"]),
                                           str(e.get("name", "")), netns))
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                    w.add(f"{section} entry: {exc}")
+                except KeyError as exc:
+                    w.add(f"{key} entry without {exc.args[0]!r}: {json.dumps(e)[:100]}")
+                except (TypeError, ValueError, AttributeError) as exc:
+                    w.add(f"{key} entry: {exc}")
     return Parsed(tuple(out), w.freeze())
 
 

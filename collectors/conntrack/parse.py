@@ -332,8 +332,11 @@ def parse_conntrack_L(text: str, netns: str = "") -> Parsed[Conn]:
     w = Warnings()
     out: list[Conn] = []
     renamed = truncated = 0
+    shown: int | None = None
     for no, s in paste_lines(text):
         if "(conntrack-tools)" in s:
+            m = _SHOWN.search(s)
+            shown = int(m.group(1)) if m else shown
             continue
         c, why = _conn_line(s, netns)
         if c is None:
@@ -348,7 +351,13 @@ def parse_conntrack_L(text: str, netns: str = "") -> Parsed[Conn]:
         w.add(f"{renamed} entry(ies) with a damaged protocol name: named from the protocol number")
     if truncated:
         w.add(f"{truncated} entry(ies) truncated with '...'")
+    if shown is not None and shown > len(out):
+        w.add(f"conntrack's own summary says {shown:,} flow entries were shown; this paste lists {len(out):,} "
+              "(filtered by grep, or cut): the table is bigger than what is counted here")
     return Parsed(tuple(out), w.freeze())
+
+
+_SHOWN = re.compile(r"(\d+) flow entries have been shown")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,6 +67,9 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
     if s.get("ovs"):
         x = s["ovs"]
         parts.append(f"OVS {x['flows']:,} flows in {x['tables']} tables, {x['megaflows']:,} megaflows")
+    if s.get("ovs_bridges"):
+        x = s["ovs_bridges"]
+        parts.append(f"OVS {x['bridges']} bridge(s), {x['ports']} port(s) (ovs-vsctl show)")
     if s.get("bpf"):
         x = s["bpf"]
         parts.append(f"BPF {x['programs']} programs, {x['attachments']} attachments, {x['maps']} maps")
@@ -300,7 +303,7 @@ def render_diff(doc: Mapping[str, Any], console: Console | None = None, top: int
             t.add_row(f"{h['family']} {h['hook']}", _delta_ns(h["worst_ns"]), _delta_ns(h["typical_ns"]),
                       f"{_n(we['before'])} → {_n(we['after'])} ({we['delta']:+,})")
         con.print(t)
-    else:
+    elif doc.get("netfilter", True):
         con.print("netfilter static cost per packet: unchanged on every hook path")
     ch = doc["chains"]
     rows = [("changed", r) for r in ch["changed"]] + [("new", r) for r in ch["new"]] + \
@@ -341,5 +344,10 @@ def render_diff(doc: Mapping[str, Any], console: Console | None = None, top: int
                   f"({o['delta']:+,})")
     for x in doc.get("bpf", ())[:top]:
         con.print(f"{x['kind']} {x['hook']} on {x['target']}: {x['change']} {x['what']}")
+    for x in doc.get("conntrack", ())[:top]:
+        con.print(f"conntrack {x['what']}: {_n(x['before'])} → {_n(x['after'])} ({x['delta']:+,})")
+    if not any((hooks, rows, c["rules"], c["chains"], doc["sets"], doc["ovs_tables"], doc.get("bpf"),
+                doc.get("conntrack"))):
+        con.print("nothing the two sides both hold changed")
     for w in c["warnings"][:5]:
         con.print(styled(("warning:", "yellow"), f" {w}"))

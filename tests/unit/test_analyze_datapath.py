@@ -216,3 +216,48 @@ def test_a_flower_filter_beside_the_bpf_program_is_kept_and_diffed():
     assert d["bpf"] == [{"kind": "tc", "hook": "ingress", "target": "vxlan.calico", "change": "removed",
                          "what": "flower filter pref 1 handle 0x2"}], d["bpf"]
     assert diff(after, after)["bpf"] == []
+
+
+# `bpftool -jp net` as the bpftool-net man page printed it for 4.19 (`tc_filters`, `prog_id`, tc
+# devices by ifindex) and as it prints it now, with the page's trailing commas (not JSON)
+OLD_NET_JSON = ('[{"xdp": [{"ifindex": 2, "devname": "eth0", "prog_id": 198}], "tc_filters": [{"ifindex": 2, '
+                '"kind": "qdisc_clsact_ingress", "name": "fbflow_icmp", "prog_id": 130246, '
+                '"tag": "3f265c7f26db62c9", "act": []}]}]\n')
+BAD_NET_JSON = ('[{\n "xdp": [],\n "tc": [{\n  "devname": "eth0",\n  "ifindex": 2,\n  "kind": "clsact/egress",\n'
+                '  "name": "fbflow_egress",\n  "id": 130245,\n }\n ]\n}\n]\n')
+
+
+def test_bpftool_net_json_of_the_old_schema_is_read():
+    rows = doc_of_text(OLD_NET_JSON)["bpf"]["attachments"]
+    assert {(r["kind"], r["hook"], r["target"], r["prog_id"]) for r in rows} == {
+        ("xdp", "xdp", "eth0", 198), ("tc", "ingress", "eth0", 130246)}, rows
+
+
+def test_json_that_does_not_load_is_a_skipped_section_not_zero_programs():
+    [s] = read_text(BAD_NET_JSON, "net.json")
+    assert not hasattr(s, "data") and "not JSON" in s.reason, s
+
+
+def test_kube_proxy_ipvs_from_its_ipv6_sets():
+    text = ("Name: KUBE-6-CLUSTER-IP\nType: hash:ip,port\nRevision: 5\nHeader: family inet6 hashsize 1024 "
+            "maxelem 65536\nSize in memory: 216\nReferences: 0\nNumber of entries: 0\nMembers:\n")
+    assert doc_of_text(text)["kube_proxy"]["mode"] == "ipvs"
+
+
+def test_ovs_vsctl_show_reports_its_bridges_and_ports():
+    text = ("    Bridge breth0\n        fail_mode: standalone\n        Port breth0\n            Interface breth0\n"
+            "                type: internal\n        Port eth0\n            Interface eth0\n    ovs_version: \"2.15.0\"\n")
+    assert doc_of_text(text)["structure"]["ovs_bridges"] == {"bridges": 1, "ports": 2}
+
+
+def test_diff_of_conntrack_dumps_reports_conntrack():
+    """Two `conntrack -L` greps (aks-engine#1912): diff said "netfilter static cost unchanged" and
+    nothing about the entries."""
+    from cnitrace.analyze.diff import diff
+    line = ("tcp      6 {t} ESTABLISHED src=10.244.2.6 dst=10.0.223.224 sport={p} dport=27017 src=10.244.1.7 "
+            "dst=10.244.2.6 sport=27017 dport={p} [ASSURED] mark=0 use=1\n")
+    before = analyze(read_text("".join(line.format(t=299 - i, p=34659 + i) for i in range(3)), "b.txt"), MODEL)
+    after = analyze(read_text("".join(line.format(t=290 - i, p=34659 + i) for i in range(2)), "a.txt"), MODEL)
+    d = diff(before, after)
+    assert d["conntrack"] == [{"what": "entries (conntrack -L)", "before": 3, "after": 2, "delta": -1}]
+    assert d["netfilter"] is False

@@ -112,6 +112,8 @@ def analyze(items: Sequence[Dump | Skipped], model: CostModel) -> Analysis:
         "datapaths": [x for d in dumps if d.format in ("ovs-dpctl-show", "ovs-dpif-show")
                       for x in ovs.datapaths((r for r in d.records if isinstance(r, Datapath)),
                                              d.meta.get("extra_records", ()))],
+        "bridges": [{"source": d.label, "bridges": [r for r in d.records if isinstance(r, str)],
+                     "ports": list(d.meta.get("ports", ()))} for d in dumps if d.format == "ovs-vsctl-show"],
     }
     bpf_dumps = [d for d in dumps if d.format.startswith(("bpftool-", "tc-filter"))]
     bpf_doc = bpf.summarize([r for d in bpf_dumps for r in d.records if isinstance(r, BpfProg)],
@@ -163,6 +165,8 @@ def analyze(items: Sequence[Dump | Skipped], model: CostModel) -> Analysis:
                     "tables": sum(len(f["tables"]) for f in ovs_doc["flows"]),
                     "megaflows": sum(m["megaflows"] for m in ovs_doc["megaflows"])}
             if of or ovs_doc["megaflows"] else None,
+            "ovs_bridges": {"bridges": sum(len(b["bridges"]) for b in ovs_doc["bridges"]),
+                            "ports": sum(len(b["ports"]) for b in ovs_doc["bridges"])} if ovs_doc["bridges"] else None,
             "bpf": {"programs": len(bpf_doc["programs"]), "attachments": len(bpf_doc["attachments"]),
                     "maps": len(bpf_doc["maps"])} if bpf_doc else None,
             "conntrack": {"entries": len(ct_l)} if ct_l else None,

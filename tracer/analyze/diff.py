@@ -187,6 +187,21 @@ def bpf_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, An
     return out
 
 
+def conntrack_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Conntrack between the dumps: entries listed (`conntrack -L`) and the per-CPU counters' totals
+    (`conntrack -S`) that changed."""
+    def figures(doc: Mapping[str, Any]) -> dict[str, int]:
+        ct = doc.get("conntrack") or {}
+        out = {f"{k} (conntrack -S)": v for k, v in ((ct.get("stats") or {}).get("totals") or {}).items()}
+        if ct.get("list"):
+            out["entries (conntrack -L)"] = ct["list"]["entries"]
+        return out
+
+    fa, fb = figures(a), figures(b)
+    return [{"what": k, "before": fa.get(k), "after": fb.get(k), "delta": (fb.get(k) or 0) - (fa.get(k) or 0)}
+            for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)]
+
+
 def diff(a: Analysis, b: Analysis, top: int = 20) -> dict[str, Any]:
     """The diff document (JSON-ready)."""
     return {
@@ -198,5 +213,7 @@ def diff(a: Analysis, b: Analysis, top: int = 20) -> dict[str, Any]:
         "sets": set_changes(a, b),
         "ovs_tables": ovs_changes(a.doc, b.doc),
         "bpf": bpf_changes(a.doc, b.doc),
+        "conntrack": conntrack_changes(a.doc, b.doc),
+        "netfilter": bool(a.doc.get("netfilter") or b.doc.get("netfilter")),
         "cost": b.doc["cost"],
     }

@@ -165,6 +165,12 @@ def read_section(section: Section, source: str, index: int, sections: int = 1) -
         return Skipped(source, index, section.command, section.line,
                        f"{parser.module}.{parser.function} failed on it ({exc.__class__.__name__}: "
                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''})")
+    bad_json = next((x for x in warnings if "not JSON" in x), None)
+    if bad_json and not data:
+        # JSON that does not load (trailing commas, a cut paste) holds nothing: one clear reason,
+        # never "0 programs"
+        return Skipped(source, index, section.command, section.line,
+                       f"looks like {parser.description}, but {bad_json}")
     guessed = False
     if det.format in ("iptables-list", "iptables-save") and hints.get("table"):
         # the command named the table (`-t nat`; a listing lists filter by default): it beats the guess

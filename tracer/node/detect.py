@@ -244,8 +244,8 @@ def detect_cnis(ev: Evidence) -> list[Detection]:
 
 # kube-proxy's IPVS mode matches service addresses against these ipsets, from chains the iptables
 # mode never creates (its NodePort chain is KUBE-NODEPORTS, plural)
-IPVS_SETS = frozenset({"KUBE-CLUSTER-IP", "KUBE-LOOP-BACK", "KUBE-EXTERNAL-IP", "KUBE-LOAD-BALANCER",
-                       "KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-UDP"})
+IPVS_SETS = frozenset(f"KUBE-{v}{s}" for v in ("", "6-") for s in (   # KUBE-6-*: the IPv6 proxier's
+    "CLUSTER-IP", "LOOP-BACK", "EXTERNAL-IP", "LOAD-BALANCER", "NODE-PORT-TCP", "NODE-PORT-UDP"))
 IPVS_CHAINS = frozenset({"KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-LOOP-BACK"})
 
 
