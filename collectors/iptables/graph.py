@@ -153,11 +153,15 @@ def entering_from_callers(graph: Mapping[str, Node]) -> dict[str, float | None]:
 
 
 def evaluate(graph: Mapping[str, Node], entering: Mapping[str, float] | None = None,
-             warnings: Warnings | None = None) -> dict[str, ChainCost]:
+             warnings: Warnings | None = None, *, floor_by_observed: bool = False) -> dict[str, ChainCost]:
     """Per-chain evaluations per packet over one interval (counters should be deltas).
 
     `entering` overrides what the counters imply for chosen chains (e.g. packets the caller
-    sent itself, for base chains whose policy is not counted).
+    sent itself, for base chains whose policy is not counted). `floor_by_observed`: a chain's
+    entering is at least what a rule of it without a test counted — for saved dumps, whose totals
+    since boot may contradict each other. Not for a live window's deltas: iptables-nft reads its
+    counters rule by rule, so a callee read after its caller has counted more packets of the same
+    traffic (raising entering there took calico-nft's modelled filter table to 0.68x the brackets).
     """
     w = warnings if warnings is not None else Warnings()
     enter = entering_from_callers(graph)
@@ -189,7 +193,7 @@ def evaluate(graph: Mapping[str, Node], entering: Mapping[str, float] | None = N
             w.add(f"loop in the jump graph through {name!r}; its cost is unknown")
             return None
         state[name] = "busy"
-        result[name] = cost = _walk(graph[name], enter.get(name), ret_frac, visit, callers)
+        result[name] = cost = _walk(graph[name], enter.get(name), ret_frac, visit, callers, floor_by_observed)
         for note in cost.notes:
             if note.startswith(INCONSISTENT):
                 w.add(f"chain {name}: {note}")
@@ -205,7 +209,8 @@ COUNTER_SLACK = 0.02     # rounded (`-L` without -x) and non-atomic reads differ
 INCONSISTENT = "counters disagree"
 
 
-def _walk(node: Node, entering: float | None, ret_frac, visit, callers: Mapping[str, int]) -> ChainCost:
+def _walk(node: Node, entering: float | None, ret_frac, visit, callers: Mapping[str, int],
+          floor_by_observed: bool = False) -> ChainCost:
     """One chain: first what each rule took out (callees first, via ret_frac), then the reach walk."""
     notes: list[str] = []
     leaves: list[float | None] = []
@@ -269,7 +274,8 @@ def _walk(node: Node, entering: float | None, ret_frac, visit, callers: Mapping[
         if not notes:
             notes.append("entering packets unknown")
         return ChainCost(node.name, None, None, None, None, None, None, tuple(notes))
-    seen = max((s.observed for s in node.steps if s.observed is not None), default=None)
+    seen = max((s.observed for s in node.steps if s.observed is not None), default=None) \
+        if floor_by_observed else None
     if seen is not None and seen > entering * (1 + COUNTER_SLACK) + 10:
         # a rule without a test counted more packets than the chain's counters account for
         # entering (a jump to a chain the dump does not hold, or counters zeroed at different

@@ -110,7 +110,7 @@ def counter_changes(before: Iterable[Dump], after: Iterable[Dump], top: int = 20
                 rules.append({"table": f"{label} {r.table}", "chain": r.chain, "position": r.position,
                               "rule": r.spec[:200], "packets": r.packets, "bytes": r.bytes, "provenance": WINDOW})
         for tk, graph in ipt_graph.nodes_of(delta).items():
-            for name, c in ipt_graph.evaluate(graph).items():
+            for name, c in ipt_graph.evaluate(graph, floor_by_observed=True).items():
                 if c.entering:
                     chains.append({"table": f"{label} {tk[2]}", "chain": name, "entering_packets": round(c.entering),
                                    "evaluations_per_packet": _r(c.per_packet),

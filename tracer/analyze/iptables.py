@@ -187,7 +187,7 @@ def counter_figures(table: tuple[str, str, str], chains: Mapping[str, Sequence[S
     (graph.evaluate), and their ns priced per rule (by `cost_source`); inclusive of the chains each
     one reaches."""
     w = Warnings()
-    costs = ipt_graph.evaluate(graph, None, w)
+    costs = ipt_graph.evaluate(graph, None, w, floor_by_observed=True)
     own_ns: dict[str, float] = {}
     for name, node in graph.items():
         c = costs.get(name)
